@@ -1,0 +1,578 @@
+//! The single writer: one thread owns the [`State`], the active segment and
+//! the counters. Requests arrive on a bounded channel, each with a reply slot
+//! (a tokio oneshot, awaitable from async code and blockable from threads).
+//!
+//! Each wake-up drains what is queued into one batch (bounded), applies every
+//! command, writes the batch's records with one `write()`, syncs if the
+//! policy asks (so `always` is group commit), replies, then expires a bounded
+//! number of due entries and rolls the segment if it is full.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::record::{self, Record, SegmentId, Seq};
+use crate::replay::{Progress, ReplayReport, replay_into};
+use crate::segment::{ActiveSegment, list_segments, segment_path, sync_dir, write_floor};
+use crate::state::{Command, Limits, Reply, Sink, State};
+
+/// When acknowledged writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// fdatasync before any reply of a batch (group commit).
+    Always,
+    /// fdatasync about once a second: a power loss can lose about a second of
+    /// acknowledged writes; a process crash loses nothing.
+    #[default]
+    EverySec,
+    /// Leave it to the OS.
+    Never,
+}
+
+impl std::str::FromStr for SyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "always" => Ok(SyncPolicy::Always),
+            "everysec" => Ok(SyncPolicy::EverySec),
+            "never" => Ok(SyncPolicy::Never),
+            other => Err(format!("unknown sync policy {other:?}; use always, everysec or never")),
+        }
+    }
+}
+
+impl std::fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncPolicy::Always => "always",
+            SyncPolicy::EverySec => "everysec",
+            SyncPolicy::Never => "never",
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub sync: SyncPolicy,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    pub limits: Limits,
+    /// Most commands applied in one batch.
+    pub max_batch: usize,
+    /// Capacity of the request channel, in messages.
+    pub queue_capacity: usize,
+    /// Most expired entries removed per loop.
+    pub expire_budget: usize,
+}
+
+impl Config {
+    pub fn new(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            dir: dir.into(),
+            sync: SyncPolicy::EverySec,
+            segment_bytes: 64 << 20,
+            limits: Limits::default(),
+            max_batch: 1024,
+            queue_capacity: 4096,
+            expire_budget: 1000,
+        }
+    }
+}
+
+enum Msg {
+    One(Command, oneshot::Sender<Result<Reply>>),
+    Many(Vec<Command>, oneshot::Sender<Vec<Result<Reply>>>),
+    Shutdown(oneshot::Sender<Result<()>>),
+}
+
+/// A running engine. Dropping it shuts the writer down cleanly.
+pub struct Engine {
+    handle: Handle,
+    thread: Option<JoinHandle<()>>,
+    report: ReplayReport,
+}
+
+/// A cheap, cloneable way to send commands to the engine.
+#[derive(Clone)]
+pub struct Handle {
+    tx: Sender<Msg>,
+}
+
+/// Takes the data directory's lock file, so two processes never write one log.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = File::create(&path).map_err(Error::io("creating lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { dir: dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking", &path)(e)),
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory with the system clock.
+    pub fn open(config: Config) -> Result<Engine> {
+        Engine::open_with(config, Arc::new(SystemClock::new()), |_| {})
+    }
+
+    /// Opens with an injected clock, reporting replay progress.
+    pub fn open_with(config: Config, clock: Arc<dyn Clock>, progress: impl FnMut(Progress)) -> Result<Engine> {
+        if config.limits.max_key_bytes > crate::index::MAX_KEY_LEN {
+            return Err(Error::Config(format!("max_key_bytes may be at most {}", crate::index::MAX_KEY_LEN)));
+        }
+        if config.limits.max_value_bytes as u64 > u64::from(record::MAX_RECORD_LEN) - (1 << 17) {
+            return Err(Error::Config("max_value_bytes may be at most 1 GiB".into()));
+        }
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(Error::io("creating data directory", &dir))?;
+        let lock = lock_dir(&dir)?;
+        let now = clock.now().0;
+        let mut state = State::new(config.limits, now);
+        let report = replay_into(&dir, &mut state, now, progress)?;
+        if let Some(torn) = &report.torn {
+            tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes_dropped = torn.bytes_dropped,
+                "cut off a torn write at the end of the log (a crash interrupted it; it was never acknowledged)");
+        }
+        // Segments below the floor are dead; remove leftovers of an
+        // interrupted compaction or clear.
+        for id in list_segments(&dir)?.into_iter().filter(|id| *id < report.floor) {
+            let path = segment_path(&dir, id);
+            std::fs::remove_file(&path).map_err(Error::io("removing dead segment", &path))?;
+        }
+        let last_id = list_segments(&dir)?.last().copied();
+        let active = match (report.newest, &report.torn) {
+            (Some((id, valid)), _) if Some(id) == last_id => ActiveSegment::reopen(&dir, id, valid)?,
+            _ => {
+                if let (Some(id), Some(torn)) = (last_id, &report.torn) {
+                    if torn.offset == 0 {
+                        let path = segment_path(&dir, id);
+                        std::fs::remove_file(&path).map_err(Error::io("removing torn segment", &path))?;
+                    }
+                }
+                let next = SegmentId(last_id.map_or(1, |id| id.0 + 1).max(report.floor.0));
+                ActiveSegment::create(&dir, next)?
+            }
+        };
+        let log_bytes = list_segments(&dir)?
+            .iter()
+            .map(|id| std::fs::metadata(segment_path(&dir, *id)).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
+        let writer = Writer {
+            dir: dir.clone(),
+            state,
+            clock,
+            active,
+            next_seq: report.last_seq + 1,
+            buf: Vec::with_capacity(1 << 16),
+            sync: config.sync,
+            segment_bytes: config.segment_bytes,
+            max_batch: config.max_batch,
+            expire_budget: config.expire_budget,
+            dirty: false,
+            last_sync: Instant::now(),
+            log_bytes,
+            unavailable: None,
+            _lock: lock,
+        };
+        let thread = std::thread::Builder::new()
+            .name("cachet-engine".into())
+            .spawn(move || writer.run(rx))
+            .map_err(Error::io("starting engine thread", &dir))?;
+        Ok(Engine { handle: Handle { tx }, thread: Some(thread), report })
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    pub fn replay_report(&self) -> &ReplayReport {
+        &self.report
+    }
+
+    /// Finishes queued requests, syncs the log and stops the writer.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let Some(thread) = self.thread.take() else { return Ok(()) };
+        let (tx, rx) = oneshot::channel();
+        let result = match self.handle.tx.send(Msg::Shutdown(tx)) {
+            Ok(()) => rx.blocking_recv().unwrap_or(Err(Error::Closed)),
+            Err(_) => Err(Error::Closed),
+        };
+        let _ = thread.join();
+        result
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!("engine shutdown: {e}");
+        }
+    }
+}
+
+impl Handle {
+    fn send(&self, msg: Msg) -> Result<()> {
+        // The channel is bounded for backpressure. A full queue is rare (the
+        // daemon bounds requests in flight), and blocking here is the
+        // backpressure; the writer never waits on the caller, so it cannot
+        // deadlock.
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(msg)) => self.tx.send(msg).map_err(|_| Error::Closed),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
+        }
+    }
+
+    pub async fn call(&self, cmd: Command) -> Result<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::One(cmd, tx))?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    pub fn call_blocking(&self, cmd: Command) -> Result<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::One(cmd, tx))?;
+        rx.blocking_recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Several commands as one message: applied back to back in one batch.
+    pub async fn call_many(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply>>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Many(cmds, tx))?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    pub fn call_many_blocking(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply>>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Many(cmds, tx))?;
+        rx.blocking_recv().map_err(|_| Error::Closed)
+    }
+}
+
+/// Encodes the records of one batch into the writer's buffer.
+struct BatchSink<'a> {
+    buf: &'a mut Vec<u8>,
+    segment: SegmentId,
+    next_seq: &'a mut u64,
+}
+
+impl Sink for BatchSink<'_> {
+    fn append(&mut self, rec: &Record<'_>) -> u32 {
+        record::encode(self.buf, self.segment, Seq(*self.next_seq), rec);
+        *self.next_seq += 1;
+        self.segment.0 as u32
+    }
+}
+
+enum Pending {
+    One(oneshot::Sender<Result<Reply>>, bool, Result<Reply>),
+    Many(oneshot::Sender<Vec<Result<Reply>>>, Vec<(bool, Result<Reply>)>),
+}
+
+struct Writer {
+    dir: PathBuf,
+    state: State,
+    clock: Arc<dyn Clock>,
+    active: ActiveSegment,
+    next_seq: u64,
+    buf: Vec<u8>,
+    sync: SyncPolicy,
+    segment_bytes: u64,
+    max_batch: usize,
+    expire_budget: usize,
+    /// Bytes written since the last fdatasync.
+    dirty: bool,
+    last_sync: Instant,
+    log_bytes: u64,
+    /// Set when the log cannot be written: writes are refused until a retry
+    /// succeeds.
+    unavailable: Option<(String, Instant)>,
+    _lock: File,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut msgs = Vec::new();
+        let mut pending = Vec::new();
+        loop {
+            let first = match self.wait_time() {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(t) => rx.recv_timeout(t),
+            };
+            match first {
+                Ok(m) => msgs.push(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.finish();
+                    return;
+                }
+            }
+            let mut ops = msgs.iter().map(ops_in).sum::<usize>();
+            while ops < self.max_batch {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        ops += ops_in(&m);
+                        msgs.push(m);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let shutdown = self.apply_batch(&mut msgs, &mut pending);
+            for p in pending.drain(..) {
+                match p {
+                    Pending::One(tx, _, r) => drop(tx.send(r)),
+                    Pending::Many(tx, rs) => drop(tx.send(rs.into_iter().map(|(_, r)| r).collect())),
+                }
+            }
+            let now = self.clock.now().0;
+            self.state.expire(now, self.expire_budget);
+            self.background_io();
+            if let Some(reply) = shutdown {
+                let _ = reply.send(self.finish());
+                return;
+            }
+        }
+    }
+
+    /// How long to sleep waiting for requests before there is timer or sync work.
+    fn wait_time(&self) -> Option<Duration> {
+        let mut wait: Option<Duration> = None;
+        if let Some(deadline) = self.state.next_deadline() {
+            let now = self.clock.now().0;
+            wait = Some(Duration::from_millis(deadline.saturating_sub(now)));
+        }
+        if self.dirty && self.sync == SyncPolicy::EverySec {
+            let left = Duration::from_secs(1).saturating_sub(self.last_sync.elapsed());
+            wait = Some(wait.map_or(left, |w| w.min(left)));
+        }
+        if self.unavailable.is_some() {
+            wait = Some(wait.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1))));
+        }
+        wait
+    }
+
+    /// Applies every queued command, writes and syncs the batch, and fills
+    /// `pending` with the replies. Returns a shutdown request if one came.
+    fn apply_batch(&mut self, msgs: &mut Vec<Msg>, pending: &mut Vec<Pending>) -> Option<oneshot::Sender<Result<()>>> {
+        let now = self.clock.now().0;
+        let mut shutdown = None;
+        let mut force_sync = false;
+        self.buf.clear();
+        let start_seq = self.next_seq;
+        let mut sink = BatchSink { buf: &mut self.buf, segment: self.active.id, next_seq: &mut self.next_seq };
+        let unavailable = self.unavailable.as_ref().map(|(cause, _)| cause.clone());
+        let (log_bytes, segments) = (self.log_bytes, list_segments(&self.dir).map_or(0, |s| s.len() as u64));
+        let mut run = |cmd: &Command, force_sync: &mut bool| -> (bool, Result<Reply>) {
+            let write = cmd.is_write();
+            if write && let Some(cause) = &unavailable {
+                return (
+                    true,
+                    Err(Error::WriteFailed(format!(
+                        "storage unavailable (the log is read-only until the disk recovers): {cause}"
+                    ))),
+                );
+            }
+            if matches!(cmd, Command::Clear) {
+                *force_sync = true;
+            }
+            let mut reply = self.state.apply(cmd, now, &mut sink);
+            if let Ok(Reply::Stats(stats)) = &mut reply {
+                stats.log_bytes = log_bytes;
+                stats.segments = segments;
+            }
+            (write, reply)
+        };
+        for msg in msgs.drain(..) {
+            match msg {
+                Msg::One(cmd, tx) => {
+                    let (w, r) = run(&cmd, &mut force_sync);
+                    pending.push(Pending::One(tx, w, r));
+                }
+                Msg::Many(cmds, tx) => {
+                    let rs = cmds.iter().map(|c| run(c, &mut force_sync)).collect();
+                    pending.push(Pending::Many(tx, rs));
+                }
+                Msg::Shutdown(tx) => shutdown = Some(tx),
+            }
+        }
+        if self.buf.is_empty() {
+            return shutdown;
+        }
+        let cleared = force_sync;
+        if let Err(cause) = self.write_batch(force_sync || self.sync == SyncPolicy::Always) {
+            let msg = format!("{cause} (in {})", self.active.path.display());
+            tracing::error!("log write failed: {msg}");
+            fail_writes(pending, &msg);
+            self.recover(&msg, start_seq);
+        } else if cleared {
+            self.drop_segments_before_clear();
+        }
+        shutdown
+    }
+
+    fn write_batch(&mut self, sync: bool) -> std::io::Result<()> {
+        self.active.append(&self.buf)?;
+        self.log_bytes += self.buf.len() as u64;
+        self.dirty = true;
+        if sync {
+            self.active.sync()?;
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// After `clear` is durable, older segments hold nothing live: start a
+    /// fresh segment, record it as the floor and unlink the rest.
+    fn drop_segments_before_clear(&mut self) {
+        if let Err(e) = self.roll().and_then(|()| self.drop_below(self.active.id)) {
+            tracing::warn!("could not drop segments after clear (compaction will retry): {e}");
+        }
+    }
+
+    fn drop_below(&mut self, floor: SegmentId) -> Result<()> {
+        write_floor(&self.dir, floor)?;
+        for id in list_segments(&self.dir)?.into_iter().filter(|id| *id < floor) {
+            let path = segment_path(&self.dir, id);
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(&path).map_err(Error::io("removing segment", &path))?;
+            self.log_bytes = self.log_bytes.saturating_sub(len);
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Closes the active segment (synced) and starts the next one.
+    fn roll(&mut self) -> Result<()> {
+        self.active.sync().map_err(Error::io("syncing", &self.active.path))?;
+        let next = ActiveSegment::create(&self.dir, SegmentId(self.active.id.0 + 1))?;
+        self.log_bytes += next.len;
+        self.active = next;
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// A write or sync failed. The file may hold part of the batch and the
+    /// kernel may have dropped dirty pages, so neither the file nor fsync on
+    /// it is trusted again: start a fresh segment, rewrite every live entry
+    /// from memory into it, make it the floor and drop the rest. If that fails
+    /// too, refuse writes until a retry succeeds.
+    fn recover(&mut self, cause: &str, _batch_start: u64) {
+        match self.rewrite_from_memory() {
+            Ok(()) => {
+                tracing::warn!(
+                    "recovered from a failed write by rewriting live data to {}",
+                    self.active.path.display()
+                );
+                self.unavailable = None;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "storage unavailable, writes refused until the disk recovers: {cause}; rewrite failed: {e}"
+                );
+                self.unavailable = Some((format!("{cause}; rewrite failed: {e}"), Instant::now()));
+            }
+        }
+    }
+
+    fn rewrite_from_memory(&mut self) -> Result<()> {
+        let existing = list_segments(&self.dir)?;
+        let id = SegmentId(existing.last().map_or(self.active.id.0, |l| l.0.max(self.active.id.0)) + 1);
+        let mut seg = ActiveSegment::create(&self.dir, id)?;
+        let now = self.clock.now().0;
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut written = seg.len;
+        for (key, value, expires) in self.state.entries(now) {
+            record::encode(
+                &mut buf,
+                id,
+                Seq(self.next_seq),
+                &Record::Set { key, value, expires: crate::UnixMillis(expires) },
+            );
+            self.next_seq += 1;
+            if buf.len() >= 1 << 20 {
+                seg.append(&buf).map_err(Error::io("rewriting live data to", &seg.path))?;
+                written += buf.len() as u64;
+                buf.clear();
+            }
+        }
+        seg.append(&buf).map_err(Error::io("rewriting live data to", &seg.path))?;
+        written += buf.len() as u64;
+        seg.sync().map_err(Error::io("syncing", &seg.path))?;
+        self.state.move_all_to_segment(id.0 as u32);
+        self.active = seg;
+        self.log_bytes = written;
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        self.drop_below(id)
+    }
+
+    /// Periodic work between batches: the once-a-second sync, segment roll,
+    /// and retrying a failed disk.
+    fn background_io(&mut self) {
+        if let Some((_, since)) = &self.unavailable {
+            if since.elapsed() >= Duration::from_secs(1) {
+                let cause = self.unavailable.take().map(|(c, _)| c).unwrap_or_default();
+                self.recover(&cause, self.next_seq);
+            }
+            return;
+        }
+        if self.dirty && self.sync == SyncPolicy::EverySec && self.last_sync.elapsed() >= Duration::from_secs(1) {
+            if let Err(e) = self.active.sync() {
+                let msg = format!("fdatasync of {} failed: {e}", self.active.path.display());
+                tracing::error!("{msg}");
+                self.recover(&msg, self.next_seq);
+                return;
+            }
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+        if self.active.len >= self.segment_bytes {
+            if let Err(e) = self.roll() {
+                tracing::error!("could not start a new segment: {e}");
+                self.recover(&e.to_string(), self.next_seq);
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if self.unavailable.is_some() {
+            return Err(Error::WriteFailed("the log was unavailable at shutdown; see earlier errors".into()));
+        }
+        self.active.sync().map_err(Error::io("syncing", &self.active.path))
+    }
+}
+
+fn ops_in(m: &Msg) -> usize {
+    match m {
+        Msg::Many(cmds, _) => cmds.len().max(1),
+        _ => 1,
+    }
+}
+
+fn fail_writes(pending: &mut [Pending], cause: &str) {
+    let fail = |w: bool, r: &mut Result<Reply>| {
+        if w && r.is_ok() {
+            *r = Err(Error::WriteFailed(cause.to_string()));
+        }
+    };
+    for p in pending {
+        match p {
+            Pending::One(_, w, r) => fail(*w, r),
+            Pending::Many(_, rs) => rs.iter_mut().for_each(|(w, r)| fail(*w, r)),
+        }
+    }
+}

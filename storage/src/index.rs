@@ -1,0 +1,217 @@
+//! The in-memory index: a hash table of small slab handles over a slab of
+//! entries.
+//!
+//! The table stores only a `u32` slot number per key (its hash is recomputed
+//! from the entry when the table grows), and each entry keeps its key and
+//! value together in one allocation, so a 16-byte key with a 100-byte value
+//! costs the two byte strings, a 2-byte length, one 32-byte entry and about
+//! five bytes of table. Timers refer to entries by `(slot, generation)`;
+//! the generation changes whenever a slot is reused or an entry gets a timer
+//! that replaces the old one, which is how the wheel cancels lazily.
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher;
+
+/// Keys are at most this long: their length is stored in two bytes.
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+
+pub(crate) struct Entry {
+    /// `key_len: u16 LE | key | value`; `None` marks a free slot.
+    blob: Option<Box<[u8]>>,
+    /// Absolute expiry in unix ms; 0 means never.
+    pub(crate) expires: u64,
+    pub(crate) generation: u32,
+    /// The segment holding this entry's set record (for a free slot: the
+    /// next free slot, or `u32::MAX`).
+    pub(crate) segment: u32,
+}
+
+impl Entry {
+    pub(crate) fn key(&self) -> &[u8] {
+        let b = self.blob.as_deref().expect("live entry has a blob");
+        let klen = u16::from_le_bytes([b[0], b[1]]) as usize;
+        &b[2..2 + klen]
+    }
+
+    pub(crate) fn value(&self) -> &[u8] {
+        let b = self.blob.as_deref().expect("live entry has a blob");
+        let klen = u16::from_le_bytes([b[0], b[1]]) as usize;
+        &b[2 + klen..]
+    }
+
+    fn blob_len(&self) -> usize {
+        self.blob.as_deref().map_or(0, <[u8]>::len)
+    }
+
+    pub(crate) fn is_live_at(&self, now: u64) -> bool {
+        self.expires == 0 || self.expires > now
+    }
+}
+
+fn make_blob(key: &[u8], value: &[u8]) -> Box<[u8]> {
+    debug_assert!(key.len() <= MAX_KEY_LEN);
+    let mut v = Vec::with_capacity(2 + key.len() + value.len());
+    v.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    v.extend_from_slice(key);
+    v.extend_from_slice(value);
+    v.into_boxed_slice()
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+pub(crate) struct Index {
+    table: HashTable<u32>,
+    entries: Vec<Entry>,
+    free_head: u32,
+    len: usize,
+    blob_bytes: usize,
+    hasher: DefaultHashBuilder,
+}
+
+impl Index {
+    pub(crate) fn new() -> Index {
+        Index {
+            table: HashTable::new(),
+            entries: Vec::new(),
+            free_head: NO_SLOT,
+            len: 0,
+            blob_bytes: 0,
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let hasher = &self.hasher;
+        let entries = &self.entries;
+        self.table.reserve(additional, |&s| hasher.hash_one(entries[s as usize].key()));
+        self.entries.reserve(additional.saturating_sub(self.entries.capacity() - self.entries.len()));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes held: key and value blobs, the slab, the table, counted exactly
+    /// from capacities (what a counting allocator sees, minus malloc's own
+    /// rounding).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.blob_bytes
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.table.capacity() * (std::mem::size_of::<u32>() + 1)
+    }
+
+    pub(crate) fn find(&self, key: &[u8]) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        self.table.find(hash, |&s| self.entries[s as usize].key() == key).copied()
+    }
+
+    pub(crate) fn entry(&self, slot: u32) -> &Entry {
+        &self.entries[slot as usize]
+    }
+
+    pub(crate) fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        &mut self.entries[slot as usize]
+    }
+
+    /// The entry at `slot` if it is occupied and still has `generation`.
+    pub(crate) fn get_gen(&self, slot: u32, generation: u32) -> Option<&Entry> {
+        let e = self.entries.get(slot as usize)?;
+        (e.blob.is_some() && e.generation == generation).then_some(e)
+    }
+
+    /// Replaces the value of an existing entry in place.
+    pub(crate) fn replace_value(&mut self, slot: u32, value: &[u8]) {
+        let e = &mut self.entries[slot as usize];
+        let blob = make_blob(e.key(), value);
+        self.blob_bytes = self.blob_bytes - e.blob_len() + blob.len();
+        e.blob = Some(blob);
+    }
+
+    /// Inserts a key known to be absent; returns its slot.
+    pub(crate) fn insert_new(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32) -> u32 {
+        let blob = make_blob(key, value);
+        self.blob_bytes += blob.len();
+        let slot = if self.free_head != NO_SLOT {
+            let slot = self.free_head;
+            let e = &mut self.entries[slot as usize];
+            self.free_head = e.segment;
+            e.blob = Some(blob);
+            e.expires = expires;
+            e.generation = e.generation.wrapping_add(1);
+            e.segment = segment;
+            slot
+        } else {
+            let slot = u32::try_from(self.entries.len()).expect("fewer than 2^32 entries");
+            self.entries.push(Entry { blob: Some(blob), expires, generation: 0, segment });
+            slot
+        };
+        let hasher = &self.hasher;
+        let entries = &self.entries;
+        self.table.insert_unique(hasher.hash_one(key), slot, |&s| hasher.hash_one(entries[s as usize].key()));
+        self.len += 1;
+        slot
+    }
+
+    /// Removes the entry at `slot`; returns its key and value blob length.
+    pub(crate) fn remove_slot(&mut self, slot: u32) {
+        let hash = self.hasher.hash_one(self.entries[slot as usize].key());
+        match self.table.find_entry(hash, |&s| s == slot) {
+            Ok(occupied) => {
+                occupied.remove();
+            }
+            Err(_) => unreachable!("every live slot is in the table"),
+        }
+        let e = &mut self.entries[slot as usize];
+        self.blob_bytes -= e.blob_len();
+        e.blob = None;
+        e.expires = 0;
+        e.segment = self.free_head;
+        e.generation = e.generation.wrapping_add(1);
+        self.free_head = slot;
+        self.len -= 1;
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.table = HashTable::new();
+        self.entries = Vec::new();
+        self.free_head = NO_SLOT;
+        self.len = 0;
+        self.blob_bytes = 0;
+    }
+
+    /// Occupied slots, for compaction and checks.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Entry)> {
+        self.entries.iter().enumerate().filter(|(_, e)| e.blob.is_some()).map(|(i, e)| (i as u32, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_find_replace_remove_reuse() {
+        let mut ix = Index::new();
+        let a = ix.insert_new(b"a", b"1", 0, 1);
+        let b = ix.insert_new(b"bb", b"22", 5, 1);
+        assert_eq!(ix.find(b"a"), Some(a));
+        assert_eq!(ix.entry(b).value(), b"22");
+        ix.replace_value(a, b"one");
+        assert_eq!(ix.entry(a).value(), b"one");
+        assert_eq!(ix.entry(a).key(), b"a");
+        let g = ix.entry(a).generation;
+        ix.remove_slot(a);
+        assert_eq!(ix.find(b"a"), None);
+        assert!(ix.get_gen(a, g).is_none());
+        let c = ix.insert_new(b"c", b"", 0, 2);
+        assert_eq!(c, a, "free slot reused");
+        assert_ne!(ix.entry(c).generation, g);
+        assert_eq!(ix.len(), 2);
+        assert_eq!(ix.iter().count(), 2);
+    }
+
+    #[test]
+    fn entry_is_small() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+    }
+}

@@ -1,0 +1,43 @@
+//! cachet's storage engine: keys and values as bytes, kept in memory and in a
+//! CRC-checked write-ahead log, with Django's cache semantics (see
+//! [`Command`]). One writer thread owns all state ([`Engine`]); the pure core
+//! ([`State`]) applies commands and is what tests and fuzzers drive.
+//!
+//! The on-disk format is described byte by byte in `storage/FORMAT.md`.
+
+mod clock;
+mod engine;
+mod error;
+mod index;
+pub mod record;
+mod replay;
+mod segment;
+mod state;
+mod wheel;
+
+pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use engine::{Config, Engine, Handle, SyncPolicy};
+pub use error::{CorruptReason, Error, Result};
+pub use index::MAX_KEY_LEN;
+pub use replay::{CheckReport, Cut, Progress, RepairReport, ReplayReport, TornTail, check, repair};
+pub use state::{Command, Limits, NullSink, Reply, State, Stats, Ttl};
+pub use wheel::Wheel;
+
+#[doc(hidden)]
+pub mod testing {
+    //! Hooks for the fuzz targets and benches: the core without the thread.
+    use crate::state::{Command, NullSink, Reply, State};
+
+    pub fn apply(state: &mut State, cmd: &Command, now: u64, sink: &mut NullSink) -> crate::Result<Reply> {
+        state.apply(cmd, now, sink)
+    }
+
+    pub fn expire(state: &mut State, now: u64, budget: usize) -> usize {
+        state.expire(now, budget)
+    }
+
+    /// Replays a data directory into a fresh state at `now`.
+    pub fn replay(dir: &std::path::Path, state: &mut State, now: u64) -> crate::Result<crate::ReplayReport> {
+        crate::replay::replay_into(dir, state, now, |_| {})
+    }
+}

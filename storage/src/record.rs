@@ -1,0 +1,321 @@
+//! The byte layout of segment headers and log records (see `storage/FORMAT.md`).
+//!
+//! Encoding appends to a caller's buffer so that a whole batch becomes one
+//! `write()`. Decoding borrows from the input (a mapped segment during
+//! replay), checks the length bound before touching the payload and the CRC
+//! before interpreting it, so a damaged record can never yield a key or value.
+
+use crate::clock::UnixMillis;
+
+/// Identifies a segment file; numbers grow and are never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SegmentId(pub u64);
+
+/// A record's sequence number: one above the previous record's, across segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Seq(pub u64);
+
+pub const MAGIC: [u8; 8] = *b"CACHETLG";
+/// Bumped on any change to the layout below; replay refuses other versions.
+pub const FORMAT_VERSION: u32 = 1;
+pub const SEGMENT_HEADER_LEN: usize = 32;
+/// `length: u32 | crc32: u32`, then `length` bytes of `type | payload`.
+pub const RECORD_HEADER_LEN: usize = 8;
+/// The largest `length` replay accepts: a 64 KiB key, a 1 GiB value and the
+/// fixed fields. Checked before anything else about a record is believed.
+pub const MAX_RECORD_LEN: u32 = (1 << 30) + (1 << 16) + 64;
+
+const TYPE_SET: u8 = 1;
+const TYPE_DELETE: u8 = 2;
+const TYPE_TOUCH: u8 = 3;
+const TYPE_CLEAR: u8 = 4;
+
+/// One logged change. `expires` of `UnixMillis(0)` means never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    Set { key: &'a [u8], value: &'a [u8], expires: UnixMillis },
+    Delete { key: &'a [u8] },
+    Touch { key: &'a [u8], expires: UnixMillis },
+    Clear,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record header runs past the end of the file")]
+    Truncated,
+    #[error("record length {0} is zero or beyond the limit or the file")]
+    BadLength(u32),
+    #[error("record checksum mismatch")]
+    BadCrc,
+    #[error("unknown record type {0}")]
+    BadType(u8),
+    #[error("record payload malformed: {0}")]
+    BadPayload(&'static str),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("segment header is {0} bytes, shorter than {SEGMENT_HEADER_LEN}")]
+    Short(usize),
+    #[error("not a cachet segment (bad magic)")]
+    Magic,
+    #[error("segment format version {found}, this build reads version {FORMAT_VERSION}")]
+    Version { found: u32 },
+    #[error("segment header checksum mismatch")]
+    Crc,
+    #[error("segment header names segment {found}, file name says {expected}")]
+    WrongSegment { found: u64, expected: u64 },
+}
+
+/// The CRC is seeded with the segment number so that a record copied from
+/// another segment (a stale block, a misdirected write) does not validate.
+fn crc_seed(seg: SegmentId) -> u32 {
+    (seg.0 ^ (seg.0 >> 32)) as u32 ^ 0x5a5a_5a5a
+}
+
+pub fn segment_header(seg: SegmentId) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    // 12..16 reserved (zero)
+    h[16..24].copy_from_slice(&seg.0.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    // 28..32 reserved (zero)
+    h
+}
+
+pub fn check_segment_header(bytes: &[u8], expected: SegmentId) -> Result<(), HeaderError> {
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return Err(HeaderError::Short(bytes.len()));
+    }
+    if bytes[0..8] != MAGIC {
+        return Err(HeaderError::Magic);
+    }
+    let version = u32_at(bytes, 8);
+    if version != FORMAT_VERSION {
+        return Err(HeaderError::Version { found: version });
+    }
+    if crc32fast::hash(&bytes[0..24]) != u32_at(bytes, 24) {
+        return Err(HeaderError::Crc);
+    }
+    let found = u64_at(bytes, 16);
+    if found != expected.0 {
+        return Err(HeaderError::WrongSegment { found, expected: expected.0 });
+    }
+    Ok(())
+}
+
+/// Appends one record to `buf`; returns the bytes it took.
+pub fn encode(buf: &mut Vec<u8>, seg: SegmentId, seq: Seq, rec: &Record<'_>) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    match *rec {
+        Record::Set { key, value, expires } => {
+            buf.push(TYPE_SET);
+            buf.extend_from_slice(&seq.0.to_le_bytes());
+            buf.extend_from_slice(&expires.0.to_le_bytes());
+            buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            buf.extend_from_slice(key);
+            buf.extend_from_slice(value);
+        }
+        Record::Delete { key } => {
+            buf.push(TYPE_DELETE);
+            buf.extend_from_slice(&seq.0.to_le_bytes());
+            buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            buf.extend_from_slice(key);
+        }
+        Record::Touch { key, expires } => {
+            buf.push(TYPE_TOUCH);
+            buf.extend_from_slice(&seq.0.to_le_bytes());
+            buf.extend_from_slice(&expires.0.to_le_bytes());
+            buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            buf.extend_from_slice(key);
+        }
+        Record::Clear => {
+            buf.push(TYPE_CLEAR);
+            buf.extend_from_slice(&seq.0.to_le_bytes());
+        }
+    }
+    let body = start + RECORD_HEADER_LEN;
+    let len = (buf.len() - body) as u32;
+    let mut crc = crc32fast::Hasher::new_with_initial(crc_seed(seg));
+    crc.update(&buf[body..]);
+    let crc = crc.finalize();
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    buf.len() - start
+}
+
+/// The encoded size of a set record, without encoding it.
+pub fn set_record_len(key_len: usize, value_len: usize) -> usize {
+    RECORD_HEADER_LEN + 1 + 24 + key_len + value_len
+}
+
+/// Decodes the record at the start of `buf`; returns it with its sequence
+/// number and the bytes it took.
+pub fn decode(buf: &[u8], seg: SegmentId) -> Result<(Seq, Record<'_>, usize), RecordError> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return Err(RecordError::Truncated);
+    }
+    let len = u32_at(buf, 0);
+    let available = buf.len() - RECORD_HEADER_LEN;
+    if len == 0 || len > MAX_RECORD_LEN || len as usize > available {
+        return Err(RecordError::BadLength(len));
+    }
+    let body = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len as usize];
+    let mut crc = crc32fast::Hasher::new_with_initial(crc_seed(seg));
+    crc.update(body);
+    if crc.finalize() != u32_at(buf, 4) {
+        return Err(RecordError::BadCrc);
+    }
+    let (seq, rec) = decode_body(body)?;
+    Ok((seq, rec, RECORD_HEADER_LEN + len as usize))
+}
+
+fn decode_body(body: &[u8]) -> Result<(Seq, Record<'_>), RecordError> {
+    let kind = body[0];
+    let p = &body[1..];
+    let need = |n: usize| {
+        if p.len() < n { Err(RecordError::BadPayload("fixed fields cut short")) } else { Ok(()) }
+    };
+    match kind {
+        TYPE_SET => {
+            need(24)?;
+            let seq = Seq(u64_at(p, 0));
+            let expires = UnixMillis(u64_at(p, 8));
+            let klen = u32_at(p, 16) as usize;
+            let vlen = u32_at(p, 20) as usize;
+            if p.len() - 24 != klen.saturating_add(vlen) {
+                return Err(RecordError::BadPayload("set lengths disagree with record length"));
+            }
+            let key = &p[24..24 + klen];
+            let value = &p[24 + klen..];
+            Ok((seq, Record::Set { key, value, expires }))
+        }
+        TYPE_DELETE => {
+            need(12)?;
+            let seq = Seq(u64_at(p, 0));
+            let klen = u32_at(p, 8) as usize;
+            if p.len() - 12 != klen {
+                return Err(RecordError::BadPayload("delete key length disagrees with record length"));
+            }
+            Ok((seq, Record::Delete { key: &p[12..] }))
+        }
+        TYPE_TOUCH => {
+            need(20)?;
+            let seq = Seq(u64_at(p, 0));
+            let expires = UnixMillis(u64_at(p, 8));
+            let klen = u32_at(p, 16) as usize;
+            if p.len() - 20 != klen {
+                return Err(RecordError::BadPayload("touch key length disagrees with record length"));
+            }
+            Ok((seq, Record::Touch { key: &p[20..], expires }))
+        }
+        TYPE_CLEAR => {
+            if p.len() != 8 {
+                return Err(RecordError::BadPayload("clear record has the wrong length"));
+            }
+            Ok((Seq(u64_at(p, 0)), Record::Clear))
+        }
+        other => Err(RecordError::BadType(other)),
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("slice of 4"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("slice of 8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(rec: Record<'_>) {
+        let mut buf = Vec::new();
+        let n = encode(&mut buf, SegmentId(7), Seq(42), &rec);
+        assert_eq!(n, buf.len());
+        let (seq, back, used) = decode(&buf, SegmentId(7)).unwrap();
+        assert_eq!((seq, back, used), (Seq(42), rec, n));
+    }
+
+    #[test]
+    fn every_record_type_roundtrips() {
+        roundtrip(Record::Set { key: b"k", value: b"value", expires: UnixMillis(99) });
+        roundtrip(Record::Set { key: b"", value: b"", expires: UnixMillis(0) });
+        roundtrip(Record::Delete { key: b"gone" });
+        roundtrip(Record::Touch { key: b"t", expires: UnixMillis(5) });
+        roundtrip(Record::Clear);
+    }
+
+    #[test]
+    fn set_record_len_matches_encoding() {
+        let mut buf = Vec::new();
+        let rec = Record::Set { key: b"0123456789abcdef", value: &[1; 100], expires: UnixMillis(1) };
+        assert_eq!(encode(&mut buf, SegmentId(1), Seq(1), &rec), set_record_len(16, 100));
+    }
+
+    #[test]
+    fn a_record_from_another_segment_fails_its_crc() {
+        let mut buf = Vec::new();
+        encode(&mut buf, SegmentId(1), Seq(1), &Record::Delete { key: b"k" });
+        assert_eq!(decode(&buf, SegmentId(2)).unwrap_err(), RecordError::BadCrc);
+    }
+
+    #[test]
+    fn zeroed_space_never_parses() {
+        assert_eq!(decode(&[0u8; 64], SegmentId(0)).unwrap_err(), RecordError::BadLength(0));
+    }
+
+    #[test]
+    fn length_is_bounded_before_reading() {
+        let mut buf = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1];
+        assert_eq!(decode(&buf, SegmentId(0)).unwrap_err(), RecordError::BadLength(u32::MAX));
+        buf[0..4].copy_from_slice(&100u32.to_le_bytes());
+        assert_eq!(decode(&buf, SegmentId(0)).unwrap_err(), RecordError::BadLength(100));
+        assert_eq!(decode(&buf[..5], SegmentId(0)).unwrap_err(), RecordError::Truncated);
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_caught() {
+        let mut buf = Vec::new();
+        encode(&mut buf, SegmentId(3), Seq(9), &Record::Set { key: b"key", value: b"val", expires: UnixMillis(1) });
+        for i in 0..buf.len() {
+            for bit in 0..8 {
+                let mut bad = buf.clone();
+                bad[i] ^= 1 << bit;
+                assert!(decode(&bad, SegmentId(3)).is_err(), "flip at byte {i} bit {bit} parsed");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_type_with_valid_crc_is_rejected() {
+        let mut buf = Vec::new();
+        encode(&mut buf, SegmentId(0), Seq(1), &Record::Clear);
+        buf[8] = 77;
+        let mut crc = crc32fast::Hasher::new_with_initial(crc_seed(SegmentId(0)));
+        crc.update(&buf[8..]);
+        let c = crc.finalize();
+        buf[4..8].copy_from_slice(&c.to_le_bytes());
+        assert_eq!(decode(&buf, SegmentId(0)).unwrap_err(), RecordError::BadType(77));
+    }
+
+    #[test]
+    fn header_checks() {
+        let h = segment_header(SegmentId(5));
+        assert_eq!(check_segment_header(&h, SegmentId(5)), Ok(()));
+        assert_eq!(check_segment_header(&h, SegmentId(6)), Err(HeaderError::WrongSegment { found: 5, expected: 6 }));
+        assert_eq!(check_segment_header(&h[..10], SegmentId(5)), Err(HeaderError::Short(10)));
+        let mut v = h;
+        v[8] = 9;
+        assert_eq!(check_segment_header(&v, SegmentId(5)), Err(HeaderError::Version { found: 9 }));
+        let mut m = h;
+        m[0] = b'X';
+        assert_eq!(check_segment_header(&m, SegmentId(5)), Err(HeaderError::Magic));
+    }
+}

@@ -1,0 +1,793 @@
+//! The engine's pure core: the index, the timer wheel and the counters, with
+//! one method that applies a command at a given time and reports, through a
+//! [`Sink`], the log records it implies. No threads, files or clocks here, so
+//! the core is tested and fuzzed directly; `engine` wraps it with the writer
+//! thread and `replay` feeds it records from the log.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::error::{Error, Result};
+use crate::index::{Index, MAX_KEY_LEN};
+use crate::record::{Record, set_record_len};
+use crate::wheel::Wheel;
+
+/// How long a write keeps its value (Django's `timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// Never expires (Django `timeout=None`).
+    Never,
+    /// Expires this many ms from now; 0 stores nothing and removes any old value.
+    Millis(u64),
+}
+
+/// One operation on the cache. Keys and values are plain bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Get {
+        key: Vec<u8>,
+    },
+    GetMany {
+        keys: Vec<Vec<u8>>,
+    },
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Ttl,
+    },
+    SetMany {
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        ttl: Ttl,
+    },
+    /// Stores only if the key is absent or expired.
+    Add {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Ttl,
+    },
+    /// Like `Add`, but replies with the value held afterwards.
+    GetOrAdd {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Ttl,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    DeleteMany {
+        keys: Vec<Vec<u8>>,
+    },
+    Clear,
+    Touch {
+        key: Vec<u8>,
+        ttl: Ttl,
+    },
+    /// Adds `delta` to a MessagePack integer value, keeping its expiry.
+    Incr {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    HasKey {
+        key: Vec<u8>,
+    },
+    /// Moves a value to another key, keeping its expiry (for `incr_version`).
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Stats,
+}
+
+impl Command {
+    /// Whether the command may write to the log.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Command::Get { .. } | Command::GetMany { .. } | Command::HasKey { .. } | Command::Stats)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Value(Option<Vec<u8>>),
+    /// `GetMany`: one slot per requested key, in order.
+    Values(Vec<Option<Vec<u8>>>),
+    Done,
+    Bool(bool),
+    Int(i64),
+    /// `SetMany`: positions of the items that were refused.
+    Failed(Vec<usize>),
+    Stats(Stats),
+}
+
+/// Counters and sizes, as reported by `stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub entries: u64,
+    pub memory_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub sets: u64,
+    pub deletes: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub log_bytes: u64,
+    pub log_live_bytes: u64,
+    pub segments: u64,
+}
+
+/// Where the core reports the records its changes need; returns the segment
+/// the record goes to.
+pub(crate) trait Sink {
+    fn append(&mut self, rec: &Record<'_>) -> u32;
+}
+
+/// A sink that only counts, for replay-free uses of the core (tests, fuzzing).
+#[derive(Default)]
+pub struct NullSink {
+    pub records: u64,
+}
+
+impl Sink for NullSink {
+    fn append(&mut self, _: &Record<'_>) -> u32 {
+        self.records += 1;
+        0
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_key_bytes: 1024, max_value_bytes: 16 << 20 }
+    }
+}
+
+type Timer = (u32, u32);
+
+pub struct State {
+    index: Index,
+    wheel: Wheel<Timer>,
+    /// Timers found due but not yet processed (expiry work is bounded per loop).
+    due: VecDeque<Timer>,
+    /// Bytes of live set records per segment, for `log_live_bytes` and compaction.
+    live_by_segment: BTreeMap<u32, u64>,
+    limits: Limits,
+    stats: Stats,
+}
+
+impl State {
+    pub fn new(limits: Limits, now: u64) -> State {
+        State {
+            index: Index::new(),
+            wheel: Wheel::new(now),
+            due: VecDeque::new(),
+            live_by_segment: BTreeMap::new(),
+            limits,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.len() == 0
+    }
+
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.index.reserve(n);
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.index.memory_bytes() + self.wheel.len() * std::mem::size_of::<Timer>()
+    }
+
+    pub(crate) fn live_log_bytes(&self) -> u64 {
+        self.live_by_segment.values().sum()
+    }
+
+    /// Every live entry as `(key, value, expires)`, for checks and tests.
+    pub fn entries(&self, now: u64) -> impl Iterator<Item = (&[u8], &[u8], u64)> {
+        self.index.iter().filter(move |(_, e)| e.is_live_at(now)).map(|(_, e)| (e.key(), e.value(), e.expires))
+    }
+
+    /// When the wheel next needs attention (ms), if ever.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if !self.due.is_empty() {
+            return Some(0);
+        }
+        self.wheel.next_deadline()
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        let max = self.limits.max_key_bytes.min(MAX_KEY_LEN);
+        if key.len() > max {
+            return Err(Error::KeyTooLong { len: key.len(), max });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        if value.len() > self.limits.max_value_bytes {
+            return Err(Error::ValueTooLarge { size: value.len(), max: self.limits.max_value_bytes });
+        }
+        Ok(())
+    }
+
+    /// Validates a command against the limits without applying it.
+    pub fn validate(&self, cmd: &Command) -> Result<()> {
+        match cmd {
+            Command::Get { key } | Command::Delete { key } | Command::HasKey { key } => self.check_key(key),
+            Command::Touch { key, .. } | Command::Incr { key, .. } => self.check_key(key),
+            Command::GetMany { keys } | Command::DeleteMany { keys } => keys.iter().try_for_each(|k| self.check_key(k)),
+            Command::Set { key, value, .. }
+            | Command::Add { key, value, .. }
+            | Command::GetOrAdd { key, value, .. } => {
+                self.check_key(key)?;
+                self.check_value(value)
+            }
+            Command::Rename { from, to } => {
+                self.check_key(from)?;
+                self.check_key(to)
+            }
+            // set_many refuses items one by one and reports them.
+            Command::SetMany { .. } | Command::Clear | Command::Stats => Ok(()),
+        }
+    }
+
+    /// Applies one command at time `now` (unix ms).
+    pub(crate) fn apply(&mut self, cmd: &Command, now: u64, sink: &mut impl Sink) -> Result<Reply> {
+        self.validate(cmd)?;
+        Ok(match cmd {
+            Command::Get { key } => Reply::Value(self.get(key, now)),
+            Command::GetMany { keys } => Reply::Values(keys.iter().map(|k| self.get(k, now)).collect()),
+            Command::Set { key, value, ttl } => {
+                self.set(key, value, *ttl, now, sink);
+                Reply::Done
+            }
+            Command::SetMany { items, ttl } => {
+                let mut failed = Vec::new();
+                for (i, (key, value)) in items.iter().enumerate() {
+                    if self.check_key(key).is_err() || self.check_value(value).is_err() {
+                        failed.push(i);
+                    } else {
+                        self.set(key, value, *ttl, now, sink);
+                    }
+                }
+                Reply::Failed(failed)
+            }
+            Command::Add { key, value, ttl } => {
+                if self.live(key, now).is_some() {
+                    Reply::Bool(false)
+                } else {
+                    self.set(key, value, *ttl, now, sink);
+                    Reply::Bool(true)
+                }
+            }
+            Command::GetOrAdd { key, value, ttl } => match self.live(key, now) {
+                Some(slot) => {
+                    self.stats.hits += 1;
+                    Reply::Value(Some(self.index.entry(slot).value().to_vec()))
+                }
+                None => {
+                    self.stats.misses += 1;
+                    self.set(key, value, *ttl, now, sink);
+                    Reply::Value(Some(value.clone()))
+                }
+            },
+            Command::Delete { key } => Reply::Bool(self.delete(key, now, sink)),
+            Command::DeleteMany { keys } => {
+                for key in keys {
+                    self.delete(key, now, sink);
+                }
+                Reply::Done
+            }
+            Command::Clear => {
+                sink.append(&Record::Clear);
+                self.clear(now);
+                Reply::Done
+            }
+            Command::Touch { key, ttl } => Reply::Bool(self.touch(key, *ttl, now, sink)),
+            Command::Incr { key, delta } => Reply::Int(self.incr(key, *delta, now, sink)?),
+            Command::HasKey { key } => Reply::Bool(self.live(key, now).is_some()),
+            Command::Rename { from, to } => {
+                self.rename(from, to, now, sink)?;
+                Reply::Done
+            }
+            Command::Stats => Reply::Stats(self.stats()),
+        })
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            entries: self.index.len() as u64,
+            memory_bytes: self.memory_bytes() as u64,
+            log_live_bytes: self.live_log_bytes(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The slot of `key` if it is present and unexpired. An expired entry
+    /// found on the way is removed (without a log record: its own record
+    /// already carries the deadline).
+    fn live(&mut self, key: &[u8], now: u64) -> Option<u32> {
+        let slot = self.index.find(key)?;
+        if self.index.entry(slot).is_live_at(now) {
+            Some(slot)
+        } else {
+            self.remove(slot);
+            self.stats.expired += 1;
+            None
+        }
+    }
+
+    fn get(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
+        match self.live(key, now) {
+            Some(slot) => {
+                self.stats.hits += 1;
+                Some(self.index.entry(slot).value().to_vec())
+            }
+            None => {
+                self.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8], ttl: Ttl, now: u64, sink: &mut impl Sink) {
+        match deadline(ttl, now) {
+            None => {
+                // Django: a zero timeout stores nothing and drops the old value.
+                if let Some(slot) = self.live(key, now) {
+                    sink.append(&Record::Delete { key });
+                    self.remove(slot);
+                }
+            }
+            Some(expires) => {
+                let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires) });
+                self.put(key, value, expires, segment, now);
+                self.stats.sets += 1;
+            }
+        }
+    }
+
+    /// Stores a value (no logging): the shared step of `set` and replay.
+    fn put(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32, now: u64) {
+        match self.live(key, now) {
+            Some(slot) => {
+                let e = self.index.entry(slot);
+                let (old_expires, old_segment, old_len) =
+                    (e.expires, e.segment, set_record_len(key.len(), e.value().len()));
+                self.index.replace_value(slot, value);
+                self.unaccount(old_segment, old_len);
+                let e = self.index.entry_mut(slot);
+                e.segment = segment;
+                e.expires = expires;
+                self.arm(slot, old_expires, expires);
+            }
+            None => {
+                let slot = self.index.insert_new(key, value, expires, segment);
+                self.arm(slot, 0, expires);
+            }
+        }
+        *self.live_by_segment.entry(segment).or_default() += set_record_len(key.len(), value.len()) as u64;
+    }
+
+    fn unaccount(&mut self, segment: u32, len: usize) {
+        if let Some(live) = self.live_by_segment.get_mut(&segment) {
+            *live -= len as u64;
+            if *live == 0 {
+                self.live_by_segment.remove(&segment);
+            }
+        }
+    }
+
+    /// Makes sure a timer will fire at or before `new` (ms). A pending timer
+    /// for an earlier deadline is kept: when it fires, the wheel re-inserts
+    /// it at the entry's current deadline. So an overwrite-heavy load with
+    /// the default TTL adds no timers at all.
+    fn arm(&mut self, slot: u32, old: u64, new: u64) {
+        if new == 0 || (old != 0 && old <= new) {
+            return;
+        }
+        let e = self.index.entry_mut(slot);
+        e.generation = e.generation.wrapping_add(1);
+        let generation = e.generation;
+        self.wheel.insert(new, (slot, generation));
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let e = self.index.entry(slot);
+        let (segment, len) = (e.segment, set_record_len(e.key().len(), e.value().len()));
+        self.unaccount(segment, len);
+        self.index.remove_slot(slot);
+    }
+
+    fn delete(&mut self, key: &[u8], now: u64, sink: &mut impl Sink) -> bool {
+        match self.live(key, now) {
+            Some(slot) => {
+                sink.append(&Record::Delete { key });
+                self.remove(slot);
+                self.stats.deletes += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn clear(&mut self, now: u64) {
+        self.index.clear();
+        self.wheel = Wheel::new(now);
+        self.due.clear();
+        self.live_by_segment.clear();
+    }
+
+    fn touch(&mut self, key: &[u8], ttl: Ttl, now: u64, sink: &mut impl Sink) -> bool {
+        let Some(slot) = self.live(key, now) else { return false };
+        match deadline(ttl, now) {
+            None => {
+                sink.append(&Record::Delete { key });
+                self.remove(slot);
+            }
+            Some(expires) => {
+                sink.append(&Record::Touch { key, expires: crate::UnixMillis(expires) });
+                self.set_expiry(slot, expires);
+            }
+        }
+        true
+    }
+
+    fn set_expiry(&mut self, slot: u32, expires: u64) {
+        let e = self.index.entry_mut(slot);
+        let old = std::mem::replace(&mut e.expires, expires);
+        self.arm(slot, old, expires);
+    }
+
+    fn incr(&mut self, key: &[u8], delta: i64, now: u64, sink: &mut impl Sink) -> Result<i64> {
+        let slot = self.live(key, now).ok_or(Error::NotFound)?;
+        let e = self.index.entry(slot);
+        let current = decode_int(e.value())?;
+        let next = current.checked_add(delta).ok_or(Error::Overflow)?;
+        let mut value = Vec::with_capacity(9);
+        rmp::encode::write_sint(&mut value, next).expect("writing to a Vec cannot fail");
+        let expires = e.expires;
+        let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires) });
+        self.put(key, &value, expires, segment, now);
+        Ok(next)
+    }
+
+    fn rename(&mut self, from: &[u8], to: &[u8], now: u64, sink: &mut impl Sink) -> Result<()> {
+        let slot = self.live(from, now).ok_or(Error::NotFound)?;
+        if from == to {
+            return Ok(());
+        }
+        let e = self.index.entry(slot);
+        let (value, expires) = (e.value().to_vec(), e.expires);
+        // The new key is written before the old one is deleted: a torn batch
+        // then leaves a duplicate, never a loss.
+        let segment = sink.append(&Record::Set { key: to, value: &value, expires: crate::UnixMillis(expires) });
+        self.put(to, &value, expires, segment, now);
+        sink.append(&Record::Delete { key: from });
+        let slot = self.index.find(from).expect("renamed key still present");
+        self.remove(slot);
+        Ok(())
+    }
+
+    /// Removes up to `budget` entries whose deadline has passed; returns how
+    /// many it removed. Removal writes nothing to the log.
+    pub(crate) fn expire(&mut self, now: u64, budget: usize) -> usize {
+        if self.due.len() < budget {
+            let index = &self.index;
+            let mut out = Vec::new();
+            self.wheel.poll(
+                now,
+                |&(slot, generation)| {
+                    index.get_gen(slot, generation).and_then(|e| (e.expires != 0).then_some(e.expires))
+                },
+                &mut out,
+            );
+            self.due.extend(out);
+        }
+        let mut removed = 0;
+        while removed < budget {
+            let Some((slot, generation)) = self.due.pop_front() else { break };
+            let Some(e) = self.index.get_gen(slot, generation) else { continue };
+            if e.expires != 0 && e.expires <= now {
+                self.remove(slot);
+                self.stats.expired += 1;
+                removed += 1;
+            } else if e.expires != 0 {
+                self.wheel.insert(e.expires, (slot, generation));
+            }
+        }
+        removed
+    }
+
+    /// Applies one record read back from the log. A set or touch whose
+    /// deadline has passed still supersedes what came before: it removes the
+    /// key, so an older value cannot come back.
+    pub(crate) fn replay(&mut self, rec: &Record<'_>, segment: u32, now: u64) {
+        match *rec {
+            Record::Set { key, value, expires } => {
+                if expires.0 != 0 && expires.0 <= now {
+                    if let Some(slot) = self.index.find(key) {
+                        self.remove(slot);
+                    }
+                } else {
+                    self.put_unarmed(key, value, expires.0, segment);
+                }
+            }
+            Record::Delete { key } => {
+                if let Some(slot) = self.index.find(key) {
+                    self.remove(slot);
+                }
+            }
+            Record::Touch { key, expires } => {
+                if let Some(slot) = self.index.find(key) {
+                    if expires.0 != 0 && expires.0 <= now {
+                        self.remove(slot);
+                    } else {
+                        self.index.entry_mut(slot).expires = expires.0;
+                    }
+                }
+            }
+            Record::Clear => self.clear(now),
+        }
+    }
+
+    /// `put` for replay: timers are armed once at the end, not per record.
+    fn put_unarmed(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32) {
+        if let Some(slot) = self.index.find(key) {
+            let e = self.index.entry(slot);
+            let (old_segment, old_len) = (e.segment, set_record_len(key.len(), e.value().len()));
+            self.index.replace_value(slot, value);
+            self.unaccount(old_segment, old_len);
+            let e = self.index.entry_mut(slot);
+            e.segment = segment;
+            e.expires = expires;
+        } else {
+            self.index.insert_new(key, value, expires, segment);
+        }
+        *self.live_by_segment.entry(segment).or_default() += set_record_len(key.len(), value.len()) as u64;
+    }
+
+    /// Every live entry's set record now lives in `segment` (after a rewrite).
+    pub(crate) fn move_all_to_segment(&mut self, segment: u32) {
+        let slots: Vec<u32> = self.index.iter().map(|(slot, _)| slot).collect();
+        let mut live = 0u64;
+        for slot in slots {
+            let e = self.index.entry_mut(slot);
+            e.segment = segment;
+            live += set_record_len(e.key().len(), e.value().len()) as u64;
+        }
+        self.live_by_segment.clear();
+        if live > 0 {
+            self.live_by_segment.insert(segment, live);
+        }
+    }
+
+    /// After replay: drop what expired during it and arm one timer per entry.
+    pub(crate) fn finish_replay(&mut self, now: u64) {
+        self.wheel = Wheel::new(now);
+        let mut expired = Vec::new();
+        let mut timers = Vec::new();
+        for (slot, e) in self.index.iter() {
+            if e.expires != 0 {
+                if e.expires <= now {
+                    expired.push(slot);
+                } else {
+                    timers.push((e.expires, (slot, e.generation)));
+                }
+            }
+        }
+        for slot in expired {
+            self.remove(slot);
+        }
+        for (when, timer) in timers {
+            self.wheel.insert(when, timer);
+        }
+    }
+}
+
+/// The deadline for a TTL: `None` for "expire now", `Some(0)` for never.
+fn deadline(ttl: Ttl, now: u64) -> Option<u64> {
+    match ttl {
+        Ttl::Never => Some(0),
+        Ttl::Millis(0) => None,
+        Ttl::Millis(ms) => Some(now.saturating_add(ms).max(1)),
+    }
+}
+
+/// Reads a value that must be exactly one MessagePack integer.
+pub(crate) fn decode_int(value: &[u8]) -> Result<i64> {
+    let mut rd = value;
+    match rmp::decode::read_int::<i64, _>(&mut rd) {
+        Ok(n) if rd.is_empty() => Ok(n),
+        Ok(_) => Err(Error::NotAnInteger),
+        Err(rmp::decode::NumValueReadError::OutOfRange) => Err(Error::Overflow),
+        Err(_) => Err(Error::NotAnInteger),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(n: i64) -> Vec<u8> {
+        let mut v = Vec::new();
+        rmp::encode::write_sint(&mut v, n).unwrap();
+        v
+    }
+
+    struct Core {
+        s: State,
+        now: u64,
+        sink: NullSink,
+    }
+
+    impl Core {
+        fn new() -> Core {
+            Core { s: State::new(Limits::default(), 1_000_000), now: 1_000_000, sink: NullSink::default() }
+        }
+        fn run(&mut self, cmd: Command) -> Result<Reply> {
+            let r = self.s.apply(&cmd, self.now, &mut self.sink);
+            self.s.expire(self.now, usize::MAX);
+            r
+        }
+        fn get(&mut self, k: &str) -> Option<Vec<u8>> {
+            match self.run(Command::Get { key: k.into() }).unwrap() {
+                Reply::Value(v) => v,
+                r => panic!("{r:?}"),
+            }
+        }
+        fn set(&mut self, k: &str, v: &[u8], ttl: Ttl) {
+            self.run(Command::Set { key: k.into(), value: v.to_vec(), ttl }).unwrap();
+        }
+        fn advance(&mut self, ms: u64) {
+            self.now += ms;
+            self.s.expire(self.now, usize::MAX);
+        }
+    }
+
+    #[test]
+    fn zero_ttl_stores_nothing_and_removes_old_value() {
+        let mut c = Core::new();
+        c.set("k", b"v", Ttl::Never);
+        c.set("k", b"w", Ttl::Millis(0));
+        assert_eq!(c.get("k"), None);
+        assert_eq!(
+            c.run(Command::Add { key: "n".into(), value: b"x".to_vec(), ttl: Ttl::Millis(0) }).unwrap(),
+            Reply::Bool(true)
+        );
+        assert_eq!(c.get("n"), None);
+    }
+
+    #[test]
+    fn expiry_is_exact_and_active() {
+        let mut c = Core::new();
+        c.set("k", b"v", Ttl::Millis(1000));
+        c.advance(999);
+        assert_eq!(c.get("k"), Some(b"v".to_vec()));
+        c.advance(1);
+        assert_eq!(c.s.len(), 0, "removed by the wheel without a read");
+        assert_eq!(c.get("k"), None);
+        assert_eq!(c.s.stats().expired, 1);
+    }
+
+    #[test]
+    fn add_over_an_expired_key_succeeds() {
+        let mut c = Core::new();
+        c.set("k", b"old", Ttl::Millis(10));
+        assert_eq!(
+            c.run(Command::Add { key: "k".into(), value: b"x".to_vec(), ttl: Ttl::Never }).unwrap(),
+            Reply::Bool(false)
+        );
+        c.now += 10; // not yet swept by the wheel: add must still see it expired
+        assert_eq!(
+            c.s.apply(
+                &Command::Add { key: b"k".to_vec(), value: b"new".to_vec(), ttl: Ttl::Never },
+                c.now,
+                &mut c.sink
+            )
+            .unwrap(),
+            Reply::Bool(true)
+        );
+        assert_eq!(c.get("k"), Some(b"new".to_vec()));
+    }
+
+    #[test]
+    fn incr_keeps_expiry_and_checks_errors() {
+        let mut c = Core::new();
+        c.set("n", &int(5), Ttl::Millis(100));
+        assert_eq!(c.run(Command::Incr { key: "n".into(), delta: 3 }).unwrap(), Reply::Int(8));
+        assert_eq!(c.run(Command::Incr { key: "n".into(), delta: -10 }).unwrap(), Reply::Int(-2));
+        c.advance(100);
+        assert!(matches!(c.run(Command::Incr { key: "n".into(), delta: 1 }), Err(Error::NotFound)));
+        c.set("s", b"\xa3abc", Ttl::Never);
+        assert!(matches!(c.run(Command::Incr { key: "s".into(), delta: 1 }), Err(Error::NotAnInteger)));
+        c.set("big", &int(i64::MAX), Ttl::Never);
+        assert!(matches!(c.run(Command::Incr { key: "big".into(), delta: 1 }), Err(Error::Overflow)));
+        assert_eq!(c.get("big"), Some(int(i64::MAX)));
+        c.set("u", &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Ttl::Never);
+        assert!(matches!(c.run(Command::Incr { key: "u".into(), delta: 1 }), Err(Error::Overflow)));
+    }
+
+    #[test]
+    fn touch_never_revives_and_can_make_permanent() {
+        let mut c = Core::new();
+        c.set("k", b"v", Ttl::Millis(10));
+        assert_eq!(c.run(Command::Touch { key: "k".into(), ttl: Ttl::Never }).unwrap(), Reply::Bool(true));
+        c.advance(1_000_000);
+        assert_eq!(c.get("k"), Some(b"v".to_vec()));
+        c.set("e", b"v", Ttl::Millis(10));
+        c.now += 10;
+        assert_eq!(c.run(Command::Touch { key: "e".into(), ttl: Ttl::Millis(1000) }).unwrap(), Reply::Bool(false));
+        assert_eq!(c.get("e"), None);
+        assert_eq!(c.run(Command::Touch { key: "missing".into(), ttl: Ttl::Never }).unwrap(), Reply::Bool(false));
+    }
+
+    #[test]
+    fn touch_shortens_and_lengthens() {
+        let mut c = Core::new();
+        c.set("k", b"v", Ttl::Millis(1000));
+        c.run(Command::Touch { key: "k".into(), ttl: Ttl::Millis(5000) }).unwrap();
+        c.advance(1000);
+        assert_eq!(c.get("k"), Some(b"v".to_vec()));
+        c.run(Command::Touch { key: "k".into(), ttl: Ttl::Millis(10) }).unwrap();
+        c.advance(10);
+        assert_eq!(c.s.len(), 0);
+    }
+
+    #[test]
+    fn rename_keeps_expiry() {
+        let mut c = Core::new();
+        c.set("a", b"v", Ttl::Millis(50));
+        c.run(Command::Rename { from: "a".into(), to: "b".into() }).unwrap();
+        assert_eq!(c.get("a"), None);
+        assert_eq!(c.get("b"), Some(b"v".to_vec()));
+        c.advance(50);
+        assert_eq!(c.get("b"), None);
+        assert!(matches!(c.run(Command::Rename { from: "a".into(), to: "b".into() }), Err(Error::NotFound)));
+    }
+
+    #[test]
+    fn get_or_add_returns_the_winner() {
+        let mut c = Core::new();
+        let first = c.run(Command::GetOrAdd { key: "k".into(), value: b"1".to_vec(), ttl: Ttl::Never }).unwrap();
+        let second = c.run(Command::GetOrAdd { key: "k".into(), value: b"2".to_vec(), ttl: Ttl::Never }).unwrap();
+        assert_eq!(first, Reply::Value(Some(b"1".to_vec())));
+        assert_eq!(second, Reply::Value(Some(b"1".to_vec())));
+    }
+
+    #[test]
+    fn limits_are_enforced_with_clear_errors() {
+        let mut c = Core::new();
+        let long = "k".repeat(2000);
+        let e = c.run(Command::Get { key: long.clone().into() }).unwrap_err();
+        assert!(e.to_string().contains("max_key_bytes"), "{e}");
+        let e = c.run(Command::Set { key: "k".into(), value: vec![0; (16 << 20) + 1], ttl: Ttl::Never }).unwrap_err();
+        assert!(e.to_string().contains("--max-value-bytes"), "{e}");
+        let r = c
+            .run(Command::SetMany { items: vec![(long.into(), vec![]), (b"ok".to_vec(), vec![])], ttl: Ttl::Never })
+            .unwrap();
+        assert_eq!(r, Reply::Failed(vec![0]));
+        assert_eq!(c.get("ok"), Some(vec![]));
+    }
+
+    #[test]
+    fn overwrites_with_a_ttl_do_not_pile_up_timers() {
+        let mut c = Core::new();
+        for _ in 0..1000 {
+            c.set("k", b"v", Ttl::Millis(300_000));
+            c.now += 1;
+        }
+        assert_eq!(c.s.wheel.len(), 1);
+    }
+}

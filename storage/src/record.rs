@@ -79,9 +79,9 @@ pub fn segment_header(seg: SegmentId) -> [u8; SEGMENT_HEADER_LEN] {
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     // 12..16 reserved (zero)
     h[16..24].copy_from_slice(&seg.0.to_le_bytes());
-    let crc = crc32fast::hash(&h[0..24]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
-    // 28..32 reserved (zero)
+    // 24..28 reserved (zero)
+    let crc = crc32fast::hash(&h[0..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
@@ -96,7 +96,7 @@ pub fn check_segment_header(bytes: &[u8], expected: SegmentId) -> Result<(), Hea
     if version != FORMAT_VERSION {
         return Err(HeaderError::Version { found: version });
     }
-    if crc32fast::hash(&bytes[0..24]) != u32_at(bytes, 24) {
+    if crc32fast::hash(&bytes[0..28]) != u32_at(bytes, 28) {
         return Err(HeaderError::Crc);
     }
     let found = u64_at(bytes, 16);

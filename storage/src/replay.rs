@@ -3,8 +3,9 @@
 //! Rules (each has a test):
 //! - Segments below the manifest's floor are dead and ignored.
 //! - Records apply in order; each sequence number is one above the last.
-//! - A set or touch whose deadline has passed removes the key; it is never
-//!   simply skipped, or an older value would come back.
+//! - A set or touch whose deadline has passed is applied like any other (it
+//!   is never skipped, or an older value would come back); what is expired
+//!   once the whole log is applied is dropped.
 //! - A bad record at the end of the newest segment, with no valid record
 //!   after it, is a torn write: it is cut off and the log opens.
 //! - Any other bad record is corruption: opening fails naming the file, the

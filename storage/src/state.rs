@@ -510,20 +510,14 @@ impl State {
         removed
     }
 
-    /// Applies one record read back from the log. A set or touch whose
-    /// deadline has passed still supersedes what came before: it removes the
-    /// key, so an older value cannot come back.
+    /// Applies one record read back from the log. Every record applies,
+    /// whatever its deadline: a set whose deadline has passed still replaces
+    /// the older value (so that cannot come back), and a later touch may have
+    /// extended it while it was live. What is expired at the end of replay is
+    /// dropped by `finish_replay`.
     pub(crate) fn replay(&mut self, rec: &Record<'_>, segment: u32, now: u64) {
         match *rec {
-            Record::Set { key, value, expires } => {
-                if expires.0 != 0 && expires.0 <= now {
-                    if let Some(slot) = self.index.find(key) {
-                        self.remove(slot);
-                    }
-                } else {
-                    self.put_unarmed(key, value, expires.0, segment);
-                }
-            }
+            Record::Set { key, value, expires } => self.put_unarmed(key, value, expires.0, segment),
             Record::Delete { key } => {
                 if let Some(slot) = self.index.find(key) {
                     self.remove(slot);
@@ -531,11 +525,7 @@ impl State {
             }
             Record::Touch { key, expires } => {
                 if let Some(slot) = self.index.find(key) {
-                    if expires.0 != 0 && expires.0 <= now {
-                        self.remove(slot);
-                    } else {
-                        self.index.entry_mut(slot).expires = expires.0;
-                    }
+                    self.index.entry_mut(slot).expires = expires.0;
                 }
             }
             Record::Clear => self.clear(now),

@@ -1,0 +1,850 @@
+//! `Cache`: Django's low-level cache API over one or more cachetd servers.
+//!
+//! Every operation returns a request value refined with `.timeout(…)`,
+//! `.version(…)` or `.delta(…)` and then awaited (`IntoFuture`), as reqwest
+//! and sqlx do. Values are any serde type, encoded with rmp-serde; integers
+//! are MessagePack integers, so `incr` works on `set(k, &5)`.
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use crate::connection::{Node, Retry};
+use crate::error::Error;
+use crate::key::{make_key, user_part};
+use crate::protocol::{ServerInfo, WireStats, WireTtl};
+use crate::shard;
+use crate::timeout::Timeout;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Counters and sizes from the server (summed over all servers), with the
+/// figures of each server in `per_server`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub entries: u64,
+    pub memory_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub sets: u64,
+    pub deletes: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub log_bytes: u64,
+    pub log_live_bytes: u64,
+    pub uptime_secs: u64,
+    pub connections: u64,
+    pub per_server: Vec<(String, Stats)>,
+}
+
+impl From<WireStats> for Stats {
+    fn from(w: WireStats) -> Stats {
+        Stats {
+            entries: w.entries,
+            memory_bytes: w.memory_bytes,
+            hits: w.hits,
+            misses: w.misses,
+            sets: w.sets,
+            deletes: w.deletes,
+            expired: w.expired,
+            evicted: w.evicted,
+            log_bytes: w.log_bytes,
+            log_live_bytes: w.log_live_bytes,
+            uptime_secs: w.uptime_secs,
+            connections: w.connections,
+            per_server: Vec::new(),
+        }
+    }
+}
+
+/// Configures a [`Cache`]; see [`Cache::builder`].
+#[derive(Clone, Debug)]
+pub struct Builder {
+    servers: Vec<String>,
+    prefix: String,
+    version: i64,
+    default_timeout: Duration,
+    request_timeout: Duration,
+    token: Option<String>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            servers: Vec::new(),
+            prefix: String::new(),
+            version: 1,
+            default_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(5),
+            token: None,
+        }
+    }
+}
+
+impl Builder {
+    /// Adds a server, `HOST:PORT` or `unix:/path`. With several, keys are
+    /// spread over them by rendezvous hashing.
+    pub fn server(mut self, addr: impl Into<String>) -> Self {
+        self.servers.push(addr.into());
+        self
+    }
+
+    /// Django's `KEY_PREFIX`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Django's `VERSION`.
+    pub fn version(mut self, version: i64) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Django's `TIMEOUT`: used by `Timeout::Default`.
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// How long one request may take before `Error::Timeout`.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Connects to every server (so a wrong address or token shows up now).
+    pub async fn connect(self) -> Result<Cache, Error> {
+        if self.servers.is_empty() {
+            return Err(Error::Connection { server: String::new(), reason: "no server given; call .server(addr)".into() });
+        }
+        let cache = Cache {
+            inner: Arc::new(Inner {
+                nodes: self.servers.iter().cloned().map(Node::new).collect(),
+                addrs: self.servers,
+                prefix: self.prefix,
+                version: self.version,
+                default_timeout: self.default_timeout,
+                request_timeout: self.request_timeout,
+                token: self.token,
+                computing: Mutex::new(HashMap::new()),
+            }),
+        };
+        for node in &cache.inner.nodes {
+            node.conn(&cache.inner.token, cache.inner.request_timeout).await?;
+        }
+        Ok(cache)
+    }
+}
+
+struct Inner {
+    nodes: Vec<Node>,
+    addrs: Vec<String>,
+    prefix: String,
+    version: i64,
+    default_timeout: Duration,
+    request_timeout: Duration,
+    token: Option<String>,
+    /// Keys whose `get_or_set_with` closure is running, so concurrent callers
+    /// share one computation.
+    computing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A handle to the cache. Cheap to clone; usable from many tasks at once.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>, Error> {
+    Ok(rmp_serde::to_vec_named(value)?)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+impl Cache {
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Connects to one server with the defaults.
+    pub async fn connect(addr: impl Into<String>) -> Result<Cache, Error> {
+        Cache::builder().server(addr).connect().await
+    }
+
+    fn key(&self, key: &str, version: Option<i64>) -> String {
+        make_key(&self.inner.prefix, version.unwrap_or(self.inner.version), key)
+    }
+
+    fn node_for(&self, full_key: &str) -> &Node {
+        &self.inner.nodes[shard::pick(&self.inner.addrs, full_key.as_bytes())]
+    }
+
+    fn ttl(&self, t: Timeout) -> WireTtl {
+        t.to_wire(self.inner.default_timeout)
+    }
+
+    async fn info(&self, node: &Node) -> Result<ServerInfo, Error> {
+        Ok(node.conn(&self.inner.token, self.inner.request_timeout).await?.info.clone())
+    }
+
+    /// Refuses, before sending, what the server would refuse.
+    async fn check(&self, node: &Node, key: &str, value: Option<&[u8]>) -> Result<(), Error> {
+        let info = self.info(node).await?;
+        if key.len() as u64 > info.max_key_bytes {
+            return Err(Error::InvalidKey(format!(
+                "key is {} bytes (with prefix and version), over the server's limit of {}; use a shorter key or raise --max-key-bytes",
+                key.len(),
+                info.max_key_bytes
+            )));
+        }
+        if let Some(v) = value
+            && v.len() as u64 > info.max_value_bytes
+        {
+            return Err(Error::ValueTooLarge { size: v.len() as u64, max: info.max_value_bytes });
+        }
+        Ok(())
+    }
+
+    pub fn get<T: DeserializeOwned + Send + 'static>(&self, key: impl AsRef<str>) -> Get<T> {
+        Get { cache: self.clone(), key: key.as_ref().to_owned(), version: None, _t: PhantomData }
+    }
+
+    pub fn set<V: Serialize + ?Sized>(&self, key: impl AsRef<str>, value: &V) -> Set {
+        Set { w: Write::new(self, key.as_ref(), encode(value)), kind: WriteKind::Set }
+    }
+
+    /// Stores only if the key is absent (or expired); resolves to whether it stored.
+    pub fn add<V: Serialize + ?Sized>(&self, key: impl AsRef<str>, value: &V) -> Add {
+        Add { w: Write::new(self, key.as_ref(), encode(value)) }
+    }
+
+    /// Returns the cached value, storing `default` first on a miss. Atomic on
+    /// the server: concurrent callers all get the winner's value.
+    pub fn get_or_set<T: Serialize + DeserializeOwned + Send + 'static>(&self, key: impl AsRef<str>, default: &T) -> GetOrSet<T> {
+        GetOrSet { w: Write::new(self, key.as_ref(), encode(default)), _t: PhantomData }
+    }
+
+    /// Returns the cached value; on a miss runs `f` (only then, and once for
+    /// all concurrent callers on this `Cache`) and stores its result.
+    pub fn get_or_set_with<T, F, Fut>(&self, key: impl AsRef<str>, f: F) -> GetOrSetWith<T, F>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        GetOrSetWith { cache: self.clone(), key: key.as_ref().to_owned(), f, timeout: Timeout::Default, version: None, _t: PhantomData }
+    }
+
+    pub fn get_many<T: DeserializeOwned + Send + 'static>(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) -> GetMany<T> {
+        GetMany { cache: self.clone(), keys: keys.into_iter().map(|k| k.as_ref().to_owned()).collect(), version: None, _t: PhantomData }
+    }
+
+    /// Stores many values; resolves to the keys that could not be stored.
+    pub fn set_many<K: AsRef<str>, V: Serialize>(&self, items: impl IntoIterator<Item = (K, V)>) -> SetMany {
+        let items = items.into_iter().map(|(k, v)| (k.as_ref().to_owned(), encode(&v))).collect();
+        SetMany { cache: self.clone(), items, timeout: Timeout::Default, version: None }
+    }
+
+    pub fn delete(&self, key: impl AsRef<str>) -> Delete {
+        Delete { cache: self.clone(), key: key.as_ref().to_owned(), version: None }
+    }
+
+    pub fn delete_many(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) -> DeleteMany {
+        DeleteMany { cache: self.clone(), keys: keys.into_iter().map(|k| k.as_ref().to_owned()).collect(), version: None }
+    }
+
+    /// Sets a new timeout on a live key; resolves to false if it is missing.
+    pub fn touch(&self, key: impl AsRef<str>) -> Touch {
+        Touch { cache: self.clone(), key: key.as_ref().to_owned(), timeout: Timeout::Default, version: None }
+    }
+
+    pub fn incr(&self, key: impl AsRef<str>) -> Incr {
+        Incr { cache: self.clone(), key: key.as_ref().to_owned(), delta: 1, sign: 1, version: None }
+    }
+
+    pub fn decr(&self, key: impl AsRef<str>) -> Incr {
+        Incr { cache: self.clone(), key: key.as_ref().to_owned(), delta: 1, sign: -1, version: None }
+    }
+
+    pub fn has_key(&self, key: impl AsRef<str>) -> HasKey {
+        HasKey { cache: self.clone(), key: key.as_ref().to_owned(), version: None }
+    }
+
+    /// Moves the value to version + delta (keeping its expiry); resolves to the new version.
+    pub fn incr_version(&self, key: impl AsRef<str>) -> IncrVersion {
+        IncrVersion { cache: self.clone(), key: key.as_ref().to_owned(), delta: 1, sign: 1, version: None }
+    }
+
+    pub fn decr_version(&self, key: impl AsRef<str>) -> IncrVersion {
+        IncrVersion { cache: self.clone(), key: key.as_ref().to_owned(), delta: 1, sign: -1, version: None }
+    }
+
+    /// Removes everything, on every server.
+    pub async fn clear(&self) -> Result<(), Error> {
+        let calls = self.inner.nodes.iter().map(|node| {
+            node.call(&self.inner.token, self.inner.request_timeout, Retry::Safe, |c, ctx| async move { c.clear(ctx).await })
+        });
+        futures::future::try_join_all(calls).await.map(|_| ())
+    }
+
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        let calls = self.inner.nodes.iter().map(|node| async move {
+            let s = node
+                .call(&self.inner.token, self.inner.request_timeout, Retry::Safe, |c, ctx| async move { c.stats(ctx).await })
+                .await?;
+            Ok::<_, Error>((node.addr.clone(), Stats::from(s)))
+        });
+        let all = futures::future::try_join_all(calls).await?;
+        let mut total = Stats::default();
+        for (_, s) in &all {
+            total.entries += s.entries;
+            total.memory_bytes += s.memory_bytes;
+            total.hits += s.hits;
+            total.misses += s.misses;
+            total.sets += s.sets;
+            total.deletes += s.deletes;
+            total.expired += s.expired;
+            total.evicted += s.evicted;
+            total.log_bytes += s.log_bytes;
+            total.log_live_bytes += s.log_live_bytes;
+            total.uptime_secs = total.uptime_secs.max(s.uptime_secs);
+            total.connections += s.connections;
+        }
+        total.per_server = all;
+        Ok(total)
+    }
+
+    /// Drops the connections; a later call reconnects.
+    pub async fn close(&self) -> Result<(), Error> {
+        for node in &self.inner.nodes {
+            node.drop_conn(None).await;
+        }
+        Ok(())
+    }
+
+    async fn call<R, F, Fut>(&self, node: &Node, retry: Retry, f: F) -> Result<R, Error>
+    where
+        F: Fn(crate::protocol::CacheServiceClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = Result<Result<R, crate::protocol::WireError>, tarpc::client::RpcError>>,
+    {
+        node.call(&self.inner.token, self.inner.request_timeout, retry, f).await
+    }
+
+    /// Groups full keys by the server they live on.
+    fn by_node<I>(&self, items: impl IntoIterator<Item = (String, I)>) -> Vec<(usize, Vec<(String, I)>)> {
+        let mut groups: HashMap<usize, Vec<(String, I)>> = HashMap::new();
+        for (k, v) in items {
+            groups.entry(shard::pick(&self.inner.addrs, k.as_bytes())).or_default().push((k, v));
+        }
+        groups.into_iter().collect()
+    }
+}
+
+macro_rules! version_and_timeout {
+    ($t:ident<$g:ident>) => {
+        impl<$g> $t<$g> {
+            /// Django's `version=` for this call.
+            pub fn version(mut self, v: i64) -> Self {
+                self.version = Some(v);
+                self
+            }
+        }
+    };
+    ($t:ty) => {
+        impl $t {
+            /// Django's `version=` for this call.
+            pub fn version(mut self, v: i64) -> Self {
+                self.version = Some(v);
+                self
+            }
+        }
+    };
+    ($t:ty, timeout) => {
+        version_and_timeout!($t);
+        impl $t {
+            /// Django's `timeout=` for this call.
+            pub fn timeout(mut self, t: impl Into<Timeout>) -> Self {
+                self.timeout = t.into();
+                self
+            }
+        }
+    };
+}
+
+pub struct Get<T> {
+    cache: Cache,
+    key: String,
+    version: Option<i64>,
+    _t: PhantomData<fn() -> T>,
+}
+version_and_timeout!(Get<T>);
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for Get<T> {
+    type Output = Result<Option<T>, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let key = c.key(&self.key, self.version);
+            let node = c.node_for(&key);
+            c.check(node, &key, None).await?;
+            let kb = ByteBuf::from(key.into_bytes());
+            let v = c.call(node, Retry::Safe, |cl, ctx| { let kb = kb.clone(); async move { cl.get(ctx, kb).await } }).await?;
+            v.map(|b| decode(&b)).transpose()
+        })
+    }
+}
+
+/// The shared part of the single-key writes.
+struct Write {
+    cache: Cache,
+    key: String,
+    value: Result<Vec<u8>, Error>,
+    timeout: Timeout,
+    version: Option<i64>,
+}
+
+impl Write {
+    fn new(cache: &Cache, key: &str, value: Result<Vec<u8>, Error>) -> Write {
+        Write { cache: cache.clone(), key: key.to_owned(), value, timeout: Timeout::Default, version: None }
+    }
+
+    /// Resolves key, node, value and TTL, checking limits before sending.
+    async fn prepare(self) -> Result<(Cache, String, ByteBuf, WireTtl), Error> {
+        let value = self.value?;
+        let key = self.cache.key(&self.key, self.version);
+        self.cache.check(self.cache.node_for(&key), &key, Some(&value)).await?;
+        let ttl = self.cache.ttl(self.timeout);
+        Ok((self.cache, key, ByteBuf::from(value), ttl))
+    }
+}
+
+macro_rules! write_builder {
+    ($t:ident $(<$g:ident>)?) => {
+        impl$(<$g>)? $t$(<$g>)? {
+            pub fn version(mut self, v: i64) -> Self {
+                self.w.version = Some(v);
+                self
+            }
+            pub fn timeout(mut self, t: impl Into<Timeout>) -> Self {
+                self.w.timeout = t.into();
+                self
+            }
+        }
+    };
+}
+
+enum WriteKind {
+    Set,
+}
+
+pub struct Set {
+    w: Write,
+    kind: WriteKind,
+}
+write_builder!(Set);
+
+impl IntoFuture for Set {
+    type Output = Result<(), Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let WriteKind::Set = self.kind;
+            let (c, key, value, ttl) = self.w.prepare().await?;
+            let kb = ByteBuf::from(key.as_bytes().to_vec());
+            c.call(c.node_for(&key), Retry::Safe, |cl, ctx| {
+                let (kb, value) = (kb.clone(), value.clone());
+                async move { cl.set(ctx, kb, value, ttl).await }
+            })
+            .await
+        })
+    }
+}
+
+pub struct Add {
+    w: Write,
+}
+write_builder!(Add);
+
+impl IntoFuture for Add {
+    type Output = Result<bool, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let (c, key, value, ttl) = self.w.prepare().await?;
+            let kb = ByteBuf::from(key.as_bytes().to_vec());
+            c.call(c.node_for(&key), Retry::OnlyIfUnsent, |cl, ctx| {
+                let (kb, value) = (kb.clone(), value.clone());
+                async move { cl.add(ctx, kb, value, ttl).await }
+            })
+            .await
+        })
+    }
+}
+
+pub struct GetOrSet<T> {
+    w: Write,
+    _t: PhantomData<fn() -> T>,
+}
+write_builder!(GetOrSet<T>);
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetOrSet<T> {
+    type Output = Result<T, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let (c, key, value, ttl) = self.w.prepare().await?;
+            let kb = ByteBuf::from(key.as_bytes().to_vec());
+            let held = c
+                .call(c.node_for(&key), Retry::Safe, |cl, ctx| {
+                    let (kb, value) = (kb.clone(), value.clone());
+                    async move { cl.get_or_add(ctx, kb, value, ttl).await }
+                })
+                .await?;
+            decode(&held)
+        })
+    }
+}
+
+pub struct GetOrSetWith<T, F> {
+    cache: Cache,
+    key: String,
+    f: F,
+    timeout: Timeout,
+    version: Option<i64>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T, F> GetOrSetWith<T, F> {
+    pub fn version(mut self, v: i64) -> Self {
+        self.version = Some(v);
+        self
+    }
+    pub fn timeout(mut self, t: impl Into<Timeout>) -> Self {
+        self.timeout = t.into();
+        self
+    }
+}
+
+impl<T, F, Fut> IntoFuture for GetOrSetWith<T, F>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    type Output = Result<T, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = self.cache;
+            let get = |c: &Cache| c.get::<T>(&self.key).version(self.version.unwrap_or(c.inner.version));
+            if let Some(v) = get(&c).await? {
+                return Ok(v);
+            }
+            let full = c.key(&self.key, self.version);
+            let gate = c.inner.computing.lock().expect("lock poisoned").entry(full.clone()).or_default().clone();
+            let result = async {
+                let _turn = gate.lock().await;
+                // Whoever held the gate before us may have filled the key.
+                if let Some(v) = get(&c).await? {
+                    return Ok(v);
+                }
+                let value = (self.f)().await;
+                c.get_or_set(&self.key, &value).version(self.version.unwrap_or(c.inner.version)).timeout(self.timeout).await
+            }
+            .await;
+            let mut computing = c.inner.computing.lock().expect("lock poisoned");
+            if Arc::strong_count(&gate) == 2 {
+                computing.remove(&full);
+            }
+            result
+        })
+    }
+}
+
+pub struct GetMany<T> {
+    cache: Cache,
+    keys: Vec<String>,
+    version: Option<i64>,
+    _t: PhantomData<fn() -> T>,
+}
+version_and_timeout!(GetMany<T>);
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetMany<T> {
+    type Output = Result<HashMap<String, T>, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let version = self.version.unwrap_or(c.inner.version);
+            let full = self.keys.iter().map(|k| (c.key(k, Some(version)), ()));
+            let groups = c.by_node(full);
+            let calls = groups.into_iter().map(|(n, keys)| async move {
+                let node = &c.inner.nodes[n];
+                for (k, _) in &keys {
+                    c.check(node, k, None).await?;
+                }
+                let kbs: Vec<ByteBuf> = keys.iter().map(|(k, _)| ByteBuf::from(k.as_bytes().to_vec())).collect();
+                let vals = c
+                    .call(node, Retry::Safe, |cl, ctx| { let kbs = kbs.clone(); async move { cl.get_many(ctx, kbs).await } })
+                    .await?;
+                Ok::<_, Error>(keys.into_iter().zip(vals).collect::<Vec<_>>())
+            });
+            let mut out = HashMap::new();
+            for group in futures::future::try_join_all(calls).await? {
+                for ((k, _), v) in group {
+                    if let Some(v) = v {
+                        out.insert(user_part(&k, &c.inner.prefix, version).to_owned(), decode(&v)?);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+pub struct SetMany {
+    cache: Cache,
+    items: Vec<(String, Result<Vec<u8>, Error>)>,
+    timeout: Timeout,
+    version: Option<i64>,
+}
+version_and_timeout!(SetMany, timeout);
+
+impl IntoFuture for SetMany {
+    type Output = Result<Vec<String>, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let ttl = c.ttl(self.timeout);
+            let mut items = Vec::with_capacity(self.items.len());
+            for (k, v) in self.items {
+                items.push((c.key(&k, self.version), (k, v?)));
+            }
+            let calls = c.by_node(items).into_iter().map(|(n, items)| async move {
+                let node = &c.inner.nodes[n];
+                let info = c.info(node).await?;
+                let mut failed = Vec::new();
+                let mut send = Vec::new();
+                let mut sent_keys = Vec::new();
+                for (full, (user, value)) in items {
+                    if full.len() as u64 > info.max_key_bytes || value.len() as u64 > info.max_value_bytes {
+                        failed.push(user);
+                    } else {
+                        send.push((ByteBuf::from(full.into_bytes()), ByteBuf::from(value)));
+                        sent_keys.push(user);
+                    }
+                }
+                if !send.is_empty() {
+                    let refused = c
+                        .call(node, Retry::Safe, |cl, ctx| { let send = send.clone(); async move { cl.set_many(ctx, send, ttl).await } })
+                        .await?;
+                    failed.extend(refused.into_iter().filter_map(|i| sent_keys.get(i as usize).cloned()));
+                }
+                Ok::<_, Error>(failed)
+            });
+            Ok(futures::future::try_join_all(calls).await?.into_iter().flatten().collect())
+        })
+    }
+}
+
+pub struct Delete {
+    cache: Cache,
+    key: String,
+    version: Option<i64>,
+}
+version_and_timeout!(Delete);
+
+impl IntoFuture for Delete {
+    type Output = Result<bool, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let key = c.key(&self.key, self.version);
+            let node = c.node_for(&key);
+            c.check(node, &key, None).await?;
+            let kb = ByteBuf::from(key.into_bytes());
+            c.call(node, Retry::Safe, |cl, ctx| { let kb = kb.clone(); async move { cl.delete(ctx, kb).await } }).await
+        })
+    }
+}
+
+pub struct DeleteMany {
+    cache: Cache,
+    keys: Vec<String>,
+    version: Option<i64>,
+}
+version_and_timeout!(DeleteMany);
+
+impl IntoFuture for DeleteMany {
+    type Output = Result<(), Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let full = self.keys.iter().map(|k| (c.key(k, self.version), ()));
+            let calls = c.by_node(full).into_iter().map(|(n, keys)| async move {
+                let node = &c.inner.nodes[n];
+                let kbs: Vec<ByteBuf> = keys.into_iter().map(|(k, _)| ByteBuf::from(k.into_bytes())).collect();
+                c.call(node, Retry::Safe, |cl, ctx| { let kbs = kbs.clone(); async move { cl.delete_many(ctx, kbs).await } }).await
+            });
+            futures::future::try_join_all(calls).await.map(|_| ())
+        })
+    }
+}
+
+pub struct Touch {
+    cache: Cache,
+    key: String,
+    timeout: Timeout,
+    version: Option<i64>,
+}
+version_and_timeout!(Touch, timeout);
+
+impl IntoFuture for Touch {
+    type Output = Result<bool, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let key = c.key(&self.key, self.version);
+            let node = c.node_for(&key);
+            c.check(node, &key, None).await?;
+            let ttl = c.ttl(self.timeout);
+            let kb = ByteBuf::from(key.into_bytes());
+            c.call(node, Retry::Safe, |cl, ctx| { let kb = kb.clone(); async move { cl.touch(ctx, kb, ttl).await } }).await
+        })
+    }
+}
+
+pub struct Incr {
+    cache: Cache,
+    key: String,
+    delta: i64,
+    sign: i64,
+    version: Option<i64>,
+}
+version_and_timeout!(Incr);
+
+impl Incr {
+    /// Django's `delta=` (default 1).
+    pub fn delta(mut self, d: i64) -> Self {
+        self.delta = d;
+        self
+    }
+}
+
+impl IntoFuture for Incr {
+    type Output = Result<i64, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let delta = self.delta.checked_mul(self.sign).ok_or(Error::Overflow)?;
+            let key = c.key(&self.key, self.version);
+            let node = c.node_for(&key);
+            c.check(node, &key, None).await?;
+            let kb = ByteBuf::from(key.into_bytes());
+            c.call(node, Retry::OnlyIfUnsent, |cl, ctx| { let kb = kb.clone(); async move { cl.incr(ctx, kb, delta).await } })
+                .await
+        })
+    }
+}
+
+pub struct HasKey {
+    cache: Cache,
+    key: String,
+    version: Option<i64>,
+}
+version_and_timeout!(HasKey);
+
+impl IntoFuture for HasKey {
+    type Output = Result<bool, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let key = c.key(&self.key, self.version);
+            let node = c.node_for(&key);
+            c.check(node, &key, None).await?;
+            let kb = ByteBuf::from(key.into_bytes());
+            c.call(node, Retry::Safe, |cl, ctx| { let kb = kb.clone(); async move { cl.has_key(ctx, kb).await } }).await
+        })
+    }
+}
+
+pub struct IncrVersion {
+    cache: Cache,
+    key: String,
+    delta: i64,
+    sign: i64,
+    version: Option<i64>,
+}
+version_and_timeout!(IncrVersion);
+
+impl IncrVersion {
+    pub fn delta(mut self, d: i64) -> Self {
+        self.delta = d;
+        self
+    }
+}
+
+impl IntoFuture for IncrVersion {
+    type Output = Result<i64, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = self.cache;
+            let version = self.version.unwrap_or(c.inner.version);
+            let delta = self.delta.checked_mul(self.sign).ok_or(Error::Overflow)?;
+            let new_version = version.checked_add(delta).ok_or(Error::Overflow)?;
+            let from = c.key(&self.key, Some(version));
+            let to = c.key(&self.key, Some(new_version));
+            let (a, b) = (c.node_for(&from), c.node_for(&to));
+            if std::ptr::eq(a, b) {
+                let (fb, tb) = (ByteBuf::from(from.into_bytes()), ByteBuf::from(to.into_bytes()));
+                c.call(a, Retry::OnlyIfUnsent, |cl, ctx| {
+                    let (fb, tb) = (fb.clone(), tb.clone());
+                    async move { cl.rename(ctx, fb, tb).await }
+                })
+                .await?;
+            } else {
+                // The two versions live on different servers: copy the raw
+                // bytes, then delete, as Django does (with the default timeout:
+                // the expiry cannot be carried across servers).
+                let fb = ByteBuf::from(from.into_bytes());
+                let value = c
+                    .call(a, Retry::Safe, |cl, ctx| { let fb = fb.clone(); async move { cl.get(ctx, fb).await } })
+                    .await?
+                    .ok_or(Error::NotFound)?;
+                let tb = ByteBuf::from(to.into_bytes());
+                let ttl = c.ttl(Timeout::Default);
+                c.call(b, Retry::Safe, |cl, ctx| {
+                    let (tb, value) = (tb.clone(), value.clone());
+                    async move { cl.set(ctx, tb, value, ttl).await }
+                })
+                .await?;
+                c.call(a, Retry::Safe, |cl, ctx| { let fb = fb.clone(); async move { cl.delete(ctx, fb).await } }).await?;
+            }
+            Ok(new_version)
+        })
+    }
+}
+

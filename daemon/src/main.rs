@@ -1,1 +1,167 @@
-fn main() {}
+//! `cachetd`: opens (replays) the data directory, serves the cache over
+//! tarpc on TCP and unix sockets, and on SIGTERM/SIGINT stops accepting,
+//! lets in-flight requests finish, syncs the log and exits 0.
+
+mod config;
+mod listen;
+mod service;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use cachet_storage::{Config as EngineConfig, Engine, Limits as EngineLimits};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+use config::{Cli, Settings, Sub};
+use listen::{Limits, Listener};
+use service::Shared;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CACHET_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // The journal stamps lines itself.
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Some(Sub::Check { dir }) => check(&dir),
+        Some(Sub::Repair { dir }) => repair(&dir),
+        None => Settings::resolve(cli.config.as_ref(), cli.opts).and_then(run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            eprintln!("cachetd: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(dir: &std::path::Path) -> Result<(), String> {
+    let report = cachet_storage::check(dir).map_err(|e| e.to_string())?;
+    let r = &report.replay;
+    println!(
+        "{}: sound: {} segments, {} records, {} bytes, last sequence {}, {} live entries",
+        dir.display(),
+        r.segments,
+        r.records,
+        r.bytes,
+        r.last_seq,
+        report.live_entries
+    );
+    if let Some(t) = &r.torn {
+        println!("torn write at the end of {} (offset {}, {} bytes): opening cuts it off", t.file.display(), t.offset, t.bytes_dropped);
+    }
+    Ok(())
+}
+
+fn repair(dir: &std::path::Path) -> Result<(), String> {
+    let report = cachet_storage::repair(dir).map_err(|e| e.to_string())?;
+    match report.cut {
+        None => println!("{}: the log is sound; nothing changed", dir.display()),
+        Some(c) => {
+            println!(
+                "cut {} back to offset {} (last good sequence {}), dropping {} bytes",
+                c.file.display(),
+                c.offset,
+                c.last_good_seq,
+                c.bytes_dropped
+            );
+            for b in c.backups {
+                println!("backup: {}", b.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run(s: Settings) -> Result<(), String> {
+    let started = Instant::now();
+    let engine_config = EngineConfig {
+        sync: s.sync,
+        segment_bytes: s.segment_bytes,
+        limits: EngineLimits { max_key_bytes: s.max_key_bytes, max_value_bytes: s.max_value_bytes, max_memory: s.max_memory },
+        ..EngineConfig::new(&s.data_dir)
+    };
+    tracing::info!(data_dir = %s.data_dir.display(), sync = %s.sync, "opening");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("replaying the log")]);
+    let engine = Engine::open_with(engine_config, Arc::new(cachet_storage::SystemClock::new()), |p| {
+        let pct = if p.bytes_total == 0 { 100 } else { p.bytes_done * 100 / p.bytes_total };
+        tracing::info!(records = p.records, "replay {pct}%");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!("replay {pct}%, {} records", p.records))]);
+    })
+    .map_err(|e| e.to_string())?;
+    let r = engine.replay_report();
+    tracing::info!(segments = r.segments, records = r.records, bytes = r.bytes, ms = r.elapsed_ms, "replay done");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("starting runtime: {e}"))?;
+    let outcome = rt.block_on(serve(&s, &engine, started));
+    drop(rt);
+    let synced = engine.shutdown().map_err(|e| format!("final sync failed: {e}"));
+    outcome?;
+    synced?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn serve(s: &Settings, engine: &Engine, started: Instant) -> Result<(), String> {
+    let shared = Arc::new(Shared::new(engine.handle(), s.auth_token.clone(), s.max_key_bytes, s.max_value_bytes));
+    let mut listeners = Vec::new();
+    for addr in &s.listen {
+        listeners.push(Listener::bind(addr).await?);
+    }
+    let addrs: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    let sockets: Vec<_> = listeners.iter().filter_map(Listener::socket_path).collect();
+    let limits = Limits {
+        connections: Arc::new(tokio::sync::Semaphore::new(s.max_connections)),
+        max_in_flight: s.max_in_flight,
+        max_frame: cachet::protocol::server_max_frame(s.max_value_bytes),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(listen::accept_loop(l, shared.clone(), limits.clone(), stop_rx.clone())))
+        .collect();
+    tracing::info!("ready: listening on {} ({} ms after start)", addrs.join(", "), started.elapsed().as_millis());
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("ready")]);
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("cachetd: second signal, exiting at once");
+        std::process::exit(1);
+    });
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shared.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for p in sockets {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}

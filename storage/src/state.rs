@@ -136,11 +136,14 @@ impl Sink for NullSink {
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Cap on `memory_bytes`: a write that would pass it is refused with
+    /// `CacheFull` (no eviction yet). Replay loads the whole log regardless.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_key_bytes: 1024, max_value_bytes: 16 << 20 }
+        Limits { max_key_bytes: 1024, max_value_bytes: 16 << 20, max_memory: None }
     }
 }
 
@@ -249,16 +252,16 @@ impl State {
             Command::Get { key } => Reply::Value(self.get(key, now)),
             Command::GetMany { keys } => Reply::Values(keys.iter().map(|k| self.get(k, now)).collect()),
             Command::Set { key, value, ttl } => {
-                self.set(key, value, *ttl, now, sink);
+                self.set(key, value, *ttl, now, sink)?;
                 Reply::Done
             }
             Command::SetMany { items, ttl } => {
                 let mut failed = Vec::new();
                 for (i, (key, value)) in items.iter().enumerate() {
-                    if self.check_key(key).is_err() || self.check_value(value).is_err() {
+                    let stored =
+                        self.check_key(key).and_then(|()| self.check_value(value)).and_then(|()| self.set(key, value, *ttl, now, sink));
+                    if stored.is_err() {
                         failed.push(i);
-                    } else {
-                        self.set(key, value, *ttl, now, sink);
                     }
                 }
                 Reply::Failed(failed)
@@ -267,7 +270,7 @@ impl State {
                 if self.live(key, now).is_some() {
                     Reply::Bool(false)
                 } else {
-                    self.set(key, value, *ttl, now, sink);
+                    self.set(key, value, *ttl, now, sink)?;
                     Reply::Bool(true)
                 }
             }
@@ -278,7 +281,7 @@ impl State {
                 }
                 None => {
                     self.stats.misses += 1;
-                    self.set(key, value, *ttl, now, sink);
+                    self.set(key, value, *ttl, now, sink)?;
                     Reply::Value(Some(value.clone()))
                 }
             },
@@ -341,7 +344,7 @@ impl State {
         }
     }
 
-    fn set(&mut self, key: &[u8], value: &[u8], ttl: Ttl, now: u64, sink: &mut impl Sink) {
+    fn set(&mut self, key: &[u8], value: &[u8], ttl: Ttl, now: u64, sink: &mut impl Sink) -> Result<()> {
         match deadline(ttl, now) {
             None => {
                 // Django: a zero timeout stores nothing and drops the old value.
@@ -351,11 +354,24 @@ impl State {
                 }
             }
             Some(expires) => {
+                self.check_memory(key.len() + value.len())?;
                 let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires) });
                 self.put(key, value, expires, segment, now);
                 self.stats.sets += 1;
             }
         }
+        Ok(())
+    }
+
+    /// Refuses a write of `bytes` more when it would pass `max_memory`.
+    fn check_memory(&self, bytes: usize) -> Result<()> {
+        let Some(max) = self.limits.max_memory else { return Ok(()) };
+        let used = self.memory_bytes() as u64;
+        let need = used + bytes as u64 + std::mem::size_of::<crate::index::Entry>() as u64;
+        if need > max {
+            return Err(Error::CacheFull { used, max });
+        }
+        Ok(())
     }
 
     /// Stores a value (no logging): the shared step of `set` and replay.

@@ -1,0 +1,218 @@
+//! Configuration in one place: every option has a flag, a `CACHET_*`
+//! environment variable and a key in the TOML config file. Flags and
+//! environment win over the file; the file wins over the defaults below.
+
+use std::path::PathBuf;
+
+use cachet_storage::SyncPolicy;
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7311";
+
+#[derive(Parser, Debug)]
+#[command(name = "cachetd", version, about = "cachet: a persistent cache daemon with Django's cache semantics")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Option<Sub>,
+    /// TOML config file; its keys are the long flag names with `_` for `-`.
+    #[arg(long, env = "CACHET_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub opts: Options,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Sub {
+    /// Verify a data directory offline; exit 0 if it is sound.
+    Check { dir: PathBuf },
+    /// Cut a corrupt log back to its last good record (the damaged file is backed up).
+    Repair { dir: PathBuf },
+}
+
+/// Options as given on the command line or in the environment (all optional).
+#[derive(clap::Args, Debug, Default)]
+pub struct Options {
+    /// Address to serve: HOST:PORT or unix:/path (repeatable) [default: 127.0.0.1:7311].
+    #[arg(long, env = "CACHET_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<String>,
+    /// Data directory [default: $STATE_DIRECTORY under systemd, else ./cachet-data].
+    #[arg(long, env = "CACHET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When writes reach the disk: always (fsync before replying, group commit),
+    /// everysec (at most ~1 s at risk on power loss), never [default: everysec].
+    #[arg(long, env = "CACHET_SYNC")]
+    pub sync: Option<SyncPolicy>,
+    /// Refuse writes ("cache full") past this much memory, e.g. 512MiB [default: unlimited].
+    #[arg(long, env = "CACHET_MAX_MEMORY", value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
+    /// Longest key accepted, in bytes [default: 1024].
+    #[arg(long, env = "CACHET_MAX_KEY_BYTES", value_parser = parse_bytes)]
+    pub max_key_bytes: Option<u64>,
+    /// Largest value accepted, e.g. 16MiB [default: 16MiB].
+    #[arg(long, env = "CACHET_MAX_VALUE_BYTES", value_parser = parse_bytes)]
+    pub max_value_bytes: Option<u64>,
+    /// Log segment size before a new one starts [default: 64MiB].
+    #[arg(long, env = "CACHET_SEGMENT_BYTES", value_parser = parse_bytes)]
+    pub segment_bytes: Option<u64>,
+    /// Most client connections at once [default: 10000].
+    #[arg(long, env = "CACHET_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most requests in flight per connection [default: 1024].
+    #[arg(long, env = "CACHET_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// Require this token from clients (Cache::builder().auth_token) [default: none].
+    #[arg(long, env = "CACHET_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+}
+
+/// The config file: the same keys as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileOptions {
+    listen: Option<Vec<String>>,
+    data_dir: Option<PathBuf>,
+    sync: Option<String>,
+    max_memory: Option<Size>,
+    max_key_bytes: Option<Size>,
+    max_value_bytes: Option<Size>,
+    segment_bytes: Option<Size>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    auth_token: Option<String>,
+}
+
+/// A byte size in the file: a number or a string like "64MiB".
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Size {
+    Num(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self, key: &str) -> Result<u64, String> {
+        match self {
+            Size::Num(n) => Ok(*n),
+            Size::Text(t) => parse_bytes(t).map_err(|e| format!("{key}: {e}")),
+        }
+    }
+}
+
+/// The resolved settings the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: Vec<String>,
+    pub data_dir: PathBuf,
+    pub sync: SyncPolicy,
+    pub max_memory: Option<u64>,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub segment_bytes: u64,
+    pub max_connections: usize,
+    pub max_in_flight: usize,
+    pub auth_token: Option<String>,
+}
+
+impl Settings {
+    pub fn resolve(config: Option<&PathBuf>, o: Options) -> Result<Settings, String> {
+        let file: FileOptions = match config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("reading config {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?
+            }
+            None => FileOptions::default(),
+        };
+        let size = |flag: Option<u64>, file: &Option<Size>, key: &str| -> Result<Option<u64>, String> {
+            match (flag, file) {
+                (Some(v), _) => Ok(Some(v)),
+                (None, Some(s)) => s.bytes(key).map(Some),
+                (None, None) => Ok(None),
+            }
+        };
+        let sync = match (o.sync, file.sync) {
+            (Some(s), _) => s,
+            (None, Some(s)) => s.parse().map_err(|e| format!("sync: {e}"))?,
+            (None, None) => SyncPolicy::EverySec,
+        };
+        let listen = if !o.listen.is_empty() {
+            o.listen
+        } else {
+            file.listen.filter(|l| !l.is_empty()).unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()])
+        };
+        let data_dir = o.data_dir.or(file.data_dir).unwrap_or_else(|| match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may pass several, colon-separated; the first is ours.
+            Some(s) => PathBuf::from(s.to_string_lossy().split(':').next().unwrap_or_default()),
+            None => PathBuf::from("cachet-data"),
+        });
+        let max_key_bytes = size(o.max_key_bytes, &file.max_key_bytes, "max_key_bytes")?.unwrap_or(1024);
+        if max_key_bytes == 0 || max_key_bytes > cachet_storage::MAX_KEY_LEN as u64 {
+            return Err(format!("max_key_bytes must be between 1 and {}", cachet_storage::MAX_KEY_LEN));
+        }
+        let max_value_bytes = size(o.max_value_bytes, &file.max_value_bytes, "max_value_bytes")?.unwrap_or(16 << 20);
+        if max_value_bytes > 1 << 30 {
+            return Err("max_value_bytes may be at most 1GiB".into());
+        }
+        Ok(Settings {
+            listen,
+            data_dir,
+            sync,
+            max_memory: size(o.max_memory, &file.max_memory, "max_memory")?,
+            max_key_bytes: max_key_bytes as usize,
+            max_value_bytes: max_value_bytes as usize,
+            segment_bytes: size(o.segment_bytes, &file.segment_bytes, "segment_bytes")?.unwrap_or(64 << 20).max(4096),
+            max_connections: o.max_connections.or(file.max_connections).unwrap_or(10_000),
+            max_in_flight: o.max_in_flight.or(file.max_in_flight).unwrap_or(1024).max(1),
+            auth_token: o.auth_token.or(file.auth_token).filter(|t| !t.is_empty()),
+        })
+    }
+}
+
+/// Parses `64MiB`, `1GiB`, `512k`, `100MB` or a plain number of bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size; use e.g. 1048576, 64MiB or 1GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}; use KiB, MiB, GiB (or KB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("2 kb"), Ok(2000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5XB").unwrap_err().contains("unit"));
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "sync = \"always\"\nmax_value_bytes = \"1MiB\"\nlisten = [\"127.0.0.1:1\"]\n").unwrap();
+        let s = Settings::resolve(Some(&path), Options::default()).unwrap();
+        assert_eq!((s.sync, s.max_value_bytes, s.listen.clone()), (SyncPolicy::Always, 1 << 20, vec!["127.0.0.1:1".to_string()]));
+        let s = Settings::resolve(Some(&path), Options { sync: Some(SyncPolicy::Never), ..Options::default() }).unwrap();
+        assert_eq!(s.sync, SyncPolicy::Never);
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        assert!(Settings::resolve(Some(&path), Options::default()).unwrap_err().contains("bogus"));
+    }
+}

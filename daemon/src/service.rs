@@ -1,0 +1,246 @@
+//! The tarpc service: each connection gets a `Session` that checks the auth
+//! token, turns a request into a storage `Command`, sends it to the engine
+//! and maps the reply (or error) back to the wire types.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cachet::protocol::{CacheService, ServerInfo, WireError, WireStats, WireTtl};
+use cachet_storage::{Command, Error as StoreError, Handle, Reply, Ttl};
+use serde_bytes::ByteBuf;
+use tarpc::context::Context;
+
+/// State shared by every connection.
+pub struct Shared {
+    pub engine: Handle,
+    pub token: Option<String>,
+    pub started: Instant,
+    pub connections: AtomicU64,
+    /// Requests being handled right now (shutdown waits for zero).
+    pub in_flight: AtomicU64,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    refusals: Mutex<HashMap<&'static str, Instant>>,
+}
+
+impl Shared {
+    pub fn new(engine: Handle, token: Option<String>, max_key_bytes: usize, max_value_bytes: usize) -> Shared {
+        Shared {
+            engine,
+            token,
+            started: Instant::now(),
+            connections: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_key_bytes,
+            max_value_bytes,
+            refusals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Logs a refused or failed request, at most once per class every 10 s.
+    fn note(&self, class: &'static str, msg: &str) {
+        let mut last = self.refusals.lock().expect("lock poisoned");
+        let now = Instant::now();
+        if last.get(class).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10)) {
+            last.insert(class, now);
+            tracing::warn!(class, "request refused: {msg} (further ones of this kind are not logged for 10 s)");
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+    authed: Arc<AtomicBool>,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>) -> Session {
+        let open = shared.token.is_none();
+        Session { shared, authed: Arc::new(AtomicBool::new(open)) }
+    }
+
+    async fn run(&self, cmd: Command) -> Result<Reply, WireError> {
+        if !self.authed.load(Ordering::Acquire) {
+            self.shared.note("unauthorized", "a client sent a request without a valid auth token");
+            return Err(WireError::Unauthorized);
+        }
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let result = self.shared.engine.call(cmd).await;
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        result.map_err(|e| self.wire_error(e))
+    }
+
+    fn wire_error(&self, e: StoreError) -> WireError {
+        let msg = e.to_string();
+        match e {
+            StoreError::NotFound => WireError::NotFound,
+            StoreError::NotAnInteger => WireError::NotAnInteger,
+            StoreError::Overflow => WireError::Overflow,
+            StoreError::KeyTooLong { .. } => {
+                self.shared.note("invalid_key", &msg);
+                WireError::InvalidKey(msg)
+            }
+            StoreError::ValueTooLarge { size, max } => {
+                self.shared.note("value_too_large", &msg);
+                WireError::ValueTooLarge { size: size as u64, max: max as u64 }
+            }
+            StoreError::CacheFull { .. } => {
+                self.shared.note("cache_full", &msg);
+                WireError::CacheFull(msg)
+            }
+            StoreError::WriteFailed(_) | StoreError::Closed => {
+                self.shared.note("unavailable", &msg);
+                WireError::Unavailable(msg)
+            }
+            _ => {
+                self.shared.note("server", &msg);
+                WireError::Server(msg)
+            }
+        }
+    }
+}
+
+fn ttl(t: WireTtl) -> Ttl {
+    match t {
+        WireTtl::Never => Ttl::Never,
+        WireTtl::Millis(ms) => Ttl::Millis(ms),
+    }
+}
+
+fn unexpected(r: Reply) -> WireError {
+    WireError::Server(format!("internal error: unexpected engine reply {r:?}; please report it"))
+}
+
+impl CacheService for Session {
+    async fn hello(self, _: Context, token: Option<String>) -> Result<ServerInfo, WireError> {
+        if let Some(want) = &self.shared.token {
+            if token.as_deref() != Some(want.as_str()) {
+                self.shared.note("unauthorized", "a client offered a wrong or no auth token");
+                return Err(WireError::Unauthorized);
+            }
+            self.authed.store(true, Ordering::Release);
+        }
+        Ok(ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            max_key_bytes: self.shared.max_key_bytes as u64,
+            max_value_bytes: self.shared.max_value_bytes as u64,
+        })
+    }
+
+    async fn get(self, _: Context, key: ByteBuf) -> Result<Option<ByteBuf>, WireError> {
+        match self.run(Command::Get { key: key.into_vec() }).await? {
+            Reply::Value(v) => Ok(v.map(ByteBuf::from)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn get_many(self, _: Context, keys: Vec<ByteBuf>) -> Result<Vec<Option<ByteBuf>>, WireError> {
+        let keys = keys.into_iter().map(ByteBuf::into_vec).collect();
+        match self.run(Command::GetMany { keys }).await? {
+            Reply::Values(vs) => Ok(vs.into_iter().map(|v| v.map(ByteBuf::from)).collect()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn set(self, _: Context, key: ByteBuf, value: ByteBuf, t: WireTtl) -> Result<(), WireError> {
+        match self.run(Command::Set { key: key.into_vec(), value: value.into_vec(), ttl: ttl(t) }).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn set_many(self, _: Context, items: Vec<(ByteBuf, ByteBuf)>, t: WireTtl) -> Result<Vec<u32>, WireError> {
+        let items = items.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect();
+        match self.run(Command::SetMany { items, ttl: ttl(t) }).await? {
+            Reply::Failed(f) => Ok(f.into_iter().map(|i| i as u32).collect()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn add(self, _: Context, key: ByteBuf, value: ByteBuf, t: WireTtl) -> Result<bool, WireError> {
+        match self.run(Command::Add { key: key.into_vec(), value: value.into_vec(), ttl: ttl(t) }).await? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn get_or_add(self, _: Context, key: ByteBuf, value: ByteBuf, t: WireTtl) -> Result<ByteBuf, WireError> {
+        match self.run(Command::GetOrAdd { key: key.into_vec(), value: value.into_vec(), ttl: ttl(t) }).await? {
+            Reply::Value(Some(v)) => Ok(ByteBuf::from(v)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn delete(self, _: Context, key: ByteBuf) -> Result<bool, WireError> {
+        match self.run(Command::Delete { key: key.into_vec() }).await? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn delete_many(self, _: Context, keys: Vec<ByteBuf>) -> Result<(), WireError> {
+        let keys = keys.into_iter().map(ByteBuf::into_vec).collect();
+        match self.run(Command::DeleteMany { keys }).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn clear(self, _: Context) -> Result<(), WireError> {
+        match self.run(Command::Clear).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn touch(self, _: Context, key: ByteBuf, t: WireTtl) -> Result<bool, WireError> {
+        match self.run(Command::Touch { key: key.into_vec(), ttl: ttl(t) }).await? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn incr(self, _: Context, key: ByteBuf, delta: i64) -> Result<i64, WireError> {
+        match self.run(Command::Incr { key: key.into_vec(), delta }).await? {
+            Reply::Int(n) => Ok(n),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn has_key(self, _: Context, key: ByteBuf) -> Result<bool, WireError> {
+        match self.run(Command::HasKey { key: key.into_vec() }).await? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn rename(self, _: Context, from: ByteBuf, to: ByteBuf) -> Result<(), WireError> {
+        match self.run(Command::Rename { from: from.into_vec(), to: to.into_vec() }).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn stats(self, _: Context) -> Result<WireStats, WireError> {
+        match self.run(Command::Stats).await? {
+            Reply::Stats(s) => Ok(WireStats {
+                entries: s.entries,
+                memory_bytes: s.memory_bytes,
+                hits: s.hits,
+                misses: s.misses,
+                sets: s.sets,
+                deletes: s.deletes,
+                expired: s.expired,
+                evicted: s.evicted,
+                log_bytes: s.log_bytes,
+                log_live_bytes: s.log_live_bytes,
+                uptime_secs: self.shared.started.elapsed().as_secs(),
+                connections: self.shared.connections.load(Ordering::Relaxed),
+            }),
+            r => Err(unexpected(r)),
+        }
+    }
+}

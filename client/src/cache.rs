@@ -128,7 +128,10 @@ impl Builder {
     /// Connects to every server (so a wrong address or token shows up now).
     pub async fn connect(self) -> Result<Cache, Error> {
         if self.servers.is_empty() {
-            return Err(Error::Connection { server: String::new(), reason: "no server given; call .server(addr)".into() });
+            return Err(Error::Connection {
+                server: String::new(),
+                reason: "no server given; call .server(addr)".into(),
+            });
         }
         let cache = Cache {
             inner: Arc::new(Inner {
@@ -235,7 +238,11 @@ impl Cache {
 
     /// Returns the cached value, storing `default` first on a miss. Atomic on
     /// the server: concurrent callers all get the winner's value.
-    pub fn get_or_set<T: Serialize + DeserializeOwned + Send + 'static>(&self, key: impl AsRef<str>, default: &T) -> GetOrSet<T> {
+    pub fn get_or_set<T: Serialize + DeserializeOwned + Send + 'static>(
+        &self,
+        key: impl AsRef<str>,
+        default: &T,
+    ) -> GetOrSet<T> {
         GetOrSet { w: Write::new(self, key.as_ref(), encode(default)), _t: PhantomData }
     }
 
@@ -247,11 +254,26 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
-        GetOrSetWith { cache: self.clone(), key: key.as_ref().to_owned(), f, timeout: Timeout::Default, version: None, _t: PhantomData }
+        GetOrSetWith {
+            cache: self.clone(),
+            key: key.as_ref().to_owned(),
+            f,
+            timeout: Timeout::Default,
+            version: None,
+            _t: PhantomData,
+        }
     }
 
-    pub fn get_many<T: DeserializeOwned + Send + 'static>(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) -> GetMany<T> {
-        GetMany { cache: self.clone(), keys: keys.into_iter().map(|k| k.as_ref().to_owned()).collect(), version: None, _t: PhantomData }
+    pub fn get_many<T: DeserializeOwned + Send + 'static>(
+        &self,
+        keys: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> GetMany<T> {
+        GetMany {
+            cache: self.clone(),
+            keys: keys.into_iter().map(|k| k.as_ref().to_owned()).collect(),
+            version: None,
+            _t: PhantomData,
+        }
     }
 
     /// Stores many values; resolves to the keys that could not be stored.
@@ -265,7 +287,11 @@ impl Cache {
     }
 
     pub fn delete_many(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) -> DeleteMany {
-        DeleteMany { cache: self.clone(), keys: keys.into_iter().map(|k| k.as_ref().to_owned()).collect(), version: None }
+        DeleteMany {
+            cache: self.clone(),
+            keys: keys.into_iter().map(|k| k.as_ref().to_owned()).collect(),
+            version: None,
+        }
     }
 
     /// Sets a new timeout on a live key; resolves to false if it is missing.
@@ -296,16 +322,21 @@ impl Cache {
 
     /// Removes everything, on every server.
     pub async fn clear(&self) -> Result<(), Error> {
-        let calls = self.inner.nodes.iter().map(|node| {
-            node.call(&self.inner.token, self.inner.request_timeout, Retry::Safe, |c, ctx| async move { c.clear(ctx).await })
-        });
+        let calls =
+            self.inner.nodes.iter().map(|node| {
+                node.call(&self.inner.token, self.inner.request_timeout, Retry::Safe, |c, ctx| async move {
+                    c.clear(ctx).await
+                })
+            });
         futures::future::try_join_all(calls).await.map(|_| ())
     }
 
     pub async fn stats(&self) -> Result<Stats, Error> {
         let calls = self.inner.nodes.iter().map(|node| async move {
-            let s = node
-                .call(&self.inner.token, self.inner.request_timeout, Retry::Safe, |c, ctx| async move { c.stats(ctx).await })
+            let s =
+                node.call(&self.inner.token, self.inner.request_timeout, Retry::Safe, |c, ctx| async move {
+                    c.stats(ctx).await
+                })
                 .await?;
             Ok::<_, Error>((node.addr.clone(), Stats::from(s)))
         });
@@ -404,7 +435,12 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for Get<T> {
             let node = c.node_for(&key);
             c.check(node, &key, None).await?;
             let kb = ByteBuf::from(key.into_bytes());
-            let v = c.call(node, Retry::Safe, |cl, ctx| { let kb = kb.clone(); async move { cl.get(ctx, kb).await } }).await?;
+            let v = c
+                .call(node, Retry::Safe, |cl, ctx| {
+                    let kb = kb.clone();
+                    async move { cl.get(ctx, kb).await }
+                })
+                .await?;
             v.map(|b| decode(&b)).transpose()
         })
     }
@@ -565,7 +601,10 @@ where
                     return Ok(v);
                 }
                 let value = (self.f)().await;
-                c.get_or_set(&self.key, &value).version(self.version.unwrap_or(c.inner.version)).timeout(self.timeout).await
+                c.get_or_set(&self.key, &value)
+                    .version(self.version.unwrap_or(c.inner.version))
+                    .timeout(self.timeout)
+                    .await
             }
             .await;
             let mut computing = c.inner.computing.lock().expect("lock poisoned");
@@ -601,7 +640,10 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetMany<T> {
                 }
                 let kbs: Vec<ByteBuf> = keys.iter().map(|(k, _)| ByteBuf::from(k.as_bytes().to_vec())).collect();
                 let vals = c
-                    .call(node, Retry::Safe, |cl, ctx| { let kbs = kbs.clone(); async move { cl.get_many(ctx, kbs).await } })
+                    .call(node, Retry::Safe, |cl, ctx| {
+                        let kbs = kbs.clone();
+                        async move { cl.get_many(ctx, kbs).await }
+                    })
                     .await?;
                 Ok::<_, Error>(keys.into_iter().zip(vals).collect::<Vec<_>>())
             });
@@ -653,7 +695,10 @@ impl IntoFuture for SetMany {
                 }
                 if !send.is_empty() {
                     let refused = c
-                        .call(node, Retry::Safe, |cl, ctx| { let send = send.clone(); async move { cl.set_many(ctx, send, ttl).await } })
+                        .call(node, Retry::Safe, |cl, ctx| {
+                            let send = send.clone();
+                            async move { cl.set_many(ctx, send, ttl).await }
+                        })
                         .await?;
                     failed.extend(refused.into_iter().filter_map(|i| sent_keys.get(i as usize).cloned()));
                 }
@@ -681,7 +726,11 @@ impl IntoFuture for Delete {
             let node = c.node_for(&key);
             c.check(node, &key, None).await?;
             let kb = ByteBuf::from(key.into_bytes());
-            c.call(node, Retry::Safe, |cl, ctx| { let kb = kb.clone(); async move { cl.delete(ctx, kb).await } }).await
+            c.call(node, Retry::Safe, |cl, ctx| {
+                let kb = kb.clone();
+                async move { cl.delete(ctx, kb).await }
+            })
+            .await
         })
     }
 }
@@ -703,7 +752,11 @@ impl IntoFuture for DeleteMany {
             let calls = c.by_node(full).into_iter().map(|(n, keys)| async move {
                 let node = &c.inner.nodes[n];
                 let kbs: Vec<ByteBuf> = keys.into_iter().map(|(k, _)| ByteBuf::from(k.into_bytes())).collect();
-                c.call(node, Retry::Safe, |cl, ctx| { let kbs = kbs.clone(); async move { cl.delete_many(ctx, kbs).await } }).await
+                c.call(node, Retry::Safe, |cl, ctx| {
+                    let kbs = kbs.clone();
+                    async move { cl.delete_many(ctx, kbs).await }
+                })
+                .await
             });
             futures::future::try_join_all(calls).await.map(|_| ())
         })
@@ -729,7 +782,11 @@ impl IntoFuture for Touch {
             c.check(node, &key, None).await?;
             let ttl = c.ttl(self.timeout);
             let kb = ByteBuf::from(key.into_bytes());
-            c.call(node, Retry::Safe, |cl, ctx| { let kb = kb.clone(); async move { cl.touch(ctx, kb, ttl).await } }).await
+            c.call(node, Retry::Safe, |cl, ctx| {
+                let kb = kb.clone();
+                async move { cl.touch(ctx, kb, ttl).await }
+            })
+            .await
         })
     }
 }
@@ -762,8 +819,11 @@ impl IntoFuture for Incr {
             let node = c.node_for(&key);
             c.check(node, &key, None).await?;
             let kb = ByteBuf::from(key.into_bytes());
-            c.call(node, Retry::OnlyIfUnsent, |cl, ctx| { let kb = kb.clone(); async move { cl.incr(ctx, kb, delta).await } })
-                .await
+            c.call(node, Retry::OnlyIfUnsent, |cl, ctx| {
+                let kb = kb.clone();
+                async move { cl.incr(ctx, kb, delta).await }
+            })
+            .await
         })
     }
 }
@@ -785,7 +845,11 @@ impl IntoFuture for HasKey {
             let node = c.node_for(&key);
             c.check(node, &key, None).await?;
             let kb = ByteBuf::from(key.into_bytes());
-            c.call(node, Retry::Safe, |cl, ctx| { let kb = kb.clone(); async move { cl.has_key(ctx, kb).await } }).await
+            c.call(node, Retry::Safe, |cl, ctx| {
+                let kb = kb.clone();
+                async move { cl.has_key(ctx, kb).await }
+            })
+            .await
         })
     }
 }
@@ -831,7 +895,10 @@ impl IntoFuture for IncrVersion {
                 // the expiry cannot be carried across servers).
                 let fb = ByteBuf::from(from.into_bytes());
                 let value = c
-                    .call(a, Retry::Safe, |cl, ctx| { let fb = fb.clone(); async move { cl.get(ctx, fb).await } })
+                    .call(a, Retry::Safe, |cl, ctx| {
+                        let fb = fb.clone();
+                        async move { cl.get(ctx, fb).await }
+                    })
                     .await?
                     .ok_or(Error::NotFound)?;
                 let tb = ByteBuf::from(to.into_bytes());
@@ -841,10 +908,13 @@ impl IntoFuture for IncrVersion {
                     async move { cl.set(ctx, tb, value, ttl).await }
                 })
                 .await?;
-                c.call(a, Retry::Safe, |cl, ctx| { let fb = fb.clone(); async move { cl.delete(ctx, fb).await } }).await?;
+                c.call(a, Retry::Safe, |cl, ctx| {
+                    let fb = fb.clone();
+                    async move { cl.delete(ctx, fb).await }
+                })
+                .await?;
             }
             Ok(new_version)
         })
     }
 }
-

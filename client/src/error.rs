@@ -11,7 +11,9 @@ pub enum Error {
     Overflow,
     #[error("invalid key: {0}")]
     InvalidKey(String),
-    #[error("value is {size} bytes, over the server's limit of {max}; store less or raise --max-value-bytes on cachetd")]
+    #[error(
+        "value is {size} bytes, over the server's limit of {max}; store less or raise --max-value-bytes on cachetd"
+    )]
     ValueTooLarge { size: u64, max: u64 },
     #[error("could not encode the value: {0}")]
     Encode(#[from] rmp_serde::encode::Error),

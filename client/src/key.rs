@@ -13,7 +13,10 @@ pub(crate) fn make_key(prefix: &str, version: i64, key: &str) -> String {
 /// with memcached.
 fn warn_if_unportable(key: &str) {
     if key.len() > MEMCACHED_MAX_KEY {
-        tracing::warn!(key_len = key.len(), "cache key is over {MEMCACHED_MAX_KEY} bytes, which memcached would refuse");
+        tracing::warn!(
+            key_len = key.len(),
+            "cache key is over {MEMCACHED_MAX_KEY} bytes, which memcached would refuse"
+        );
     }
     if key.chars().any(|c| c.is_control() || c == ' ') {
         tracing::warn!(key, "cache key contains spaces or control characters, which memcached would refuse");

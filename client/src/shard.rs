@@ -27,7 +27,9 @@ pub(crate) fn pick(servers: &[impl AsRef<str>], key: &[u8]) -> usize {
     if servers.len() == 1 {
         return 0;
     }
-    (0..servers.len()).max_by_key(|&i| (score(servers[i].as_ref(), key), std::cmp::Reverse(i))).expect("at least one server")
+    (0..servers.len())
+        .max_by_key(|&i| (score(servers[i].as_ref(), key), std::cmp::Reverse(i)))
+        .expect("at least one server")
 }
 
 #[cfg(test)]

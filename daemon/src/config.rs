@@ -118,7 +118,8 @@ impl Settings {
     pub fn resolve(config: Option<&PathBuf>, o: Options) -> Result<Settings, String> {
         let file: FileOptions = match config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("reading config {}: {e}", path.display()))?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| format!("reading config {}: {e}", path.display()))?;
                 toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?
             }
             None => FileOptions::default(),
@@ -209,8 +210,12 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "sync = \"always\"\nmax_value_bytes = \"1MiB\"\nlisten = [\"127.0.0.1:1\"]\n").unwrap();
         let s = Settings::resolve(Some(&path), Options::default()).unwrap();
-        assert_eq!((s.sync, s.max_value_bytes, s.listen.clone()), (SyncPolicy::Always, 1 << 20, vec!["127.0.0.1:1".to_string()]));
-        let s = Settings::resolve(Some(&path), Options { sync: Some(SyncPolicy::Never), ..Options::default() }).unwrap();
+        assert_eq!(
+            (s.sync, s.max_value_bytes, s.listen.clone()),
+            (SyncPolicy::Always, 1 << 20, vec!["127.0.0.1:1".to_string()])
+        );
+        let s =
+            Settings::resolve(Some(&path), Options { sync: Some(SyncPolicy::Never), ..Options::default() }).unwrap();
         assert_eq!(s.sync, SyncPolicy::Never);
         std::fs::write(&path, "bogus = 1\n").unwrap();
         assert!(Settings::resolve(Some(&path), Options::default()).unwrap_err().contains("bogus"));

@@ -28,7 +28,10 @@ impl Listener {
             let path = PathBuf::from(path);
             if path.exists() {
                 if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                    return Err(format!("{} is in use by a running server; stop it or pick another path", path.display()));
+                    return Err(format!(
+                        "{} is in use by a running server; stop it or pick another path",
+                        path.display()
+                    ));
                 }
                 std::fs::remove_file(&path).map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
             }
@@ -38,9 +41,9 @@ impl Listener {
                 .map_err(|e| format!("setting mode of {}: {e}", path.display()))?;
             Ok(Listener::Unix(l, path))
         } else {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("binding {addr}: {e}; is another server on that port? (--listen picks another)"))?;
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                format!("binding {addr}: {e}; is another server on that port? (--listen picks another)")
+            })?;
             Ok(Listener::Tcp(l))
         }
     }

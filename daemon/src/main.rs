@@ -61,7 +61,12 @@ fn check(dir: &std::path::Path) -> Result<(), String> {
         report.live_entries
     );
     if let Some(t) = &r.torn {
-        println!("torn write at the end of {} (offset {}, {} bytes): opening cuts it off", t.file.display(), t.offset, t.bytes_dropped);
+        println!(
+            "torn write at the end of {} (offset {}, {} bytes): opening cuts it off",
+            t.file.display(),
+            t.offset,
+            t.bytes_dropped
+        );
     }
     Ok(())
 }
@@ -91,7 +96,11 @@ fn run(s: Settings) -> Result<(), String> {
     let engine_config = EngineConfig {
         sync: s.sync,
         segment_bytes: s.segment_bytes,
-        limits: EngineLimits { max_key_bytes: s.max_key_bytes, max_value_bytes: s.max_value_bytes, max_memory: s.max_memory },
+        limits: EngineLimits {
+            max_key_bytes: s.max_key_bytes,
+            max_value_bytes: s.max_value_bytes,
+            max_memory: s.max_memory,
+        },
         ..EngineConfig::new(&s.data_dir)
     };
     tracing::info!(data_dir = %s.data_dir.display(), sync = %s.sync, "opening");
@@ -105,7 +114,10 @@ fn run(s: Settings) -> Result<(), String> {
     let r = engine.replay_report();
     tracing::info!(segments = r.segments, records = r.records, bytes = r.bytes, ms = r.elapsed_ms, "replay done");
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("starting runtime: {e}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting runtime: {e}"))?;
     let outcome = rt.block_on(serve(&s, &engine, started));
     drop(rt);
     let synced = engine.shutdown().map_err(|e| format!("final sync failed: {e}"));

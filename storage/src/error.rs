@@ -18,7 +18,9 @@ pub enum Error {
     KeyTooLong { len: usize, max: usize },
     #[error("value is {size} bytes, over the limit of {max}; store less or raise max_value_bytes (--max-value-bytes)")]
     ValueTooLarge { size: usize, max: usize },
-    #[error("cache full: {used} bytes in use, max_memory is {max}; delete keys, use shorter timeouts, or raise --max-memory")]
+    #[error(
+        "cache full: {used} bytes in use, max_memory is {max}; delete keys, use shorter timeouts, or raise --max-memory"
+    )]
     CacheFull { used: u64, max: u64 },
     #[error("storage write failed, nothing in this batch was stored: {0}; check the disk (space, permissions, health)")]
     WriteFailed(String),

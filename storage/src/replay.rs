@@ -241,7 +241,10 @@ pub struct CheckReport {
 /// is what a crash leaves and opening cuts it off).
 pub fn check(dir: &Path) -> Result<CheckReport> {
     let now = crate::clock::Clock::now(&crate::clock::SystemClock::new()).0;
-    let mut state = State::new(crate::state::Limits { max_key_bytes: usize::MAX, max_value_bytes: usize::MAX, max_memory: None }, now);
+    let mut state = State::new(
+        crate::state::Limits { max_key_bytes: usize::MAX, max_value_bytes: usize::MAX, max_memory: None },
+        now,
+    );
     let replay = replay_into(dir, &mut state, now, |_| {})?;
     Ok(CheckReport { replay, live_entries: state.len() as u64 })
 }

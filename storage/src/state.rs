@@ -258,8 +258,10 @@ impl State {
             Command::SetMany { items, ttl } => {
                 let mut failed = Vec::new();
                 for (i, (key, value)) in items.iter().enumerate() {
-                    let stored =
-                        self.check_key(key).and_then(|()| self.check_value(value)).and_then(|()| self.set(key, value, *ttl, now, sink));
+                    let stored = self
+                        .check_key(key)
+                        .and_then(|()| self.check_value(value))
+                        .and_then(|()| self.set(key, value, *ttl, now, sink));
                     if stored.is_err() {
                         failed.push(i);
                     }

@@ -9,7 +9,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cachet_storage::{Command, Config, Engine, Error, Limits, ManualClock, State, SyncPolicy, Ttl, UnixMillis, testing};
+use cachet_storage::{
+    Command, Config, Engine, Error, Limits, ManualClock, State, SyncPolicy, Ttl, UnixMillis, testing,
+};
 use support::{Model, int};
 
 const START: u64 = 1_700_000_000_000;
@@ -132,7 +134,10 @@ fn torn_tail_is_cut_off_and_the_engine_opens_and_appends() {
     let torn = engine.replay_report().torn.clone().expect("torn tail reported");
     assert_eq!(torn.file, w.segment);
     assert!(torn.bytes_dropped > 0);
-    engine.handle().call_blocking(Command::Set { key: b"after".to_vec(), value: b"1".to_vec(), ttl: Ttl::Never }).unwrap();
+    engine
+        .handle()
+        .call_blocking(Command::Set { key: b"after".to_vec(), value: b"1".to_vec(), ttl: Ttl::Never })
+        .unwrap();
     engine.shutdown().unwrap();
     let mut want = expected_at(&w, cut as u64, now);
     want.push((b"after".to_vec(), b"1".to_vec(), 0));
@@ -224,13 +229,17 @@ fn clear_survives_replay_and_drops_old_segments() {
     let engine = Engine::open(config.clone()).unwrap();
     let h = engine.handle();
     for i in 0..50 {
-        h.call_blocking(Command::Set { key: format!("k{i}").into_bytes(), value: vec![1; 20], ttl: Ttl::Never }).unwrap();
+        h.call_blocking(Command::Set { key: format!("k{i}").into_bytes(), value: vec![1; 20], ttl: Ttl::Never })
+            .unwrap();
     }
     h.call_blocking(Command::Clear).unwrap();
     h.call_blocking(Command::Set { key: b"after".to_vec(), value: b"x".to_vec(), ttl: Ttl::Never }).unwrap();
     drop(h);
     engine.shutdown().unwrap();
-    let segs = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with("seg-")).count();
+    let segs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with("seg-"))
+        .count();
     assert!(segs <= 2, "{segs} segments left after clear");
     let engine = Engine::open(config).unwrap();
     match engine.handle().call_blocking(Command::Stats).unwrap() {
@@ -260,7 +269,11 @@ fn bad_input_gets_clear_errors() {
     assert!(err.to_string().contains("format version 99"), "{err}");
     // A truncated header on a segment that is not the newest.
     std::fs::write(&seg, &good[..10]).unwrap();
-    std::fs::write(dir.path().join("seg-0000000000000002.log"), cachet_storage::record::segment_header(cachet_storage::record::SegmentId(2))).unwrap();
+    std::fs::write(
+        dir.path().join("seg-0000000000000002.log"),
+        cachet_storage::record::segment_header(cachet_storage::record::SegmentId(2)),
+    )
+    .unwrap();
     let err = Engine::open(Config::new(dir.path())).err().unwrap();
     assert!(err.to_string().contains("shorter than 32"), "{err}");
     // Not a data directory at all.
@@ -268,7 +281,11 @@ fn bad_input_gets_clear_errors() {
     std::fs::write(&file, b"x").unwrap();
     assert!(Engine::open(Config::new(&file)).is_err());
     // Limits that the format cannot hold.
-    let err = Engine::open(Config { limits: Limits { max_key_bytes: 1 << 20, ..Limits::default() }, ..Config::new(dir.path()) }).err().unwrap();
+    let err = Engine::open(Config {
+        limits: Limits { max_key_bytes: 1 << 20, ..Limits::default() },
+        ..Config::new(dir.path())
+    })
+    .err()
+    .unwrap();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
-

@@ -20,11 +20,7 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn value() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![
-        (-3i64..3).prop_map(int),
-        Just(int(i64::MAX)),
-        prop::collection::vec(any::<u8>(), 0..12),
-    ]
+    prop_oneof![(-3i64..3).prop_map(int), Just(int(i64::MAX)), prop::collection::vec(any::<u8>(), 0..12),]
 }
 
 fn ttl() -> impl Strategy<Value = Ttl> {

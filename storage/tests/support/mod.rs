@@ -31,8 +31,12 @@ impl Model {
     }
 
     pub fn live_entries(&self, now: u64) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
-        let mut v: Vec<_> =
-            self.map.iter().filter(|(_, (_, e))| *e == 0 || *e > now).map(|(k, (v, e))| (k.clone(), v.clone(), *e)).collect();
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .filter(|(_, (_, e))| *e == 0 || *e > now)
+            .map(|(k, (v, e))| (k.clone(), v.clone(), *e))
+            .collect();
         v.sort();
         v
     }
@@ -52,7 +56,9 @@ impl Model {
     pub fn apply(&mut self, cmd: &Command, now: u64) -> Result<Reply, &'static str> {
         Ok(match cmd {
             Command::Get { key } => Reply::Value(self.live(key, now).map(|(v, _)| v.clone())),
-            Command::GetMany { keys } => Reply::Values(keys.iter().map(|k| self.live(k, now).map(|(v, _)| v.clone())).collect()),
+            Command::GetMany { keys } => {
+                Reply::Values(keys.iter().map(|k| self.live(k, now).map(|(v, _)| v.clone())).collect())
+            }
             Command::Set { key, value, ttl } => {
                 self.set(key, value, *ttl, now);
                 Reply::Done

@@ -1,0 +1,77 @@
+//! The `cachet` command line against a real daemon. The binary is built with
+//! the client's `cli` feature (the README's test command enables it).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::Daemon;
+
+fn cachet_bin() -> PathBuf {
+    let path = PathBuf::from(support::bin()).with_file_name("cachet");
+    assert!(path.exists(), "{} missing: run the tests with --all-features (see README)", path.display());
+    path
+}
+
+fn cachet(d: &Daemon, args: &[&str]) -> (i32, String) {
+    let out = Command::new(cachet_bin()).arg("--server").arg(&d.addr).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn set_get_incr_and_friends() {
+    let d = Daemon::start(&[]);
+    assert_eq!(cachet(&d, &["set", "n", "5"]).0, 0);
+    assert_eq!(cachet(&d, &["incr", "n"]), (0, "6".into()));
+    assert_eq!(cachet(&d, &["decr", "n", "10"]), (0, "-4".into()));
+    assert_eq!(cachet(&d, &["set", "s", "hello world", "--timeout", "never"]).0, 0);
+    assert_eq!(cachet(&d, &["get", "s"]), (0, "hello world".into()));
+    assert_eq!(cachet(&d, &["add", "s", "x"]), (0, "false".into()));
+    assert_eq!(cachet(&d, &["has", "s"]), (0, "true".into()));
+    assert_eq!(cachet(&d, &["touch", "s", "--timeout", "60"]), (0, "true".into()));
+    assert_eq!(cachet(&d, &["delete", "s"]), (0, "true".into()));
+    assert_eq!(cachet(&d, &["get", "s"]).0, 1);
+    let (code, stats) = cachet(&d, &["stats"]);
+    assert_eq!(code, 0);
+    assert!(stats.contains("entries 1"), "{stats}");
+    assert_eq!(cachet(&d, &["clear"]).0, 0);
+    assert_eq!(cachet(&d, &["get", "n"]).0, 1);
+    let (code, _) = cachet(&d, &["set", "k", "v", "--timeout", "soon"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn check_and_repair_subcommands() {
+    let mut d = Daemon::start(&[]);
+    let dir = d.dir.clone();
+    assert_eq!(cachet(&d, &["set", "a", "1"]).0, 0);
+    assert_eq!(cachet(&d, &["set", "b", "2"]).0, 0);
+    assert_eq!(cachet(&d, &["set", "c", "3"]).0, 0);
+    assert!(d.stop());
+    let out = Command::new(support::bin()).arg("check").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sound"));
+
+    // Damage the first record: the daemon refuses to start and names the fix.
+    let seg = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_str().unwrap().ends_with(".log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let out =
+        Command::new(support::bin()).arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cachetd repair") && err.contains("offset 32"), "{err}");
+    assert!(!Command::new(support::bin()).arg("check").arg(&dir).status().unwrap().success());
+    let out = Command::new(support::bin()).arg("repair").arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backup:"));
+    assert!(Command::new(support::bin()).arg("check").arg(&dir).status().unwrap().success());
+    d.start_again();
+    assert_eq!(cachet(&d, &["get", "a"]).0, 1, "everything after the bad record was cut");
+}

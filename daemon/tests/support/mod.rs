@@ -1,0 +1,148 @@
+//! Starts a real `cachetd` on a free port (it binds port 0 and reports the
+//! address in its ready line) and a temp data directory, and always stops it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: String,
+    pub dir: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+    args: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cachetd")
+}
+
+impl Daemon {
+    /// Starts with a fresh temp data directory.
+    pub fn start(args: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut d = Daemon::start_in(&dir, "127.0.0.1:0", args);
+        d._tmp = Some(tmp);
+        d
+    }
+
+    pub fn start_in(dir: &Path, listen: &str, args: &[&str]) -> Daemon {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, addr, log) = spawn(dir, listen, &args);
+        Daemon { child: Some(child), addr, dir: dir.to_path_buf(), log, args, _tmp: None }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGTERM and wait; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        wait_exit(&mut child, Duration::from_secs(20)).map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// SIGKILL: no chance to sync or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same address and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    pub fn start_again(&mut self) {
+        let listen = self.addr.clone();
+        let (child, addr, log) = spawn(&self.dir, &listen, &self.args);
+        self.child = Some(child);
+        self.addr = addr;
+        self.log = log;
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn spawn(dir: &Path, listen: &str, args: &[String]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new(bin())
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env("CACHET_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cachetd");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("ready: listening on ").nth(1) {
+                let first = rest.split([',', ' ']).next().unwrap_or_default().to_string();
+                let _ = tx.send(first);
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => (child, addr, log),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cachetd did not become ready; its log:\n{}", log.lock().unwrap().join("\n"));
+        }
+    }
+}
+
+/// Polls `f` until it returns true, or panics after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -106,7 +106,7 @@ fn run(s: Settings) -> Result<(), String> {
     tracing::info!(data_dir = %s.data_dir.display(), sync = %s.sync, "opening");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("replaying the log")]);
     let engine = Engine::open_with(engine_config, Arc::new(cachet_storage::SystemClock::new()), |p| {
-        let pct = if p.bytes_total == 0 { 100 } else { p.bytes_done * 100 / p.bytes_total };
+        let pct = (p.bytes_done * 100).checked_div(p.bytes_total).unwrap_or(100);
         tracing::info!(records = p.records, "replay {pct}%");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!("replay {pct}%, {} records", p.records))]);
     })

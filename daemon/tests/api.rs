@@ -241,7 +241,7 @@ async fn limits_give_clear_errors_and_keep_the_connection() {
     let e = c.set("big", &serde_bytes::ByteBuf::from(vec![0u8; 10 << 20])).await.unwrap_err();
     assert!(matches!(e, Error::ValueTooLarge { max, .. } if max == 9 << 20), "{e}");
     assert!(e.to_string().contains("--max-value-bytes"));
-    let failed = c.set_many([("ok", vec![1u8]), ("k".repeat(200).as_str().into(), vec![2u8])]).await.unwrap();
+    let failed = c.set_many([("ok", vec![1u8]), ("k".repeat(200).as_str(), vec![2u8])]).await.unwrap();
     assert_eq!(failed, vec!["k".repeat(200)]);
     // Still usable, and an 8 MiB value round-trips.
     let v = serde_bytes::ByteBuf::from((0..8 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());

@@ -151,11 +151,11 @@ impl Engine {
         let active = match (report.newest, &report.torn) {
             (Some((id, valid)), _) if Some(id) == last_id => ActiveSegment::reopen(&dir, id, valid)?,
             _ => {
-                if let (Some(id), Some(torn)) = (last_id, &report.torn) {
-                    if torn.offset == 0 {
-                        let path = segment_path(&dir, id);
-                        std::fs::remove_file(&path).map_err(Error::io("removing torn segment", &path))?;
-                    }
+                if let (Some(id), Some(torn)) = (last_id, &report.torn)
+                    && torn.offset == 0
+                {
+                    let path = segment_path(&dir, id);
+                    std::fs::remove_file(&path).map_err(Error::io("removing torn segment", &path))?;
                 }
                 let next = SegmentId(last_id.map_or(1, |id| id.0 + 1).max(report.floor.0));
                 ActiveSegment::create(&dir, next)?
@@ -540,11 +540,11 @@ impl Writer {
             self.dirty = false;
             self.last_sync = Instant::now();
         }
-        if self.active.len >= self.segment_bytes {
-            if let Err(e) = self.roll() {
-                tracing::error!("could not start a new segment: {e}");
-                self.recover(&e.to_string(), self.next_seq);
-            }
+        if self.active.len >= self.segment_bytes
+            && let Err(e) = self.roll()
+        {
+            tracing::error!("could not start a new segment: {e}");
+            self.recover(&e.to_string(), self.next_seq);
         }
     }
 

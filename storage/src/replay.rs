@@ -118,21 +118,21 @@ pub(crate) fn scan(dir: &Path, mut visit: impl FnMut(Event<'_>)) -> Result<std::
         while pos < bytes.len() {
             match record::decode(&bytes[pos..], *id) {
                 Ok((seq, rec, used)) => {
-                    if let Some(prev) = last_seq {
-                        if seq.0 != prev + 1 {
-                            return Ok(Err(BadSpot {
-                                segment: *id,
-                                offset: pos as u64,
-                                reason: CorruptReason::Sequence { found: seq.0, expected: prev + 1 },
-                                last_good_seq: prev,
-                            }));
-                        }
+                    if let Some(prev) = last_seq
+                        && seq.0 != prev + 1
+                    {
+                        return Ok(Err(BadSpot {
+                            segment: *id,
+                            offset: pos as u64,
+                            reason: CorruptReason::Sequence { found: seq.0, expected: prev + 1 },
+                            last_good_seq: prev,
+                        }));
                     }
                     visit(Event::Record(*id, &rec));
                     last_seq = Some(seq.0);
                     records += 1;
                     pos += used;
-                    if records % 1_000_000 == 0 {
+                    if records.is_multiple_of(1_000_000) {
                         visit(Event::Progress(Progress { bytes_done: bytes_done + pos as u64, bytes_total, records }));
                     }
                 }

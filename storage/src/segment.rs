@@ -24,10 +24,10 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentId>> {
         let entry = entry.map_err(Error::io("reading directory", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(num) = name.strip_prefix(PREFIX).and_then(|n| n.strip_suffix(SUFFIX)) {
-            if let Ok(n) = num.parse::<u64>() {
-                ids.push(SegmentId(n));
-            }
+        if let Some(num) = name.strip_prefix(PREFIX).and_then(|n| n.strip_suffix(SUFFIX))
+            && let Ok(n) = num.parse::<u64>()
+        {
+            ids.push(SegmentId(n));
         }
     }
     ids.sort();

@@ -89,7 +89,10 @@ fn write_log() -> Written {
     Written { dir, segment, snapshots, end }
 }
 
-fn replayed(dir: &Path, now: u64) -> Result<Vec<(Vec<u8>, Vec<u8>, u64)>, Error> {
+/// Live entries as (key, value, expires), sorted.
+type Entries = Vec<(Vec<u8>, Vec<u8>, u64)>;
+
+fn replayed(dir: &Path, now: u64) -> Result<Entries, Error> {
     let mut state = State::new(Limits::default(), now);
     testing::replay(dir, &mut state, now)?;
     let mut v: Vec<_> = state.entries(now).map(|(k, v, e)| (k.to_vec(), v.to_vec(), e)).collect();
@@ -99,7 +102,7 @@ fn replayed(dir: &Path, now: u64) -> Result<Vec<(Vec<u8>, Vec<u8>, u64)>, Error>
 
 /// The state replay must produce from a log whose valid prefix ends at `len`,
 /// read at time `now`.
-fn expected_at(w: &Written, len: u64, now: u64) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
+fn expected_at(w: &Written, len: u64, now: u64) -> Entries {
     // Before the first record (a cut inside the header) the log is empty.
     w.snapshots.iter().rev().find(|(l, _, _)| *l <= len).map_or_else(Vec::new, |(_, model, _)| model.live_entries(now))
 }

@@ -236,6 +236,14 @@ impl Handle {
         }
     }
 
+    /// Queues a command and returns its reply slot without waiting, so a
+    /// caller can keep many commands in flight (they share batches).
+    pub fn submit(&self, cmd: Command) -> Result<oneshot::Receiver<Result<Reply>>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::One(cmd, tx))?;
+        Ok(rx)
+    }
+
     pub async fn call(&self, cmd: Command) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::One(cmd, tx))?;

@@ -1,0 +1,175 @@
+//! Engine micro-benchmarks: set/get through the channel (1 and 4 submitting
+//! threads, many requests in flight so the writer batches), replay of a
+//! 1M-record log, the record codec, the timer wheel, and MessagePack values.
+
+use std::time::{Duration, Instant};
+
+use cachet_benches::{key16, value100, write_log};
+use cachet_storage::record::{self, Record, SegmentId, Seq};
+use cachet_storage::{Command, Config, Engine, SyncPolicy, Ttl, UnixMillis, Wheel};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+const KEYS: u64 = 100_000;
+/// Requests each submitting thread keeps in flight.
+const WINDOW: usize = 256;
+
+fn drive(engine: &Engine, threads: u64, ops: u64, get: bool) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let h = engine.handle();
+            s.spawn(move || {
+                let mut pending = std::collections::VecDeque::with_capacity(WINDOW);
+                for i in 0..ops / threads {
+                    let k = (i * 7919 + t) % KEYS;
+                    let cmd = if get {
+                        Command::Get { key: key16(k) }
+                    } else {
+                        Command::Set { key: key16(k), value: value100(k), ttl: Ttl::Millis(300_000) }
+                    };
+                    pending.push_back(h.submit(cmd).unwrap());
+                    if pending.len() == WINDOW {
+                        pending.pop_front().unwrap().blocking_recv().unwrap().unwrap();
+                    }
+                }
+                for rx in pending {
+                    rx.blocking_recv().unwrap().unwrap();
+                }
+            });
+        }
+    });
+}
+
+fn channel_ops(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(Config { sync: SyncPolicy::EverySec, ..Config::new(dir.path()) }).unwrap();
+    drive(&engine, 1, KEYS, false);
+    let mut g = c.benchmark_group("engine");
+    g.measurement_time(Duration::from_secs(5)).sample_size(10);
+    let ops = 200_000;
+    g.throughput(Throughput::Elements(ops));
+    for threads in [1, 4] {
+        g.bench_function(format!("set_{threads}_threads"), |b| b.iter(|| drive(&engine, threads, ops, false)));
+        g.bench_function(format!("get_{threads}_threads"), |b| b.iter(|| drive(&engine, threads, ops, true)));
+    }
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("set_1_blocking_roundtrip", |b| {
+        let h = engine.handle();
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            h.call_blocking(Command::Set { key: key16(i % KEYS), value: value100(i), ttl: Ttl::Never }).unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn replay(c: &mut Criterion) {
+    let n = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), n);
+    let bytes: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let mut g = c.benchmark_group("replay");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(n));
+    g.bench_function("open_1M_records", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let engine = Engine::open(Config::new(dir.path())).unwrap();
+                total += t.elapsed();
+                assert_eq!(engine.replay_report().records, n);
+                drop(engine);
+            }
+            total
+        })
+    });
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function("open_1M_records_bytes", |b| {
+        b.iter_with_large_drop(|| Engine::open(Config::new(dir.path())).unwrap())
+    });
+    g.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("record");
+    let (key, value) = (key16(1), value100(1));
+    let mut buf = Vec::with_capacity(1 << 20);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_set", |b| {
+        b.iter(|| {
+            if buf.len() > 1 << 19 {
+                buf.clear();
+            }
+            record::encode(&mut buf, SegmentId(1), Seq(1), &Record::Set { key: &key, value: &value, expires: UnixMillis(0) })
+        })
+    });
+    let mut one = Vec::new();
+    record::encode(&mut one, SegmentId(1), Seq(1), &Record::Set { key: &key, value: &value, expires: UnixMillis(0) });
+    g.bench_function("decode_set", |b| b.iter(|| record::decode(&one, SegmentId(1)).unwrap().2));
+    g.finish();
+}
+
+fn wheel(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wheel");
+    g.sample_size(10);
+    let n = 1_000_000u64;
+    g.throughput(Throughput::Elements(n));
+    g.bench_function("insert_1M", |b| {
+        b.iter_batched(
+            || Wheel::<u32>::new(0),
+            |mut w| {
+                for i in 0..n {
+                    w.insert(1 + (i * 2_654_435_761) % 3_600_000, i as u32);
+                }
+                w
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("insert_and_expire_1M", |b| {
+        b.iter(|| {
+            let mut w = Wheel::<u32>::new(0);
+            for i in 0..n {
+                w.insert(1 + (i * 2_654_435_761) % 3_600_000, i as u32);
+            }
+            let mut out = Vec::with_capacity(n as usize);
+            w.poll(3_600_001, |i| Some(1 + (*i as u64 * 2_654_435_761) % 3_600_000), &mut out);
+            assert_eq!(out.len(), n as usize);
+        })
+    });
+    g.bench_function("insert_and_cancel_1M", |b| {
+        b.iter(|| {
+            let mut w = Wheel::<u32>::new(0);
+            for i in 0..n {
+                w.insert(1 + (i * 2_654_435_761) % 3_600_000, i as u32);
+            }
+            let mut out = Vec::new();
+            // Every timer was cancelled: the poll drops them all.
+            w.poll(3_600_001, |_| None, &mut out);
+            assert!(out.is_empty());
+        })
+    });
+    g.finish();
+}
+
+fn msgpack(c: &mut Criterion) {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Profile {
+        id: u64,
+        name: String,
+        email: String,
+        tags: Vec<String>,
+        score: f64,
+    }
+    let p = Profile { id: 42, name: "Ada Lovelace".into(), email: "ada@example.com".into(), tags: vec!["a".into(), "b".into()], score: 9.5 };
+    let bytes = rmp_serde::to_vec_named(&p).unwrap();
+    let mut g = c.benchmark_group("msgpack");
+    g.bench_function("encode_struct", |b| b.iter(|| rmp_serde::to_vec_named(&p).unwrap()));
+    g.bench_function("decode_struct", |b| b.iter(|| rmp_serde::from_slice::<Profile>(&bytes).unwrap().id));
+    g.bench_function("encode_i64", |b| b.iter(|| rmp_serde::to_vec(&123_456i64).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, channel_ops, replay, codec, wheel, msgpack);
+criterion_main!(benches);

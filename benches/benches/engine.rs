@@ -9,6 +9,10 @@ use cachet_storage::record::{self, Record, SegmentId, Seq};
 use cachet_storage::{Command, Config, Engine, SyncPolicy, Ttl, UnixMillis, Wheel};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
+// The daemon's allocator, so the figures match what cachetd does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KEYS: u64 = 100_000;
 /// Requests each submitting thread keeps in flight.
 const WINDOW: usize = 256;
@@ -101,7 +105,12 @@ fn codec(c: &mut Criterion) {
             if buf.len() > 1 << 19 {
                 buf.clear();
             }
-            record::encode(&mut buf, SegmentId(1), Seq(1), &Record::Set { key: &key, value: &value, expires: UnixMillis(0) })
+            record::encode(
+                &mut buf,
+                SegmentId(1),
+                Seq(1),
+                &Record::Set { key: &key, value: &value, expires: UnixMillis(0) },
+            )
         })
     });
     let mut one = Vec::new();
@@ -162,7 +171,13 @@ fn msgpack(c: &mut Criterion) {
         tags: Vec<String>,
         score: f64,
     }
-    let p = Profile { id: 42, name: "Ada Lovelace".into(), email: "ada@example.com".into(), tags: vec!["a".into(), "b".into()], score: 9.5 };
+    let p = Profile {
+        id: 42,
+        name: "Ada Lovelace".into(),
+        email: "ada@example.com".into(),
+        tags: vec!["a".into(), "b".into()],
+        score: 9.5,
+    };
     let bytes = rmp_serde::to_vec_named(&p).unwrap();
     let mut g = c.benchmark_group("msgpack");
     g.bench_function("encode_struct", |b| b.iter(|| rmp_serde::to_vec_named(&p).unwrap()));

@@ -36,8 +36,13 @@ fn measure(n: u64, ttl: Ttl) -> (f64, usize) {
     let mut state = State::new(Limits::default(), 1_700_000_000_000);
     let mut sink = NullSink::default();
     for i in 0..n {
-        testing::apply(&mut state, &Command::Set { key: key16(i), value: value100(i), ttl }, 1_700_000_000_000, &mut sink)
-            .unwrap();
+        testing::apply(
+            &mut state,
+            &Command::Set { key: key16(i), value: value100(i), ttl },
+            1_700_000_000_000,
+            &mut sink,
+        )
+        .unwrap();
     }
     let held = LIVE.load(Ordering::Relaxed) - before;
     let reported = state.memory_bytes();

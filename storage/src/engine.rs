@@ -382,7 +382,8 @@ impl Writer {
         let start_seq = self.next_seq;
         let mut sink = BatchSink { buf: &mut self.buf, segment: self.active.id, next_seq: &mut self.next_seq };
         let unavailable = self.unavailable.as_ref().map(|(cause, _)| cause.clone());
-        let (log_bytes, segments) = (self.log_bytes, list_segments(&self.dir).map_or(0, |s| s.len() as u64));
+        let log_bytes = self.log_bytes;
+        let dir = &self.dir;
         let mut run = |cmd: &Command, force_sync: &mut bool| -> (bool, Result<Reply>) {
             let write = cmd.is_write();
             if write && let Some(cause) = &unavailable {
@@ -399,7 +400,7 @@ impl Writer {
             let mut reply = self.state.apply(cmd, now, &mut sink);
             if let Ok(Reply::Stats(stats)) = &mut reply {
                 stats.log_bytes = log_bytes;
-                stats.segments = segments;
+                stats.segments = list_segments(dir).map_or(0, |s| s.len() as u64);
             }
             (write, reply)
         };

@@ -127,28 +127,54 @@ impl Index {
         e.blob = Some(blob);
     }
 
-    /// Inserts a key known to be absent; returns its slot.
-    pub(crate) fn insert_new(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32) -> u32 {
+    /// The slot of `key`, inserting it with `value` if absent (one hash, one
+    /// probe). Returns the slot and whether it was inserted; an existing
+    /// entry is left unchanged.
+    pub(crate) fn find_or_insert(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32) -> (u32, bool) {
+        let hash = self.hasher.hash_one(key);
+        let entries = &self.entries;
+        let hasher = &self.hasher;
+        match self.table.entry(
+            hash,
+            |&s| entries[s as usize].key() == key,
+            |&s| hasher.hash_one(entries[s as usize].key()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(o) => (*o.get(), false),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                let slot = if self.free_head != NO_SLOT {
+                    self.free_head
+                } else {
+                    u32::try_from(self.entries.len()).expect("fewer than 2^32 entries")
+                };
+                v.insert(slot);
+                self.fill_slot(slot, key, value, expires, segment);
+                (slot, true)
+            }
+        }
+    }
+
+    /// Puts an entry into `slot` (the free list's head or one past the end).
+    fn fill_slot(&mut self, slot: u32, key: &[u8], value: &[u8], expires: u64, segment: u32) {
         let blob = make_blob(key, value);
         self.blob_bytes += blob.len();
-        let slot = if self.free_head != NO_SLOT {
-            let slot = self.free_head;
+        self.len += 1;
+        if slot == self.free_head {
             let e = &mut self.entries[slot as usize];
             self.free_head = e.segment;
             e.blob = Some(blob);
             e.expires = expires;
             e.generation = e.generation.wrapping_add(1);
             e.segment = segment;
-            slot
         } else {
-            let slot = u32::try_from(self.entries.len()).expect("fewer than 2^32 entries");
             self.entries.push(Entry { blob: Some(blob), expires, generation: 0, segment });
-            slot
-        };
-        let hasher = &self.hasher;
-        let entries = &self.entries;
-        self.table.insert_unique(hasher.hash_one(key), slot, |&s| hasher.hash_one(entries[s as usize].key()));
-        self.len += 1;
+        }
+    }
+
+    /// Inserts a key known to be absent; returns its slot.
+    #[cfg(test)]
+    pub(crate) fn insert_new(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32) -> u32 {
+        let (slot, inserted) = self.find_or_insert(key, value, expires, segment);
+        assert!(inserted);
         slot
     }
 

@@ -376,22 +376,27 @@ impl State {
         Ok(())
     }
 
-    /// Stores a value (no logging): the shared step of `set` and replay.
+    /// Stores a value (no logging): the shared step of `set`, `incr` and
+    /// `rename`. An expired entry found under the key is replaced as if new.
     fn put(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32, now: u64) {
-        match self.live(key, now) {
-            Some(slot) => {
-                let e = self.index.entry(slot);
-                let (old_expires, old_segment, old_len) =
-                    (e.expires, e.segment, set_record_len(key.len(), e.value().len()));
-                self.index.replace_value(slot, value);
-                self.unaccount(old_segment, old_len);
-                let e = self.index.entry_mut(slot);
-                e.segment = segment;
-                e.expires = expires;
+        let (slot, inserted) = self.index.find_or_insert(key, value, expires, segment);
+        if inserted {
+            self.arm(slot, 0, expires);
+        } else {
+            let e = self.index.entry(slot);
+            let (old_expires, old_segment, old_len) =
+                (e.expires, e.segment, set_record_len(key.len(), e.value().len()));
+            let was_live = e.is_live_at(now);
+            self.index.replace_value(slot, value);
+            self.unaccount(old_segment, old_len);
+            let e = self.index.entry_mut(slot);
+            e.segment = segment;
+            e.expires = expires;
+            if was_live {
                 self.arm(slot, old_expires, expires);
-            }
-            None => {
-                let slot = self.index.insert_new(key, value, expires, segment);
+            } else {
+                // A new entry in an old slot: timers of the expired one must not match.
+                self.stats.expired += 1;
                 self.arm(slot, 0, expires);
             }
         }
@@ -552,7 +557,8 @@ impl State {
 
     /// `put` for replay: timers are armed once at the end, not per record.
     fn put_unarmed(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32) {
-        if let Some(slot) = self.index.find(key) {
+        let (slot, inserted) = self.index.find_or_insert(key, value, expires, segment);
+        if !inserted {
             let e = self.index.entry(slot);
             let (old_segment, old_len) = (e.segment, set_record_len(key.len(), e.value().len()));
             self.index.replace_value(slot, value);
@@ -560,8 +566,6 @@ impl State {
             let e = self.index.entry_mut(slot);
             e.segment = segment;
             e.expires = expires;
-        } else {
-            self.index.insert_new(key, value, expires, segment);
         }
         *self.live_by_segment.entry(segment).or_default() += set_record_len(key.len(), value.len()) as u64;
     }

@@ -19,7 +19,7 @@ use serde_bytes::ByteBuf;
 use crate::connection::{Node, Retry};
 use crate::error::Error;
 use crate::key::{make_key, user_part};
-use crate::protocol::{ServerInfo, WireStats, WireTtl};
+use crate::protocol::{Op, OpReply, ServerInfo, WireStats, WireTtl};
 use crate::shard;
 use crate::timeout::Timeout;
 
@@ -173,6 +173,10 @@ pub struct Cache {
 
 fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>, Error> {
     Ok(rmp_serde::to_vec_named(value)?)
+}
+
+fn unexpected(r: OpReply) -> Error {
+    Error::Server(format!("unexpected reply {r:?} (client and server versions disagree?)"))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
@@ -368,6 +372,10 @@ impl Cache {
         Ok(())
     }
 
+    async fn op(&self, node: &Node, retry: Retry, op: Op) -> Result<OpReply, Error> {
+        node.op(&self.inner.token, self.inner.request_timeout, retry, op).await
+    }
+
     async fn call<R, F, Fut>(&self, node: &Node, retry: Retry, f: F) -> Result<R, Error>
     where
         F: Fn(crate::protocol::CacheServiceClient, tarpc::context::Context) -> Fut,
@@ -434,14 +442,10 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for Get<T> {
             let key = c.key(&self.key, self.version);
             let node = c.node_for(&key);
             c.check(node, &key, None).await?;
-            let kb = ByteBuf::from(key.into_bytes());
-            let v = c
-                .call(node, Retry::Safe, |cl, ctx| {
-                    let kb = kb.clone();
-                    async move { cl.get(ctx, kb).await }
-                })
-                .await?;
-            v.map(|b| decode(&b)).transpose()
+            match c.op(node, Retry::Safe, Op::Get(ByteBuf::from(key.into_bytes()))).await? {
+                OpReply::Value(v) => v.map(|b| decode(&b)).transpose(),
+                r => Err(unexpected(r)),
+            }
         })
     }
 }
@@ -502,12 +506,11 @@ impl IntoFuture for Set {
         Box::pin(async move {
             let WriteKind::Set = self.kind;
             let (c, key, value, ttl) = self.w.prepare().await?;
-            let kb = ByteBuf::from(key.as_bytes().to_vec());
-            c.call(c.node_for(&key), Retry::Safe, |cl, ctx| {
-                let (kb, value) = (kb.clone(), value.clone());
-                async move { cl.set(ctx, kb, value, ttl).await }
-            })
-            .await
+            let node = c.node_for(&key);
+            match c.op(node, Retry::Safe, Op::Set(ByteBuf::from(key.into_bytes()), value, ttl)).await? {
+                OpReply::Done => Ok(()),
+                r => Err(unexpected(r)),
+            }
         })
     }
 }
@@ -523,12 +526,11 @@ impl IntoFuture for Add {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let (c, key, value, ttl) = self.w.prepare().await?;
-            let kb = ByteBuf::from(key.as_bytes().to_vec());
-            c.call(c.node_for(&key), Retry::OnlyIfUnsent, |cl, ctx| {
-                let (kb, value) = (kb.clone(), value.clone());
-                async move { cl.add(ctx, kb, value, ttl).await }
-            })
-            .await
+            let node = c.node_for(&key);
+            match c.op(node, Retry::OnlyIfUnsent, Op::Add(ByteBuf::from(key.into_bytes()), value, ttl)).await? {
+                OpReply::Bool(b) => Ok(b),
+                r => Err(unexpected(r)),
+            }
         })
     }
 }
@@ -545,14 +547,11 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetOrSet<T> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let (c, key, value, ttl) = self.w.prepare().await?;
-            let kb = ByteBuf::from(key.as_bytes().to_vec());
-            let held = c
-                .call(c.node_for(&key), Retry::Safe, |cl, ctx| {
-                    let (kb, value) = (kb.clone(), value.clone());
-                    async move { cl.get_or_add(ctx, kb, value, ttl).await }
-                })
-                .await?;
-            decode(&held)
+            let node = c.node_for(&key);
+            match c.op(node, Retry::Safe, Op::GetOrAdd(ByteBuf::from(key.into_bytes()), value, ttl)).await? {
+                OpReply::Value(Some(held)) => decode(&held),
+                r => Err(unexpected(r)),
+            }
         })
     }
 }
@@ -725,12 +724,10 @@ impl IntoFuture for Delete {
             let key = c.key(&self.key, self.version);
             let node = c.node_for(&key);
             c.check(node, &key, None).await?;
-            let kb = ByteBuf::from(key.into_bytes());
-            c.call(node, Retry::Safe, |cl, ctx| {
-                let kb = kb.clone();
-                async move { cl.delete(ctx, kb).await }
-            })
-            .await
+            match c.op(node, Retry::Safe, Op::Delete(ByteBuf::from(key.into_bytes()))).await? {
+                OpReply::Bool(b) => Ok(b),
+                r => Err(unexpected(r)),
+            }
         })
     }
 }
@@ -781,12 +778,10 @@ impl IntoFuture for Touch {
             let node = c.node_for(&key);
             c.check(node, &key, None).await?;
             let ttl = c.ttl(self.timeout);
-            let kb = ByteBuf::from(key.into_bytes());
-            c.call(node, Retry::Safe, |cl, ctx| {
-                let kb = kb.clone();
-                async move { cl.touch(ctx, kb, ttl).await }
-            })
-            .await
+            match c.op(node, Retry::Safe, Op::Touch(ByteBuf::from(key.into_bytes()), ttl)).await? {
+                OpReply::Bool(b) => Ok(b),
+                r => Err(unexpected(r)),
+            }
         })
     }
 }
@@ -818,12 +813,10 @@ impl IntoFuture for Incr {
             let key = c.key(&self.key, self.version);
             let node = c.node_for(&key);
             c.check(node, &key, None).await?;
-            let kb = ByteBuf::from(key.into_bytes());
-            c.call(node, Retry::OnlyIfUnsent, |cl, ctx| {
-                let kb = kb.clone();
-                async move { cl.incr(ctx, kb, delta).await }
-            })
-            .await
+            match c.op(node, Retry::OnlyIfUnsent, Op::Incr(ByteBuf::from(key.into_bytes()), delta)).await? {
+                OpReply::Int(n) => Ok(n),
+                r => Err(unexpected(r)),
+            }
         })
     }
 }
@@ -844,12 +837,10 @@ impl IntoFuture for HasKey {
             let key = c.key(&self.key, self.version);
             let node = c.node_for(&key);
             c.check(node, &key, None).await?;
-            let kb = ByteBuf::from(key.into_bytes());
-            c.call(node, Retry::Safe, |cl, ctx| {
-                let kb = kb.clone();
-                async move { cl.has_key(ctx, kb).await }
-            })
-            .await
+            match c.op(node, Retry::Safe, Op::HasKey(ByteBuf::from(key.into_bytes()))).await? {
+                OpReply::Bool(b) => Ok(b),
+                r => Err(unexpected(r)),
+            }
         })
     }
 }

@@ -1,21 +1,43 @@
 //! One connection per server, shared by all clones of a `Cache`: opened on
 //! first use, dropped when it breaks, and reopened by the next call.
+//!
+//! Single-key operations go through a coalescer: a small queue drained by
+//! one task. Whatever is waiting when a batch can leave (at most
+//! `BATCHES_IN_FLIGHT` are out at once) goes in the next `batch` request, so
+//! a lone request is never delayed, and many concurrent ones share tarpc's
+//! per-request cost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tarpc::client::RpcError;
 use tarpc::context;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_serde::formats::MessagePack;
 
 use crate::error::Error;
-use crate::protocol::{CLIENT_MAX_FRAME, CacheServiceClient, ServerInfo, WireError};
+use crate::protocol::{CLIENT_MAX_FRAME, CacheServiceClient, Op, OpReply, ServerInfo, WireError};
+
+const BATCHES_IN_FLIGHT: usize = 2;
+const MAX_BATCH: usize = 512;
+
+/// Why a batched call got no reply from the server.
+enum Failed {
+    /// The request surely never left (the connection was already closed).
+    Unsent(String),
+    Broken(String),
+    Timeout,
+}
+
+type Slot = oneshot::Sender<Result<Result<OpReply, WireError>, Failed>>;
 
 pub(crate) struct Conn {
     pub(crate) client: CacheServiceClient,
     pub(crate) info: ServerInfo,
+    queue: mpsc::UnboundedSender<(Op, Slot)>,
 }
 
 pub(crate) struct Node {
@@ -30,6 +52,72 @@ pub(crate) enum Retry {
     /// Not idempotent (incr, add, rename): retried only when the request
     /// surely never left.
     OnlyIfUnsent,
+}
+
+/// Drains the queue into `batch` requests until every sender is gone. The
+/// batches in flight are driven here too (no task per batch: one hop less
+/// for a lone request).
+async fn coalesce(client: CacheServiceClient, mut rx: mpsc::UnboundedReceiver<(Op, Slot)>, timeout: Duration) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        let can_send = open && in_flight.len() < BATCHES_IN_FLIGHT;
+        tokio::select! {
+            first = rx.recv(), if can_send => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let (ops, slots): (Vec<Op>, Vec<Slot>) = batch.into_iter().unzip();
+                let call = client.batch(ctx(timeout), ops);
+                in_flight.push(async move { (tokio::time::timeout(timeout, call).await, slots) });
+            }
+            Some((outcome, slots)) = in_flight.next(), if !in_flight.is_empty() => deliver(outcome, slots),
+            else => return,
+        }
+    }
+}
+
+type BatchOutcome =
+    Result<Result<Result<Vec<Result<OpReply, WireError>>, WireError>, RpcError>, tokio::time::error::Elapsed>;
+
+fn deliver(outcome: BatchOutcome, slots: Vec<Slot>) {
+    match outcome {
+        Ok(Ok(Ok(replies))) if replies.len() == slots.len() => {
+            for (slot, reply) in slots.into_iter().zip(replies) {
+                let _ = slot.send(Ok(reply));
+            }
+        }
+        Ok(Ok(Ok(_))) => {
+            for slot in slots {
+                let _ = slot.send(Ok(Err(WireError::Server("batch reply has the wrong length".into()))));
+            }
+        }
+        Ok(Ok(Err(e))) => {
+            for slot in slots {
+                let _ = slot.send(Ok(Err(e.clone())));
+            }
+        }
+        Ok(Err(e)) => {
+            let unsent = matches!(e, RpcError::Shutdown | RpcError::Send(_));
+            for slot in slots {
+                let _ =
+                    slot.send(Err(if unsent { Failed::Unsent(e.to_string()) } else { Failed::Broken(e.to_string()) }));
+            }
+        }
+        Err(_) => {
+            for slot in slots {
+                let _ = slot.send(Err(Failed::Timeout));
+            }
+        }
+    }
 }
 
 impl Node {
@@ -82,7 +170,9 @@ impl Node {
                 Ok(Err(e)) => return Err(e.into()),
                 Err(e) => return Err(self.conn_error(format!("handshake failed: {e}"))),
             };
-            Ok(Conn { client, info })
+            let (queue, rx) = mpsc::unbounded_channel();
+            tokio::spawn(coalesce(client.clone(), rx, timeout));
+            Ok(Conn { client, info, queue })
         };
         tokio::time::timeout(timeout, open).await.map_err(|_| self.conn_error("timed out connecting"))?
     }
@@ -115,6 +205,45 @@ impl Node {
             let unsent = matches!(err, RpcError::Shutdown | RpcError::Send(_));
             if attempt >= 2 || !(unsent || retry == Retry::Safe) {
                 return Err(self.conn_error(err));
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Runs one single-key operation through the coalescer, reconnecting
+    /// once when that is safe.
+    pub(crate) async fn op(
+        &self,
+        token: &Option<String>,
+        timeout: Duration,
+        retry: Retry,
+        op: Op,
+    ) -> Result<OpReply, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let conn = self.conn(token, timeout).await?;
+            let (tx, rx) = oneshot::channel();
+            let failed = if conn.queue.send((op.clone(), tx)).is_err() {
+                Failed::Unsent("the connection's queue is closed".into())
+            } else {
+                match rx.await {
+                    Ok(Ok(Ok(reply))) => return Ok(reply),
+                    Ok(Ok(Err(e))) => return Err(e.into()),
+                    Ok(Err(Failed::Timeout)) => return Err(Error::Timeout),
+                    Ok(Err(f)) => f,
+                    Err(_) => Failed::Broken("the connection closed".into()),
+                }
+            };
+            self.drop_conn(Some(&conn)).await;
+            let (unsent, reason) = match failed {
+                Failed::Unsent(r) => (true, r),
+                Failed::Broken(r) => (false, r),
+                Failed::Timeout => unreachable!("returned above"),
+            };
+            if attempt >= 2 || !(unsent || retry == Retry::Safe) {
+                return Err(self.conn_error(reason));
             }
         }
     }

@@ -85,4 +85,31 @@ pub trait CacheService {
     /// Moves a value to another key keeping its expiry (for `incr_version`).
     async fn rename(from: ByteBuf, to: ByteBuf) -> Result<(), WireError>;
     async fn stats() -> Result<WireStats, WireError>;
+    /// Several single-key operations in one request, applied back to back;
+    /// one reply per operation, in order. The client coalesces concurrent
+    /// calls into batches, so per-request overhead is paid once per batch.
+    async fn batch(ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError>;
+}
+
+/// One operation inside a `batch` request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Get(ByteBuf),
+    Set(ByteBuf, ByteBuf, WireTtl),
+    Add(ByteBuf, ByteBuf, WireTtl),
+    GetOrAdd(ByteBuf, ByteBuf, WireTtl),
+    Delete(ByteBuf),
+    Touch(ByteBuf, WireTtl),
+    Incr(ByteBuf, i64),
+    HasKey(ByteBuf),
+    Rename(ByteBuf, ByteBuf),
+}
+
+/// The reply to one `Op` of a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpReply {
+    Value(Option<ByteBuf>),
+    Done,
+    Bool(bool),
+    Int(i64),
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachet::protocol::{CacheService, ServerInfo, WireError, WireStats, WireTtl};
+use cachet::protocol::{CacheService, Op, OpReply, ServerInfo, WireError, WireStats, WireTtl};
 use cachet_storage::{Command, Error as StoreError, Handle, Reply, Ttl};
 use serde_bytes::ByteBuf;
 use tarpc::context::Context;
@@ -73,6 +73,18 @@ impl Session {
         result.map_err(|e| self.wire_error(e))
     }
 
+    async fn run_many(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply, WireError>>, WireError> {
+        if !self.authed.load(Ordering::Acquire) {
+            self.shared.note("unauthorized", "a client sent a request without a valid auth token");
+            return Err(WireError::Unauthorized);
+        }
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let result = self.shared.engine.call_many(cmds).await;
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let replies = result.map_err(|e| self.wire_error(e))?;
+        Ok(replies.into_iter().map(|r| r.map_err(|e| self.wire_error(e))).collect())
+    }
+
     fn wire_error(&self, e: StoreError) -> WireError {
         let msg = e.to_string();
         match e {
@@ -107,6 +119,30 @@ fn ttl(t: WireTtl) -> Ttl {
     match t {
         WireTtl::Never => Ttl::Never,
         WireTtl::Millis(ms) => Ttl::Millis(ms),
+    }
+}
+
+fn command(op: Op) -> Command {
+    match op {
+        Op::Get(k) => Command::Get { key: k.into_vec() },
+        Op::Set(k, v, t) => Command::Set { key: k.into_vec(), value: v.into_vec(), ttl: ttl(t) },
+        Op::Add(k, v, t) => Command::Add { key: k.into_vec(), value: v.into_vec(), ttl: ttl(t) },
+        Op::GetOrAdd(k, v, t) => Command::GetOrAdd { key: k.into_vec(), value: v.into_vec(), ttl: ttl(t) },
+        Op::Delete(k) => Command::Delete { key: k.into_vec() },
+        Op::Touch(k, t) => Command::Touch { key: k.into_vec(), ttl: ttl(t) },
+        Op::Incr(k, d) => Command::Incr { key: k.into_vec(), delta: d },
+        Op::HasKey(k) => Command::HasKey { key: k.into_vec() },
+        Op::Rename(f, t) => Command::Rename { from: f.into_vec(), to: t.into_vec() },
+    }
+}
+
+fn op_reply(r: Reply) -> Result<OpReply, WireError> {
+    match r {
+        Reply::Value(v) => Ok(OpReply::Value(v.map(ByteBuf::from))),
+        Reply::Done => Ok(OpReply::Done),
+        Reply::Bool(b) => Ok(OpReply::Bool(b)),
+        Reply::Int(n) => Ok(OpReply::Int(n)),
+        r => Err(unexpected(r)),
     }
 }
 
@@ -222,6 +258,11 @@ impl CacheService for Session {
             Reply::Done => Ok(()),
             r => Err(unexpected(r)),
         }
+    }
+
+    async fn batch(self, _: Context, ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError> {
+        let replies = self.run_many(ops.into_iter().map(command).collect()).await?;
+        Ok(replies.into_iter().map(|r| r.and_then(op_reply)).collect())
     }
 
     async fn stats(self, _: Context) -> Result<WireStats, WireError> {

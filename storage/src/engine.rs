@@ -23,6 +23,8 @@ use crate::replay::{Progress, ReplayReport, replay_into};
 use crate::segment::{ActiveSegment, list_segments, segment_path, sync_dir, write_floor};
 use crate::state::{Command, Limits, Reply, Sink, State};
 
+
+
 /// When acknowledged writes reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SyncPolicy {
@@ -71,6 +73,30 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Most expired entries removed per loop.
     pub expire_budget: usize,
+    /// Compaction starts when the log is over twice the live data and over
+    /// this size.
+    pub compact_min_bytes: u64,
+    /// Called at named points inside the writer (tests use it to copy the
+    /// data directory at every step of a compaction).
+    pub hook: Option<Hook>,
+}
+
+/// A callback into the writer thread at a named point; see [`HookPoint`].
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn Fn(&HookPoint<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
+/// Where the writer is, with its state, when a [`Hook`] is called.
+pub struct HookPoint<'a> {
+    pub point: &'static str,
+    pub dir: &'a Path,
+    pub state: &'a State,
+    pub now: u64,
 }
 
 impl Config {
@@ -83,6 +109,8 @@ impl Config {
             max_batch: 1024,
             queue_capacity: 4096,
             expire_budget: 1000,
+            compact_min_bytes: 64 << 20,
+            hook: None,
         }
     }
 }
@@ -181,6 +209,11 @@ impl Engine {
             last_sync: Instant::now(),
             log_bytes,
             unavailable: None,
+            compaction: None,
+            compact_min_bytes: config.compact_min_bytes,
+            compactions: 0,
+            max_pause_us: 0,
+            hook: config.hook.clone(),
             _lock: lock,
         };
         let thread = std::thread::Builder::new()
@@ -308,8 +341,26 @@ struct Writer {
     /// Set when the log cannot be written: writes are refused until a retry
     /// succeeds.
     unavailable: Option<(String, Instant)>,
+    compaction: Option<Compaction>,
+    compact_min_bytes: u64,
+    compactions: u64,
+    /// The longest a compaction slice held the writer, in µs.
+    max_pause_us: u64,
+    hook: Option<Hook>,
     _lock: File,
 }
+
+/// A compaction in progress: every segment below `cutoff` is being emptied
+/// of live records, slot by slot, between batches.
+struct Compaction {
+    cutoff: SegmentId,
+    cursor: u32,
+}
+
+/// Slots visited and bytes re-appended per compaction slice: small enough
+/// that a slice holds requests up for well under 5 ms.
+const COMPACT_SLOTS: u32 = 4096;
+const COMPACT_BYTES: usize = 512 << 10;
 
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
@@ -369,6 +420,9 @@ impl Writer {
         if self.unavailable.is_some() {
             wait = Some(wait.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1))));
         }
+        if self.compaction.is_some() {
+            wait = Some(Duration::ZERO);
+        }
         wait
     }
 
@@ -382,7 +436,7 @@ impl Writer {
         let start_seq = self.next_seq;
         let mut sink = BatchSink { buf: &mut self.buf, segment: self.active.id, next_seq: &mut self.next_seq };
         let unavailable = self.unavailable.as_ref().map(|(cause, _)| cause.clone());
-        let log_bytes = self.log_bytes;
+        let (log_bytes, compactions, max_pause_us) = (self.log_bytes, self.compactions, self.max_pause_us);
         let dir = &self.dir;
         let mut run = |cmd: &Command, force_sync: &mut bool| -> (bool, Result<Reply>) {
             let write = cmd.is_write();
@@ -401,6 +455,8 @@ impl Writer {
             if let Ok(Reply::Stats(stats)) = &mut reply {
                 stats.log_bytes = log_bytes;
                 stats.segments = list_segments(dir).map_or(0, |s| s.len() as u64);
+                stats.compactions = compactions;
+                stats.compaction_max_pause_us = max_pause_us;
             }
             (write, reply)
         };
@@ -447,6 +503,7 @@ impl Writer {
     /// After `clear` is durable, older segments hold nothing live: start a
     /// fresh segment, record it as the floor and unlink the rest.
     fn drop_segments_before_clear(&mut self) {
+        self.compaction = None;
         if let Err(e) = self.roll().and_then(|()| self.drop_below(self.active.id)) {
             tracing::warn!("could not drop segments after clear (compaction will retry): {e}");
         }
@@ -498,6 +555,7 @@ impl Writer {
     }
 
     fn rewrite_from_memory(&mut self) -> Result<()> {
+        self.compaction = None;
         let existing = list_segments(&self.dir)?;
         let id = SegmentId(existing.last().map_or(self.active.id.0, |l| l.0.max(self.active.id.0)) + 1);
         let mut seg = ActiveSegment::create(&self.dir, id)?;
@@ -549,12 +607,90 @@ impl Writer {
             self.dirty = false;
             self.last_sync = Instant::now();
         }
+        self.compact_step();
         if self.active.len >= self.segment_bytes
             && let Err(e) = self.roll()
         {
             tracing::error!("could not start a new segment: {e}");
             self.recover(&e.to_string(), self.next_seq);
         }
+    }
+
+    fn hook(&self, point: &'static str) {
+        if let Some(Hook(f)) = &self.hook {
+            f(&HookPoint { point, dir: &self.dir, state: &self.state, now: self.clock.now().0 });
+        }
+    }
+
+    /// Starts a compaction when the log is over twice the live data (and
+    /// over the floor size), or runs one slice of the one in progress.
+    fn compact_step(&mut self) {
+        let Some(c) = &self.compaction else {
+            let live = self.state.live_log_bytes();
+            if self.log_bytes > self.compact_min_bytes && self.log_bytes > 2 * live {
+                // Roll first, so the whole log up to now is the victim prefix.
+                if let Err(e) = self.roll() {
+                    tracing::error!("could not start a new segment for compaction: {e}");
+                    return;
+                }
+                tracing::info!(log_bytes = self.log_bytes, live_bytes = live, "compaction started");
+                self.compaction = Some(Compaction { cutoff: self.active.id, cursor: 0 });
+            }
+            return;
+        };
+        let (cutoff, cursor) = (c.cutoff, c.cursor);
+        let started = Instant::now();
+        let now = self.clock.now().0;
+        self.buf.clear();
+        let mut sink = BatchSink { buf: &mut self.buf, segment: self.active.id, next_seq: &mut self.next_seq };
+        let next = self.state.compact_slice(cursor, cutoff.0 as u32, COMPACT_SLOTS, COMPACT_BYTES, now, &mut sink);
+        if !self.buf.is_empty()
+            && let Err(e) = self.write_batch(false)
+        {
+            let msg = format!("compaction write to {} failed: {e}", self.active.path.display());
+            tracing::error!("{msg}");
+            self.recover(&msg, self.next_seq);
+            return;
+        }
+        self.hook("compact-slice");
+        match next {
+            Some(cursor) => {
+                if let Some(c) = &mut self.compaction {
+                    c.cursor = cursor;
+                }
+            }
+            None => {
+                if let Err(e) = self.finish_compaction(cutoff) {
+                    tracing::error!("compaction could not finish (it will be retried): {e}");
+                }
+                self.compaction = None;
+                self.compactions += 1;
+            }
+        }
+        self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
+    }
+
+    /// The re-appended records are synced, then the floor moves past the
+    /// victims durably, then they are unlinked: a crash at any point leaves a
+    /// log that replays to the same state.
+    fn finish_compaction(&mut self, cutoff: SegmentId) -> Result<()> {
+        self.active.sync().map_err(Error::io("syncing", &self.active.path))?;
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        self.hook("compact-synced");
+        write_floor(&self.dir, cutoff)?;
+        self.hook("compact-floor");
+        let before = self.log_bytes;
+        for id in list_segments(&self.dir)?.into_iter().filter(|id| *id < cutoff) {
+            let path = segment_path(&self.dir, id);
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(&path).map_err(Error::io("removing compacted segment", &path))?;
+            self.log_bytes = self.log_bytes.saturating_sub(len);
+            self.hook("compact-unlinked");
+        }
+        sync_dir(&self.dir)?;
+        tracing::info!(before, after = self.log_bytes, live = self.state.live_log_bytes(), "compaction done");
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {

@@ -205,6 +205,16 @@ impl Index {
         self.blob_bytes = 0;
     }
 
+    /// One past the highest slot ever used.
+    pub(crate) fn slot_count(&self) -> u32 {
+        self.entries.len() as u32
+    }
+
+    /// The entry at `slot` if it is occupied.
+    pub(crate) fn occupied(&self, slot: u32) -> Option<&Entry> {
+        self.entries.get(slot as usize).filter(|e| e.blob.is_some())
+    }
+
     /// Occupied slots, for compaction and checks.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Entry)> {
         self.entries.iter().enumerate().filter(|(_, e)| e.blob.is_some()).map(|(i, e)| (i as u32, e))

@@ -16,7 +16,7 @@ mod state;
 mod wheel;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
-pub use engine::{Config, Engine, Handle, SyncPolicy};
+pub use engine::{Config, Engine, Handle, Hook, HookPoint, SyncPolicy};
 pub use error::{CorruptReason, Error, Result};
 pub use index::MAX_KEY_LEN;
 pub use replay::{CheckReport, Cut, Progress, RepairReport, ReplayReport, TornTail, check, repair};

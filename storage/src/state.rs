@@ -111,6 +111,8 @@ pub struct Stats {
     pub log_bytes: u64,
     pub log_live_bytes: u64,
     pub segments: u64,
+    pub compactions: u64,
+    pub compaction_max_pause_us: u64,
 }
 
 /// Where the core reports the records its changes need; returns the segment
@@ -568,6 +570,43 @@ impl State {
             e.expires = expires;
         }
         *self.live_by_segment.entry(segment).or_default() += set_record_len(key.len(), value.len()) as u64;
+    }
+
+    /// One slice of compaction: re-appends a set (same key, value and absolute
+    /// expiry) for each live entry whose record sits in a segment below
+    /// `cutoff`, visiting at most `budget` slots from `cursor` and stopping
+    /// after `max_bytes` of records. Returns the next cursor, or `None` when
+    /// every slot has been visited. Entries written meanwhile already live at
+    /// or above `cutoff`; expired ones are left to vanish with their segment.
+    pub(crate) fn compact_slice(
+        &mut self,
+        cursor: u32,
+        cutoff: u32,
+        budget: u32,
+        max_bytes: usize,
+        now: u64,
+        sink: &mut impl Sink,
+    ) -> Option<u32> {
+        let end = cursor.saturating_add(budget).min(self.index.slot_count());
+        let mut written = 0;
+        let mut slot = cursor;
+        while slot < end && written < max_bytes {
+            if let Some(e) = self.index.occupied(slot)
+                && e.segment < cutoff
+                && e.is_live_at(now)
+            {
+                let (key, value, expires) = (e.key(), e.value(), e.expires);
+                let len = set_record_len(key.len(), value.len());
+                let old = e.segment;
+                let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires) });
+                written += len;
+                self.unaccount(old, len);
+                *self.live_by_segment.entry(segment).or_default() += len as u64;
+                self.index.entry_mut(slot).segment = segment;
+            }
+            slot += 1;
+        }
+        (slot < self.index.slot_count()).then_some(slot)
     }
 
     /// Every live entry's set record now lives in `segment` (after a rewrite).

@@ -43,9 +43,19 @@ pub struct Options {
     /// everysec (at most ~1 s at risk on power loss), never [default: everysec].
     #[arg(long, env = "CACHET_SYNC")]
     pub sync: Option<SyncPolicy>,
-    /// Refuse writes ("cache full") past this much memory, e.g. 512MiB [default: unlimited].
+    /// Memory cap for keys, values and per-entry overhead, e.g. 512MiB [default: unlimited].
     #[arg(long, env = "CACHET_MAX_MEMORY", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
+    /// Cap on the number of entries [default: unlimited].
+    #[arg(long, env = "CACHET_MAX_ENTRIES")]
+    pub max_entries: Option<u64>,
+    /// At max-memory/max-entries: s3fifo evicts (expired entries first),
+    /// noeviction refuses writes with "cache full" [default: s3fifo].
+    #[arg(long, env = "CACHET_EVICTION")]
+    pub eviction: Option<cachet_storage::Eviction>,
+    /// Compaction starts when the log is over twice the live data and over this size [default: 64MiB].
+    #[arg(long, env = "CACHET_COMPACT_MIN_BYTES", value_parser = parse_bytes)]
+    pub compact_min_bytes: Option<u64>,
     /// Longest key accepted, in bytes [default: 1024].
     #[arg(long, env = "CACHET_MAX_KEY_BYTES", value_parser = parse_bytes)]
     pub max_key_bytes: Option<u64>,
@@ -74,6 +84,9 @@ struct FileOptions {
     data_dir: Option<PathBuf>,
     sync: Option<String>,
     max_memory: Option<Size>,
+    max_entries: Option<u64>,
+    eviction: Option<String>,
+    compact_min_bytes: Option<Size>,
     max_key_bytes: Option<Size>,
     max_value_bytes: Option<Size>,
     segment_bytes: Option<Size>,
@@ -106,6 +119,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub sync: SyncPolicy,
     pub max_memory: Option<u64>,
+    pub max_entries: Option<u64>,
+    pub eviction: cachet_storage::Eviction,
+    pub compact_min_bytes: u64,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub segment_bytes: u64,
@@ -159,6 +175,14 @@ impl Settings {
             data_dir,
             sync,
             max_memory: size(o.max_memory, &file.max_memory, "max_memory")?,
+            max_entries: o.max_entries.or(file.max_entries),
+            eviction: match (o.eviction, file.eviction) {
+                (Some(e), _) => e,
+                (None, Some(e)) => e.parse().map_err(|e| format!("eviction: {e}"))?,
+                (None, None) => cachet_storage::Eviction::S3Fifo,
+            },
+            compact_min_bytes: size(o.compact_min_bytes, &file.compact_min_bytes, "compact_min_bytes")?
+                .unwrap_or(64 << 20),
             max_key_bytes: max_key_bytes as usize,
             max_value_bytes: max_value_bytes as usize,
             segment_bytes: size(o.segment_bytes, &file.segment_bytes, "segment_bytes")?.unwrap_or(64 << 20).max(4096),

@@ -102,10 +102,13 @@ fn run(s: Settings) -> Result<(), String> {
     let engine_config = EngineConfig {
         sync: s.sync,
         segment_bytes: s.segment_bytes,
+        compact_min_bytes: s.compact_min_bytes,
         limits: EngineLimits {
             max_key_bytes: s.max_key_bytes,
             max_value_bytes: s.max_value_bytes,
             max_memory: s.max_memory,
+            max_entries: s.max_entries,
+            eviction: s.eviction,
         },
         ..EngineConfig::new(&s.data_dir)
     };

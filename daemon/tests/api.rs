@@ -290,8 +290,21 @@ async fn auth_token_is_enforced() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn max_memory_evicts_by_default() {
+    let d = Daemon::start(&["--max-memory", "256KiB"]);
+    let c = client(&d).await;
+    c.set("hot", "h").await.unwrap();
+    for i in 0..2000 {
+        c.set(format!("k{i}"), &serde_bytes::ByteBuf::from(vec![0u8; 1000])).await.unwrap();
+        assert!(c.get::<String>("hot").await.unwrap().is_some(), "a key in use survives eviction");
+    }
+    let s = c.stats().await.unwrap();
+    assert!(s.evicted > 1000 && s.memory_bytes <= 256 << 10, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn max_memory_refuses_writes_with_cache_full() {
-    let d = Daemon::start(&["--max-memory", "64KiB"]);
+    let d = Daemon::start(&["--max-memory", "64KiB", "--eviction", "noeviction"]);
     let c = client(&d).await;
     let mut full = None;
     for i in 0..1000 {

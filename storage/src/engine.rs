@@ -23,8 +23,6 @@ use crate::replay::{Progress, ReplayReport, replay_into};
 use crate::segment::{ActiveSegment, list_segments, segment_path, sync_dir, write_floor};
 use crate::state::{Command, Limits, Reply, Sink, State};
 
-
-
 /// When acknowledged writes reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SyncPolicy {

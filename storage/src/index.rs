@@ -5,9 +5,9 @@
 //! from the entry when the table grows), and each entry keeps its key and
 //! value together in one allocation, so a 16-byte key with a 100-byte value
 //! costs the two byte strings, a 2-byte length, one 32-byte entry and about
-//! five bytes of table. Timers refer to entries by `(slot, generation)`;
-//! the generation changes whenever a slot is reused or an entry gets a timer
-//! that replaces the old one, which is how the wheel cancels lazily.
+//! five bytes of table. Timers and eviction queues refer to entries by
+//! `(slot, generation)`; the generation changes whenever a slot gets a new
+//! entry, which is how the wheel and the queues cancel lazily.
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
@@ -20,7 +20,9 @@ pub(crate) struct Entry {
     blob: Option<Box<[u8]>>,
     /// Absolute expiry in unix ms; 0 means never.
     pub(crate) expires: u64,
-    pub(crate) generation: u32,
+    /// Low 28 bits: the slot's generation. Bits 28-29: S3-FIFO access
+    /// frequency (0-3). Bit 30: in S3-FIFO's main queue (else the small one).
+    meta: u32,
     /// The segment holding this entry's set record (for a free slot: the
     /// next free slot, or `u32::MAX`).
     pub(crate) segment: u32,
@@ -39,7 +41,32 @@ impl Entry {
         &b[2 + klen..]
     }
 
-    fn blob_len(&self) -> usize {
+    pub(crate) fn generation(&self) -> u32 {
+        self.meta & GEN_MASK
+    }
+
+    pub(crate) fn freq(&self) -> u32 {
+        (self.meta >> 28) & 3
+    }
+
+    pub(crate) fn set_freq(&mut self, f: u32) {
+        self.meta = (self.meta & !(3 << 28)) | (f.min(3) << 28);
+    }
+
+    pub(crate) fn in_main(&self) -> bool {
+        self.meta & (1 << 30) != 0
+    }
+
+    pub(crate) fn set_in_main(&mut self, main: bool) {
+        self.meta = (self.meta & !(1 << 30)) | ((main as u32) << 30);
+    }
+
+    /// A new entry in this slot: old timers and queue handles stop matching.
+    pub(crate) fn new_generation(&mut self) {
+        self.meta = (self.meta + 1) & GEN_MASK;
+    }
+
+    pub(crate) fn blob_len(&self) -> usize {
         self.blob.as_deref().map_or(0, <[u8]>::len)
     }
 
@@ -58,6 +85,7 @@ fn make_blob(key: &[u8], value: &[u8]) -> Box<[u8]> {
 }
 
 const NO_SLOT: u32 = u32::MAX;
+const GEN_MASK: u32 = (1 << 28) - 1;
 
 pub(crate) struct Index {
     table: HashTable<u32>,
@@ -91,6 +119,10 @@ impl Index {
         self.len
     }
 
+    pub(crate) fn blob_bytes(&self) -> usize {
+        self.blob_bytes
+    }
+
     /// Bytes held: key and value blobs, the slab, the table, counted exactly
     /// from capacities (what a counting allocator sees, minus malloc's own
     /// rounding).
@@ -98,6 +130,11 @@ impl Index {
         self.blob_bytes
             + self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.table.capacity() * (std::mem::size_of::<u32>() + 1)
+    }
+
+    /// The hash the table uses for `key` (also the ghost queue's key identity).
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     pub(crate) fn find(&self, key: &[u8]) -> Option<u32> {
@@ -116,7 +153,7 @@ impl Index {
     /// The entry at `slot` if it is occupied and still has `generation`.
     pub(crate) fn get_gen(&self, slot: u32, generation: u32) -> Option<&Entry> {
         let e = self.entries.get(slot as usize)?;
-        (e.blob.is_some() && e.generation == generation).then_some(e)
+        (e.blob.is_some() && e.generation() == generation).then_some(e)
     }
 
     /// Replaces the value of an existing entry in place.
@@ -163,10 +200,10 @@ impl Index {
             self.free_head = e.segment;
             e.blob = Some(blob);
             e.expires = expires;
-            e.generation = e.generation.wrapping_add(1);
+            e.new_generation();
             e.segment = segment;
         } else {
-            self.entries.push(Entry { blob: Some(blob), expires, generation: 0, segment });
+            self.entries.push(Entry { blob: Some(blob), expires, meta: 0, segment });
         }
     }
 
@@ -192,7 +229,7 @@ impl Index {
         e.blob = None;
         e.expires = 0;
         e.segment = self.free_head;
-        e.generation = e.generation.wrapping_add(1);
+        e.new_generation();
         self.free_head = slot;
         self.len -= 1;
     }
@@ -235,13 +272,13 @@ mod tests {
         ix.replace_value(a, b"one");
         assert_eq!(ix.entry(a).value(), b"one");
         assert_eq!(ix.entry(a).key(), b"a");
-        let g = ix.entry(a).generation;
+        let g = ix.entry(a).generation();
         ix.remove_slot(a);
         assert_eq!(ix.find(b"a"), None);
         assert!(ix.get_gen(a, g).is_none());
         let c = ix.insert_new(b"c", b"", 0, 2);
         assert_eq!(c, a, "free slot reused");
-        assert_ne!(ix.entry(c).generation, g);
+        assert_ne!(ix.entry(c).generation(), g);
         assert_eq!(ix.len(), 2);
         assert_eq!(ix.iter().count(), 2);
     }

@@ -8,6 +8,7 @@
 mod clock;
 mod engine;
 mod error;
+mod evict;
 mod index;
 pub mod record;
 mod replay;
@@ -18,9 +19,10 @@ mod wheel;
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use engine::{Config, Engine, Handle, Hook, HookPoint, SyncPolicy};
 pub use error::{CorruptReason, Error, Result};
+pub use evict::ENTRY_OVERHEAD;
 pub use index::MAX_KEY_LEN;
 pub use replay::{CheckReport, Cut, Progress, RepairReport, ReplayReport, TornTail, check, repair};
-pub use state::{Command, Limits, NullSink, Reply, State, Stats, Ttl};
+pub use state::{Command, Eviction, Limits, NullSink, Reply, State, Stats, Ttl};
 pub use wheel::Wheel;
 
 #[doc(hidden)]

@@ -281,7 +281,7 @@ pub struct CheckReport {
 pub fn check(dir: &Path) -> Result<CheckReport> {
     let now = crate::clock::Clock::now(&crate::clock::SystemClock::new()).0;
     let mut state = State::new(
-        crate::state::Limits { max_key_bytes: usize::MAX, max_value_bytes: usize::MAX, max_memory: None },
+        crate::state::Limits { max_key_bytes: usize::MAX, max_value_bytes: usize::MAX, ..Default::default() },
         now,
     );
     let replay = replay_into(dir, &mut state, now, |_| {})?;

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::{Error, Result};
+use crate::evict::{ENTRY_OVERHEAD, S3Fifo};
 use crate::index::{Index, MAX_KEY_LEN};
 use crate::record::{Record, set_record_len};
 use crate::wheel::Wheel;
@@ -134,18 +135,48 @@ impl Sink for NullSink {
     }
 }
 
+/// What to do when a write would pass `max_memory` or `max_entries`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Eviction {
+    /// Evict by S3-FIFO (expired entries go first).
+    #[default]
+    S3Fifo,
+    /// Refuse the write with "cache full".
+    NoEviction,
+}
+
+impl std::str::FromStr for Eviction {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "s3fifo" | "s3-fifo" => Ok(Eviction::S3Fifo),
+            "noeviction" | "none" => Ok(Eviction::NoEviction),
+            other => Err(format!("unknown eviction policy {other:?}; use s3fifo or noeviction")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
-    /// Cap on `memory_bytes`: a write that would pass it is refused with
-    /// `CacheFull` (no eviction yet). Replay loads the whole log regardless.
+    /// Cap on `memory_bytes` (keys, values and `ENTRY_OVERHEAD` per entry).
     pub max_memory: Option<u64>,
+    /// Cap on the number of entries.
+    pub max_entries: Option<u64>,
+    /// What happens at a cap. Replay applies the same caps.
+    pub eviction: Eviction,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_key_bytes: 1024, max_value_bytes: 16 << 20, max_memory: None }
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 16 << 20,
+            max_memory: None,
+            max_entries: None,
+            eviction: Eviction::S3Fifo,
+        }
     }
 }
 
@@ -160,6 +191,8 @@ pub struct State {
     live_by_segment: BTreeMap<u32, u64>,
     limits: Limits,
     stats: Stats,
+    /// S3-FIFO queues, when a cap is set and the policy evicts.
+    evict: Option<S3Fifo>,
 }
 
 impl State {
@@ -169,6 +202,9 @@ impl State {
             wheel: Wheel::new(now),
             due: VecDeque::new(),
             live_by_segment: BTreeMap::new(),
+            evict: ((limits.max_memory.is_some() || limits.max_entries.is_some())
+                && limits.eviction == Eviction::S3Fifo)
+                .then(S3Fifo::default),
             limits,
             stats: Stats::default(),
         }
@@ -190,7 +226,14 @@ impl State {
         self.index.reserve(n);
     }
 
+    /// Memory as `max_memory` counts it: keys, values, `ENTRY_OVERHEAD` per
+    /// entry, and the eviction ghosts.
     pub fn memory_bytes(&self) -> usize {
+        self.index.blob_bytes() + self.index.len() * ENTRY_OVERHEAD + self.evict.as_ref().map_or(0, S3Fifo::own_bytes)
+    }
+
+    /// Heap bytes held, from capacities (what a counting allocator sees).
+    pub fn heap_bytes(&self) -> usize {
         self.index.memory_bytes() + self.wheel.len() * std::mem::size_of::<Timer>()
     }
 
@@ -281,6 +324,9 @@ impl State {
             Command::GetOrAdd { key, value, ttl } => match self.live(key, now) {
                 Some(slot) => {
                     self.stats.hits += 1;
+                    if self.evict.is_some() {
+                        S3Fifo::on_access(&mut self.index, slot);
+                    }
                     Reply::Value(Some(self.index.entry(slot).value().to_vec()))
                 }
                 None => {
@@ -339,6 +385,9 @@ impl State {
         match self.live(key, now) {
             Some(slot) => {
                 self.stats.hits += 1;
+                if self.evict.is_some() {
+                    S3Fifo::on_access(&mut self.index, slot);
+                }
                 Some(self.index.entry(slot).value().to_vec())
             }
             None => {
@@ -358,7 +407,7 @@ impl State {
                 }
             }
             Some(expires) => {
-                self.check_memory(key.len() + value.len())?;
+                self.make_room(key, 2 + key.len() + value.len(), now)?;
                 let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires) });
                 self.put(key, value, expires, segment, now);
                 self.stats.sets += 1;
@@ -367,13 +416,29 @@ impl State {
         Ok(())
     }
 
-    /// Refuses a write of `bytes` more when it would pass `max_memory`.
-    fn check_memory(&self, bytes: usize) -> Result<()> {
-        let Some(max) = self.limits.max_memory else { return Ok(()) };
-        let used = self.memory_bytes() as u64;
-        let need = used + bytes as u64 + std::mem::size_of::<crate::index::Entry>() as u64;
-        if need > max {
-            return Err(Error::CacheFull { used, max });
+    /// Makes room for a write of `bytes` (its key and value blob) under the caps: first
+    /// expired entries go, then S3-FIFO evicts, or under `noeviction` the
+    /// write is refused.
+    fn make_room(&mut self, key: &[u8], bytes: usize, now: u64) -> Result<()> {
+        let adds_entry = self.index.find(key).is_none();
+        let over = |s: &State| {
+            s.limits.max_memory.is_some_and(|max| (s.memory_bytes() + bytes + ENTRY_OVERHEAD) as u64 > max)
+                || s.limits.max_entries.is_some_and(|max| adds_entry && s.index.len() as u64 >= max)
+        };
+        if !over(self) {
+            return Ok(());
+        }
+        self.expire(now, usize::MAX);
+        while over(self) {
+            let victim = self.evict.as_mut().and_then(|ev| ev.victim(&mut self.index));
+            let Some(slot) = victim else {
+                return Err(Error::CacheFull {
+                    used: self.memory_bytes() as u64,
+                    max: self.limits.max_memory.unwrap_or(u64::MAX),
+                });
+            };
+            self.remove(slot);
+            self.stats.evicted += 1;
         }
         Ok(())
     }
@@ -384,11 +449,24 @@ impl State {
         let (slot, inserted) = self.index.find_or_insert(key, value, expires, segment);
         if inserted {
             self.arm(slot, 0, expires);
+            if let Some(ev) = &mut self.evict {
+                let hash = self.index.hash(key);
+                ev.on_insert(&mut self.index, slot, hash);
+            }
         } else {
             let e = self.index.entry(slot);
             let (old_expires, old_segment, old_len) =
                 (e.expires, e.segment, set_record_len(key.len(), e.value().len()));
             let was_live = e.is_live_at(now);
+            let old_blob = e.blob_len();
+            if let Some(ev) = &mut self.evict {
+                if was_live {
+                    ev.on_resize(&self.index, slot, old_blob, 2 + key.len() + value.len());
+                    S3Fifo::on_access(&mut self.index, slot);
+                } else {
+                    ev.on_remove(&self.index, slot);
+                }
+            }
             self.index.replace_value(slot, value);
             self.unaccount(old_segment, old_len);
             let e = self.index.entry_mut(slot);
@@ -399,7 +477,12 @@ impl State {
             } else {
                 // A new entry in an old slot: timers of the expired one must not match.
                 self.stats.expired += 1;
+                self.index.entry_mut(slot).new_generation();
                 self.arm(slot, 0, expires);
+                if let Some(ev) = &mut self.evict {
+                    let hash = self.index.hash(key);
+                    ev.on_insert(&mut self.index, slot, hash);
+                }
             }
         }
         *self.live_by_segment.entry(segment).or_default() += set_record_len(key.len(), value.len()) as u64;
@@ -417,18 +500,20 @@ impl State {
     /// Makes sure a timer will fire at or before `new` (ms). A pending timer
     /// for an earlier deadline is kept: when it fires, the wheel re-inserts
     /// it at the entry's current deadline. So an overwrite-heavy load with
-    /// the default TTL adds no timers at all.
+    /// the default TTL adds no timers at all. A shortened deadline adds a
+    /// timer; the older one, firing later, finds the entry gone or re-arms.
     fn arm(&mut self, slot: u32, old: u64, new: u64) {
         if new == 0 || (old != 0 && old <= new) {
             return;
         }
-        let e = self.index.entry_mut(slot);
-        e.generation = e.generation.wrapping_add(1);
-        let generation = e.generation;
+        let generation = self.index.entry(slot).generation();
         self.wheel.insert(new, (slot, generation));
     }
 
     fn remove(&mut self, slot: u32) {
+        if let Some(ev) = &mut self.evict {
+            ev.on_remove(&self.index, slot);
+        }
         let e = self.index.entry(slot);
         let (segment, len) = (e.segment, set_record_len(e.key().len(), e.value().len()));
         self.unaccount(segment, len);
@@ -448,6 +533,9 @@ impl State {
     }
 
     fn clear(&mut self, now: u64) {
+        if let Some(ev) = &mut self.evict {
+            ev.clear();
+        }
         self.index.clear();
         self.wheel = Wheel::new(now);
         self.due.clear();
@@ -495,6 +583,11 @@ impl State {
         }
         let e = self.index.entry(slot);
         let (value, expires) = (e.value().to_vec(), e.expires);
+        self.make_room(to, 2 + to.len() + value.len(), now)?;
+        if self.index.find(from).is_none() {
+            // Making room evicted the value being moved.
+            return Err(Error::NotFound);
+        }
         // The new key is written before the old one is deleted: a torn batch
         // then leaves a duplicate, never a loss.
         let segment = sink.append(&Record::Set { key: to, value: &value, expires: crate::UnixMillis(expires) });
@@ -634,7 +727,7 @@ impl State {
                 if e.expires <= now {
                     expired.push(slot);
                 } else {
-                    timers.push((e.expires, (slot, e.generation)));
+                    timers.push((e.expires, (slot, e.generation())));
                 }
             }
         }
@@ -643,6 +736,30 @@ impl State {
         }
         for (when, timer) in timers {
             self.wheel.insert(when, timer);
+        }
+        if let Some(ev) = &mut self.evict {
+            let slots: Vec<u32> = self.index.iter().map(|(slot, _)| slot).collect();
+            for slot in slots {
+                let hash = self.index.hash(self.index.entry(slot).key());
+                ev.on_insert(&mut self.index, slot, hash);
+            }
+        }
+        // The caps hold after a restart too (with a smaller max_memory, say).
+        let over = |s: &State| {
+            s.limits.max_memory.is_some_and(|max| s.memory_bytes() as u64 > max)
+                || s.limits.max_entries.is_some_and(|max| s.index.len() as u64 > max)
+        };
+        while over(self) {
+            let Some(slot) = self.evict.as_mut().and_then(|ev| ev.victim(&mut self.index)) else {
+                tracing::warn!(
+                    entries = self.index.len(),
+                    memory = self.memory_bytes(),
+                    "the log holds more than max_memory/max_entries allow and the policy is noeviction: writes will get 'cache full'"
+                );
+                break;
+            };
+            self.remove(slot);
+            self.stats.evicted += 1;
         }
     }
 }

@@ -52,7 +52,12 @@ fn a_crash_at_any_step_of_compaction_replays_to_the_same_state() {
     let snapshots: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
     let sink = snapshots.clone();
     let hook = Hook(Arc::new(move |p: &cachet_storage::HookPoint<'_>| {
-        sink.lock().unwrap().push(Snapshot { point: p.point, dir: copy_dir(p.dir), now: p.now, expected: entries_of(p.state, p.now) });
+        sink.lock().unwrap().push(Snapshot {
+            point: p.point,
+            dir: copy_dir(p.dir),
+            now: p.now,
+            expected: entries_of(p.state, p.now),
+        });
     }));
     let clock = ManualClock::new(UnixMillis(1_700_000_000_000));
     let config = Config {
@@ -95,7 +100,8 @@ fn a_crash_at_any_step_of_compaction_replays_to_the_same_state() {
     }
     for (i, snap) in snapshots.iter().enumerate() {
         let mut state = State::new(Limits::default(), snap.now);
-        testing::replay(snap.dir.path(), &mut state, snap.now).unwrap_or_else(|e| panic!("snapshot {i} ({}): {e}", snap.point));
+        testing::replay(snap.dir.path(), &mut state, snap.now)
+            .unwrap_or_else(|e| panic!("snapshot {i} ({}): {e}", snap.point));
         assert_eq!(entries_of(&state, snap.now), snap.expected, "snapshot {i} at {}", snap.point);
     }
 }
@@ -105,7 +111,8 @@ fn overwrites_keep_the_log_near_its_live_size() {
     let dir = tempfile::tempdir().unwrap();
     let segment = 8 << 10;
     let min = 32 << 10;
-    let config = Config { sync: SyncPolicy::Never, segment_bytes: segment, compact_min_bytes: min, ..Config::new(dir.path()) };
+    let config =
+        Config { sync: SyncPolicy::Never, segment_bytes: segment, compact_min_bytes: min, ..Config::new(dir.path()) };
     let engine = Engine::open(config.clone()).unwrap();
     let h = engine.handle();
     let mut worst = 0.0f64;

@@ -1,0 +1,159 @@
+//! S3-FIFO eviction ("FIFO queues are all you need for cache eviction",
+//! SOSP '23): a small FIFO that new entries enter, a main FIFO for entries
+//! that proved themselves, and a ghost FIFO of recently evicted key hashes.
+//!
+//! - An access sets a 2-bit frequency (saturating at 3); nothing moves.
+//! - A new key enters the small queue, or the main one if its hash is a ghost.
+//! - To evict: while the small queue holds more than a tenth of the bytes,
+//!   take its oldest entry: accessed since it came in, it moves to main;
+//!   otherwise it is evicted and its hash becomes a ghost. Else take main's
+//!   oldest: accessed, it goes back to the head with its frequency lowered;
+//!   otherwise it is evicted.
+//!
+//! Queues hold `(slot, generation)` handles; a handle whose entry is gone,
+//! reused or moved is skipped. The queue flag and the frequency live in the
+//! entry's spare bits, so eviction costs 8 bytes a handle and nothing else.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashSet;
+
+use crate::index::Index;
+
+/// Bytes an entry costs beyond its key and value: the slab entry (32), a
+/// table slot with its control byte at typical load (about 8), a queue
+/// handle (8) and a timer handle (8). The memory bench checks it.
+pub const ENTRY_OVERHEAD: usize = 56;
+
+#[derive(Default)]
+pub(crate) struct S3Fifo {
+    small: VecDeque<(u32, u32)>,
+    main: VecDeque<(u32, u32)>,
+    small_bytes: usize,
+    main_bytes: usize,
+    ghosts: VecDeque<u64>,
+    ghost_set: HashSet<u64>,
+}
+
+fn cost(index: &Index, slot: u32) -> usize {
+    index.entry(slot).blob_len() + ENTRY_OVERHEAD
+}
+
+impl S3Fifo {
+    pub(crate) fn clear(&mut self) {
+        *self = S3Fifo::default();
+    }
+
+    /// Bytes the queues and ghosts themselves hold.
+    pub(crate) fn own_bytes(&self) -> usize {
+        self.ghosts.len() * 8 + self.ghost_set.capacity() * 9
+    }
+
+    /// Drops handles of entries that are gone, when stale ones outnumber the
+    /// live (a delete-heavy load that never reaches the bound would otherwise
+    /// grow the queues without end).
+    fn tidy(&mut self, index: &Index) {
+        if self.small.len() + self.main.len() <= 2 * index.len() + 1024 {
+            return;
+        }
+        let valid = |main: bool| {
+            move |&(slot, generation): &(u32, u32)| index.get_gen(slot, generation).is_some_and(|e| e.in_main() == main)
+        };
+        self.small.retain(valid(false));
+        self.main.retain(valid(true));
+    }
+
+    pub(crate) fn on_insert(&mut self, index: &mut Index, slot: u32, key_hash: u64) {
+        self.tidy(index);
+        let to_main = self.ghost_set.remove(&key_hash);
+        let size = cost(index, slot);
+        let e = index.entry_mut(slot);
+        e.set_freq(0);
+        e.set_in_main(to_main);
+        let handle = (slot, e.generation());
+        if to_main {
+            self.main.push_back(handle);
+            self.main_bytes += size;
+        } else {
+            self.small.push_back(handle);
+            self.small_bytes += size;
+        }
+    }
+
+    pub(crate) fn on_access(index: &mut Index, slot: u32) {
+        let e = index.entry_mut(slot);
+        let f = e.freq();
+        if f < 3 {
+            e.set_freq(f + 1);
+        }
+    }
+
+    /// The entry at `slot` changes size from `old` to `new` bytes (key+value).
+    pub(crate) fn on_resize(&mut self, index: &Index, slot: u32, old: usize, new: usize) {
+        let bytes = if index.entry(slot).in_main() { &mut self.main_bytes } else { &mut self.small_bytes };
+        *bytes = (*bytes + new).saturating_sub(old);
+    }
+
+    /// Called before the entry at `slot` leaves the index.
+    pub(crate) fn on_remove(&mut self, index: &Index, slot: u32) {
+        let size = cost(index, slot);
+        if index.entry(slot).in_main() {
+            self.main_bytes = self.main_bytes.saturating_sub(size);
+        } else {
+            self.small_bytes = self.small_bytes.saturating_sub(size);
+        }
+    }
+
+    /// Chooses the next entry to evict (the caller removes it, after calling
+    /// `on_remove`), or `None` when the queues are empty.
+    pub(crate) fn victim(&mut self, index: &mut Index) -> Option<u32> {
+        loop {
+            let total = self.small_bytes + self.main_bytes;
+            let from_small = !self.small.is_empty() && (self.small_bytes * 10 >= total || self.main.is_empty());
+            if from_small {
+                let (slot, generation) = self.small.pop_front()?;
+                let Some(e) = index.get_gen(slot, generation) else { continue };
+                if e.in_main() {
+                    continue;
+                }
+                if e.freq() > 0 {
+                    let size = cost(index, slot);
+                    self.small_bytes = self.small_bytes.saturating_sub(size);
+                    self.main_bytes += size;
+                    let e = index.entry_mut(slot);
+                    e.set_in_main(true);
+                    e.set_freq(0);
+                    self.main.push_back((slot, generation));
+                    continue;
+                }
+                let hash = index.hash(e.key());
+                self.remember(hash, index.len());
+                return Some(slot);
+            }
+            let (slot, generation) = self.main.pop_front()?;
+            let Some(e) = index.get_gen(slot, generation) else { continue };
+            if !e.in_main() {
+                continue;
+            }
+            let f = e.freq();
+            if f > 0 {
+                index.entry_mut(slot).set_freq(f - 1);
+                self.main.push_back((slot, generation));
+                continue;
+            }
+            return Some(slot);
+        }
+    }
+
+    /// Keeps the hash of an evicted key, as many as the cache holds entries.
+    fn remember(&mut self, hash: u64, entries: usize) {
+        if self.ghost_set.insert(hash) {
+            self.ghosts.push_back(hash);
+        }
+        while self.ghosts.len() > entries.max(1) {
+            if let Some(old) = self.ghosts.pop_front() {
+                self.ghost_set.remove(&old);
+            }
+        }
+    }
+}

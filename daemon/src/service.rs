@@ -103,7 +103,7 @@ impl Session {
                 self.shared.note("cache_full", &msg);
                 WireError::CacheFull(msg)
             }
-            StoreError::WriteFailed(_) | StoreError::Closed => {
+            StoreError::WriteFailed(_) | StoreError::Unavailable(_) | StoreError::Closed => {
                 self.shared.note("unavailable", &msg);
                 WireError::Unavailable(msg)
             }

@@ -20,7 +20,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::record::{self, Record, SegmentId, Seq};
 use crate::replay::{Progress, ReplayReport, replay_into};
-use crate::segment::{ActiveSegment, list_segments, segment_path, sync_dir, write_floor};
+use crate::segment::{ActiveSegment, Faults, list_segments, segment_path, sync_dir, write_floor};
 use crate::state::{Command, Limits, Reply, Sink, State};
 
 /// When acknowledged writes reach the disk.
@@ -77,6 +77,8 @@ pub struct Config {
     /// Called at named points inside the writer (tests use it to copy the
     /// data directory at every step of a compaction).
     pub hook: Option<Hook>,
+    /// Injected I/O faults (tests).
+    pub faults: Option<Arc<Faults>>,
 }
 
 /// A callback into the writer thread at a named point; see [`HookPoint`].
@@ -109,6 +111,7 @@ impl Config {
             expire_budget: 1000,
             compact_min_bytes: 64 << 20,
             hook: None,
+            faults: None,
         }
     }
 }
@@ -175,7 +178,7 @@ impl Engine {
         }
         let last_id = list_segments(&dir)?.last().copied();
         let active = match (report.newest, &report.torn) {
-            (Some((id, valid)), _) if Some(id) == last_id => ActiveSegment::reopen(&dir, id, valid)?,
+            (Some((id, valid)), _) if Some(id) == last_id => ActiveSegment::reopen(&dir, id, valid, &config.faults)?,
             _ => {
                 if let (Some(id), Some(torn)) = (last_id, &report.torn)
                     && torn.offset == 0
@@ -184,7 +187,7 @@ impl Engine {
                     std::fs::remove_file(&path).map_err(Error::io("removing torn segment", &path))?;
                 }
                 let next = SegmentId(last_id.map_or(1, |id| id.0 + 1).max(report.floor.0));
-                ActiveSegment::create(&dir, next)?
+                ActiveSegment::create(&dir, next, &config.faults)?
             }
         };
         let log_bytes = list_segments(&dir)?
@@ -212,6 +215,7 @@ impl Engine {
             compactions: 0,
             max_pause_us: 0,
             hook: config.hook.clone(),
+            faults: config.faults.clone(),
             _lock: lock,
         };
         let thread = std::thread::Builder::new()
@@ -338,14 +342,23 @@ struct Writer {
     log_bytes: u64,
     /// Set when the log cannot be written: writes are refused until a retry
     /// succeeds.
-    unavailable: Option<(String, Instant)>,
+    unavailable: Option<Unavailable>,
     compaction: Option<Compaction>,
     compact_min_bytes: u64,
     compactions: u64,
     /// The longest a compaction slice held the writer, in µs.
     max_pause_us: u64,
     hook: Option<Hook>,
+    faults: Option<Arc<Faults>>,
     _lock: File,
+}
+
+/// The log cannot be written: writes are refused, reads served, and the
+/// rewrite that brings it back is retried with exponential backoff.
+struct Unavailable {
+    cause: String,
+    next_try: Instant,
+    backoff: Duration,
 }
 
 /// A compaction in progress: every segment below `cutoff` is being emptied
@@ -415,8 +428,9 @@ impl Writer {
             let left = Duration::from_secs(1).saturating_sub(self.last_sync.elapsed());
             wait = Some(wait.map_or(left, |w| w.min(left)));
         }
-        if self.unavailable.is_some() {
-            wait = Some(wait.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1))));
+        if let Some(u) = &self.unavailable {
+            let left = u.next_try.saturating_duration_since(Instant::now());
+            wait = Some(wait.map_or(left, |w| w.min(left)));
         }
         if self.compaction.is_some() {
             wait = Some(Duration::ZERO);
@@ -431,20 +445,16 @@ impl Writer {
         let mut shutdown = None;
         let mut force_sync = false;
         self.buf.clear();
+        self.state.begin_batch();
         let start_seq = self.next_seq;
         let mut sink = BatchSink { buf: &mut self.buf, segment: self.active.id, next_seq: &mut self.next_seq };
-        let unavailable = self.unavailable.as_ref().map(|(cause, _)| cause.clone());
+        let unavailable = self.unavailable.as_ref().map(|u| u.cause.clone());
         let (log_bytes, compactions, max_pause_us) = (self.log_bytes, self.compactions, self.max_pause_us);
         let dir = &self.dir;
         let mut run = |cmd: &Command, force_sync: &mut bool| -> (bool, Result<Reply>) {
             let write = cmd.is_write();
             if write && let Some(cause) = &unavailable {
-                return (
-                    true,
-                    Err(Error::WriteFailed(format!(
-                        "storage unavailable (the log is read-only until the disk recovers): {cause}"
-                    ))),
-                );
+                return (true, Err(Error::Unavailable(cause.clone())));
             }
             if matches!(cmd, Command::Clear) {
                 *force_sync = true;
@@ -475,13 +485,25 @@ impl Writer {
             return shutdown;
         }
         let cleared = force_sync;
+        let before = self.active.len;
         if let Err(cause) = self.write_batch(force_sync || self.sync == SyncPolicy::Always) {
-            let msg = format!("{cause} (in {})", self.active.path.display());
-            tracing::error!("log write failed: {msg}");
+            let msg = format!("{cause} (writing {})", self.active.path.display());
+            tracing::error!("log write failed, the batch is refused and undone: {msg}");
             fail_writes(pending, &msg);
+            self.state.rollback_batch();
+            self.next_seq = start_seq;
+            // Cut the partial batch off, so the log matches memory even if
+            // the rewrite below fails too.
+            self.log_bytes = self.log_bytes.saturating_sub(self.active.len - before);
+            if let Err(e) = self.active.truncate(before) {
+                tracing::warn!("could not cut the failed batch off {}: {e}", self.active.path.display());
+            }
             self.recover(&msg, start_seq);
-        } else if cleared {
-            self.drop_segments_before_clear();
+        } else {
+            self.state.commit_batch();
+            if cleared {
+                self.drop_segments_before_clear();
+            }
         }
         shutdown
     }
@@ -521,7 +543,7 @@ impl Writer {
     /// Closes the active segment (synced) and starts the next one.
     fn roll(&mut self) -> Result<()> {
         self.active.sync().map_err(Error::io("syncing", &self.active.path))?;
-        let next = ActiveSegment::create(&self.dir, SegmentId(self.active.id.0 + 1))?;
+        let next = ActiveSegment::create(&self.dir, SegmentId(self.active.id.0 + 1), &self.faults)?;
         self.log_bytes += next.len;
         self.active = next;
         self.dirty = false;
@@ -537,17 +559,23 @@ impl Writer {
     fn recover(&mut self, cause: &str, _batch_start: u64) {
         match self.rewrite_from_memory() {
             Ok(()) => {
-                tracing::warn!(
-                    "recovered from a failed write by rewriting live data to {}",
-                    self.active.path.display()
-                );
+                tracing::warn!("recovered from a failed write by rewriting live data to {}", self.active.path.display());
                 self.unavailable = None;
             }
             Err(e) => {
+                let backoff = self
+                    .unavailable
+                    .as_ref()
+                    .map_or(Duration::from_millis(250), |u| (u.backoff * 2).min(Duration::from_secs(30)));
                 tracing::error!(
-                    "storage unavailable, writes refused until the disk recovers: {cause}; rewrite failed: {e}"
+                    "storage unavailable, writes refused (reads still served) until the disk recovers: {cause}; \
+                     rewriting live data failed too: {e}; retrying in {backoff:?}"
                 );
-                self.unavailable = Some((format!("{cause}; rewrite failed: {e}"), Instant::now()));
+                let cause = match &self.unavailable {
+                    Some(u) => u.cause.clone(),
+                    None => format!("{cause}; then: {e}"),
+                };
+                self.unavailable = Some(Unavailable { cause, next_try: Instant::now() + backoff, backoff });
             }
         }
     }
@@ -556,7 +584,7 @@ impl Writer {
         self.compaction = None;
         let existing = list_segments(&self.dir)?;
         let id = SegmentId(existing.last().map_or(self.active.id.0, |l| l.0.max(self.active.id.0)) + 1);
-        let mut seg = ActiveSegment::create(&self.dir, id)?;
+        let mut seg = ActiveSegment::create(&self.dir, id, &self.faults)?;
         let now = self.clock.now().0;
         let mut buf = Vec::with_capacity(1 << 20);
         let mut written = seg.len;
@@ -588,9 +616,9 @@ impl Writer {
     /// Periodic work between batches: the once-a-second sync, segment roll,
     /// and retrying a failed disk.
     fn background_io(&mut self) {
-        if let Some((_, since)) = &self.unavailable {
-            if since.elapsed() >= Duration::from_secs(1) {
-                let cause = self.unavailable.take().map(|(c, _)| c).unwrap_or_default();
+        if let Some(u) = &self.unavailable {
+            if Instant::now() >= u.next_try {
+                let cause = u.cause.clone();
                 self.recover(&cause, self.next_seq);
             }
             return;

@@ -40,10 +40,6 @@ fn cost(index: &Index, slot: u32) -> usize {
 }
 
 impl S3Fifo {
-    pub(crate) fn clear(&mut self) {
-        *self = S3Fifo::default();
-    }
-
     /// Bytes the queues and ghosts themselves hold.
     pub(crate) fn own_bytes(&self) -> usize {
         self.ghosts.len() * 8 + self.ghost_set.capacity() * 9

@@ -157,11 +157,28 @@ impl Index {
     }
 
     /// Replaces the value of an existing entry in place.
-    pub(crate) fn replace_value(&mut self, slot: u32, value: &[u8]) {
+    /// Replaces the value of an existing entry in place; returns the old
+    /// key+value blob (kept by the batch's undo log, else dropped).
+    pub(crate) fn replace_value(&mut self, slot: u32, value: &[u8]) -> Box<[u8]> {
         let e = &mut self.entries[slot as usize];
         let blob = make_blob(e.key(), value);
+        self.swap_blob(slot, blob)
+    }
+
+    /// Puts `blob` (same key) into an occupied slot; returns the old one.
+    pub(crate) fn swap_blob(&mut self, slot: u32, blob: Box<[u8]>) -> Box<[u8]> {
+        let e = &mut self.entries[slot as usize];
         self.blob_bytes = self.blob_bytes - e.blob_len() + blob.len();
-        e.blob = Some(blob);
+        e.blob.replace(blob).expect("occupied slot")
+    }
+
+    /// Inserts an absent key from a blob kept by the undo log.
+    pub(crate) fn insert_blob(&mut self, blob: Box<[u8]>, expires: u64, segment: u32) -> u32 {
+        let klen = u16::from_le_bytes([blob[0], blob[1]]) as usize;
+        let (slot, inserted) = self.find_or_insert(&blob[2..2 + klen], &[], expires, segment);
+        debug_assert!(inserted, "undo reinserts only removed keys");
+        self.swap_blob(slot, blob);
+        slot
     }
 
     /// The slot of `key`, inserting it with `value` if absent (one hash, one
@@ -215,8 +232,8 @@ impl Index {
         slot
     }
 
-    /// Removes the entry at `slot`; returns its key and value blob length.
-    pub(crate) fn remove_slot(&mut self, slot: u32) {
+    /// Removes the entry at `slot`; returns its key+value blob.
+    pub(crate) fn remove_slot(&mut self, slot: u32) -> Box<[u8]> {
         let hash = self.hasher.hash_one(self.entries[slot as usize].key());
         match self.table.find_entry(hash, |&s| s == slot) {
             Ok(occupied) => {
@@ -226,21 +243,15 @@ impl Index {
         }
         let e = &mut self.entries[slot as usize];
         self.blob_bytes -= e.blob_len();
-        e.blob = None;
+        let blob = e.blob.take().expect("occupied slot");
         e.expires = 0;
         e.segment = self.free_head;
         e.new_generation();
         self.free_head = slot;
         self.len -= 1;
+        blob
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.table = HashTable::new();
-        self.entries = Vec::new();
-        self.free_head = NO_SLOT;
-        self.len = 0;
-        self.blob_bytes = 0;
-    }
 
     /// One past the highest slot ever used.
     pub(crate) fn slot_count(&self) -> u32 {

@@ -5,6 +5,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::error::{Error, Result};
 use crate::record::{SEGMENT_HEADER_LEN, SegmentId, segment_header};
@@ -67,33 +69,85 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("syncing directory", dir))
 }
 
+/// Injected I/O faults, for tests: the next `n` writes (or syncs) of log
+/// files fail. Production passes none; the check is one branch per write.
+#[derive(Default, Debug)]
+pub struct Faults {
+    writes: AtomicU32,
+    syncs: AtomicU32,
+    short: AtomicBool,
+    enospc: AtomicBool,
+}
+
+impl Faults {
+    /// The next `n` writes fail: with ENOSPC or EIO, and `short` ones write
+    /// half their bytes first.
+    pub fn fail_writes(&self, n: u32, short: bool, enospc: bool) {
+        self.short.store(short, Ordering::SeqCst);
+        self.enospc.store(enospc, Ordering::SeqCst);
+        self.writes.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` fdatasyncs fail with EIO.
+    pub fn fail_syncs(&self, n: u32) {
+        self.syncs.store(n, Ordering::SeqCst);
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)).is_ok()
+    }
+}
+
+fn write_all(file: &mut File, bytes: &[u8], faults: &Option<Arc<Faults>>) -> std::io::Result<()> {
+    if let Some(f) = faults
+        && Faults::take(&f.writes)
+    {
+        if f.short.load(Ordering::SeqCst) {
+            file.write_all(&bytes[..bytes.len() / 2])?;
+        }
+        let code = if f.enospc.load(Ordering::SeqCst) { libc_enospc() } else { libc_eio() };
+        return Err(std::io::Error::from_raw_os_error(code));
+    }
+    file.write_all(bytes)
+}
+
+const fn libc_enospc() -> i32 {
+    28
+}
+
+const fn libc_eio() -> i32 {
+    5
+}
+
 /// The segment being appended to.
 pub(crate) struct ActiveSegment {
     pub(crate) id: SegmentId,
     pub(crate) path: PathBuf,
     pub(crate) file: File,
     pub(crate) len: u64,
+    faults: Option<Arc<Faults>>,
 }
 
 impl ActiveSegment {
     /// Creates a new segment with its header; the file and the directory
     /// entry are synced before it is used, whatever the sync policy.
-    pub(crate) fn create(dir: &Path, id: SegmentId) -> Result<ActiveSegment> {
+    pub(crate) fn create(dir: &Path, id: SegmentId, faults: &Option<Arc<Faults>>) -> Result<ActiveSegment> {
         let path = segment_path(dir, id);
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(Error::io("creating segment", &path))?;
-        file.write_all(&segment_header(id)).map_err(Error::io("writing segment header", &path))?;
-        file.sync_all().map_err(Error::io("syncing", &path))?;
+        let mut file =
+            OpenOptions::new().create_new(true).append(true).open(&path).map_err(Error::io("creating segment", &path))?;
+        let written = write_all(&mut file, &segment_header(id), faults).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            // Leave no half-made segment behind.
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::io("writing segment header", &path)(e));
+        }
         sync_dir(dir)?;
-        Ok(ActiveSegment { id, path, file, len: SEGMENT_HEADER_LEN as u64 })
+        Ok(ActiveSegment { id, path, file, len: SEGMENT_HEADER_LEN as u64, faults: faults.clone() })
     }
 
     /// Reopens an existing segment for appending after `valid_len` bytes,
     /// cutting off anything beyond (a torn tail).
-    pub(crate) fn reopen(dir: &Path, id: SegmentId, valid_len: u64) -> Result<ActiveSegment> {
+    pub(crate) fn reopen(dir: &Path, id: SegmentId, valid_len: u64, faults: &Option<Arc<Faults>>) -> Result<ActiveSegment> {
         let path = segment_path(dir, id);
         let file = OpenOptions::new().append(true).open(&path).map_err(Error::io("opening segment", &path))?;
         let on_disk = file.metadata().map_err(Error::io("reading metadata of", &path))?.len();
@@ -101,16 +155,29 @@ impl ActiveSegment {
             file.set_len(valid_len).map_err(Error::io("truncating torn tail of", &path))?;
             file.sync_all().map_err(Error::io("syncing", &path))?;
         }
-        Ok(ActiveSegment { id, path, file, len: valid_len })
+        Ok(ActiveSegment { id, path, file, len: valid_len, faults: faults.clone() })
     }
 
+    /// Appends `bytes`. On failure the file may hold part of them: the
+    /// caller cuts it back with `truncate`.
     pub(crate) fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)?;
+        write_all(&mut self.file, bytes, &self.faults)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
 
+    /// Cuts the file back to `len` bytes (the end of the last good batch).
+    pub(crate) fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.len = len;
+        self.file.set_len(len)
+    }
+
     pub(crate) fn sync(&self) -> std::io::Result<()> {
+        if let Some(f) = &self.faults
+            && Faults::take(&f.syncs)
+        {
+            return Err(std::io::Error::from_raw_os_error(libc_eio()));
+        }
         self.file.sync_data()
     }
 }

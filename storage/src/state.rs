@@ -193,6 +193,32 @@ pub struct State {
     stats: Stats,
     /// S3-FIFO queues, when a cap is set and the policy evicts.
     evict: Option<S3Fifo>,
+    /// While a batch is open: how to take back each change it made, should
+    /// its write fail.
+    undo: Option<Vec<Undo>>,
+}
+
+/// The inverse of one change, kept until the batch's write succeeds. Old
+/// blobs are moved here, not copied, so keeping them costs nothing.
+enum Undo {
+    /// The key was absent (or held an expired entry): remove what is there.
+    Remove(u32),
+    /// The slot held this blob, expiry and segment.
+    Restore { slot: u32, blob: Box<[u8]>, expires: u64, segment: u32 },
+    /// The key was removed: put it back.
+    Reinsert { blob: Box<[u8]>, expires: u64, segment: u32 },
+    /// The entry's expiry was this.
+    Expiry { slot: u32, expires: u64 },
+    /// Everything before a `clear`.
+    Clear(Box<Cleared>),
+}
+
+struct Cleared {
+    index: Index,
+    wheel: Wheel<Timer>,
+    due: VecDeque<Timer>,
+    live_by_segment: BTreeMap<u32, u64>,
+    evict: Option<S3Fifo>,
 }
 
 impl State {
@@ -207,7 +233,77 @@ impl State {
                 .then(S3Fifo::default),
             limits,
             stats: Stats::default(),
+            undo: None,
         }
+    }
+
+    /// Starts recording how to undo the changes of a batch.
+    pub(crate) fn begin_batch(&mut self) {
+        self.undo.get_or_insert_with(Vec::new).clear();
+    }
+
+    /// The batch is durable: forget how to undo it.
+    pub(crate) fn commit_batch(&mut self) {
+        if let Some(u) = &mut self.undo {
+            u.clear();
+        }
+    }
+
+    fn log_undo(&mut self, u: Undo) {
+        if let Some(log) = &mut self.undo {
+            log.push(u);
+        }
+    }
+
+    /// The batch's write failed: take back its changes, newest first.
+    pub(crate) fn rollback_batch(&mut self) {
+        let Some(mut log) = self.undo.take() else { return };
+        while let Some(u) = log.pop() {
+            match u {
+                Undo::Remove(slot) => {
+                    self.remove(slot);
+                }
+                Undo::Restore { slot, blob, expires, segment } => {
+                    let e = self.index.entry(slot);
+                    let (cur_len, cur_segment, cur_blob) = (set_record_len(e.key().len(), e.value().len()), e.segment, e.blob_len());
+                    let old_len = set_record_len(0, blob.len() - 2);
+                    if let Some(ev) = &mut self.evict {
+                        ev.on_resize(&self.index, slot, cur_blob, blob.len());
+                    }
+                    self.unaccount(cur_segment, cur_len);
+                    self.index.swap_blob(slot, blob);
+                    let e = self.index.entry_mut(slot);
+                    e.expires = expires;
+                    e.segment = segment;
+                    *self.live_by_segment.entry(segment).or_default() += old_len as u64;
+                    self.arm(slot, 0, expires);
+                }
+                Undo::Reinsert { blob, expires, segment } => {
+                    let len = set_record_len(0, blob.len() - 2);
+                    let slot = self.index.insert_blob(blob, expires, segment);
+                    *self.live_by_segment.entry(segment).or_default() += len as u64;
+                    self.arm(slot, 0, expires);
+                    if let Some(ev) = &mut self.evict {
+                        let hash = self.index.hash(self.index.entry(slot).key());
+                        ev.on_insert(&mut self.index, slot, hash);
+                    }
+                }
+                Undo::Expiry { slot, expires } => {
+                    self.index.entry_mut(slot).expires = expires;
+                    self.arm(slot, 0, expires);
+                }
+                Undo::Clear(c) => {
+                    let c = *c;
+                    self.index = c.index;
+                    self.wheel = c.wheel;
+                    self.due = c.due;
+                    self.live_by_segment = c.live_by_segment;
+                    self.evict = c.evict;
+                }
+            }
+        }
+        log.clear();
+        self.undo = Some(log);
     }
 
     pub fn limits(&self) -> Limits {
@@ -403,7 +499,7 @@ impl State {
                 // Django: a zero timeout stores nothing and drops the old value.
                 if let Some(slot) = self.live(key, now) {
                     sink.append(&Record::Delete { key });
-                    self.remove(slot);
+                    self.remove_logged(slot);
                 }
             }
             Some(expires) => {
@@ -448,6 +544,7 @@ impl State {
     fn put(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32, now: u64) {
         let (slot, inserted) = self.index.find_or_insert(key, value, expires, segment);
         if inserted {
+            self.log_undo(Undo::Remove(slot));
             self.arm(slot, 0, expires);
             if let Some(ev) = &mut self.evict {
                 let hash = self.index.hash(key);
@@ -467,7 +564,12 @@ impl State {
                     ev.on_remove(&self.index, slot);
                 }
             }
-            self.index.replace_value(slot, value);
+            let old = self.index.replace_value(slot, value);
+            self.log_undo(if was_live {
+                Undo::Restore { slot, blob: old, expires: old_expires, segment: old_segment }
+            } else {
+                Undo::Remove(slot)
+            });
             self.unaccount(old_segment, old_len);
             let e = self.index.entry_mut(slot);
             e.segment = segment;
@@ -510,21 +612,30 @@ impl State {
         self.wheel.insert(new, (slot, generation));
     }
 
-    fn remove(&mut self, slot: u32) {
+    /// Removes an entry without logging it (expiry, eviction, undo).
+    fn remove(&mut self, slot: u32) -> Box<[u8]> {
         if let Some(ev) = &mut self.evict {
             ev.on_remove(&self.index, slot);
         }
         let e = self.index.entry(slot);
         let (segment, len) = (e.segment, set_record_len(e.key().len(), e.value().len()));
         self.unaccount(segment, len);
-        self.index.remove_slot(slot);
+        self.index.remove_slot(slot)
+    }
+
+    /// Removes an entry because of a logged delete: undone if the write fails.
+    fn remove_logged(&mut self, slot: u32) {
+        let e = self.index.entry(slot);
+        let (expires, segment) = (e.expires, e.segment);
+        let blob = self.remove(slot);
+        self.log_undo(Undo::Reinsert { blob, expires, segment });
     }
 
     fn delete(&mut self, key: &[u8], now: u64, sink: &mut impl Sink) -> bool {
         match self.live(key, now) {
             Some(slot) => {
                 sink.append(&Record::Delete { key });
-                self.remove(slot);
+                self.remove_logged(slot);
                 self.stats.deletes += 1;
                 true
             }
@@ -533,13 +644,17 @@ impl State {
     }
 
     fn clear(&mut self, now: u64) {
-        if let Some(ev) = &mut self.evict {
-            ev.clear();
+        let fresh_evict = self.evict.as_ref().map(|_| S3Fifo::default());
+        let before = Cleared {
+            index: std::mem::replace(&mut self.index, Index::new()),
+            wheel: std::mem::replace(&mut self.wheel, Wheel::new(now)),
+            due: std::mem::take(&mut self.due),
+            live_by_segment: std::mem::take(&mut self.live_by_segment),
+            evict: std::mem::replace(&mut self.evict, fresh_evict),
+        };
+        if self.undo.is_some() {
+            self.log_undo(Undo::Clear(Box::new(before)));
         }
-        self.index.clear();
-        self.wheel = Wheel::new(now);
-        self.due.clear();
-        self.live_by_segment.clear();
     }
 
     fn touch(&mut self, key: &[u8], ttl: Ttl, now: u64, sink: &mut impl Sink) -> bool {
@@ -547,7 +662,7 @@ impl State {
         match deadline(ttl, now) {
             None => {
                 sink.append(&Record::Delete { key });
-                self.remove(slot);
+                self.remove_logged(slot);
             }
             Some(expires) => {
                 sink.append(&Record::Touch { key, expires: crate::UnixMillis(expires) });
@@ -560,6 +675,7 @@ impl State {
     fn set_expiry(&mut self, slot: u32, expires: u64) {
         let e = self.index.entry_mut(slot);
         let old = std::mem::replace(&mut e.expires, expires);
+        self.log_undo(Undo::Expiry { slot, expires: old });
         self.arm(slot, old, expires);
     }
 
@@ -594,7 +710,7 @@ impl State {
         self.put(to, &value, expires, segment, now);
         sink.append(&Record::Delete { key: from });
         let slot = self.index.find(from).expect("renamed key still present");
-        self.remove(slot);
+        self.remove_logged(slot);
         Ok(())
     }
 

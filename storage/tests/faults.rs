@@ -1,0 +1,183 @@
+//! I/O faults: a failed write, a short write, ENOSPC and a failed fsync each
+//! fail every write of their batch with an error naming the cause, undo its
+//! changes, and lose nothing acknowledged before; a disk that stays broken
+//! turns the engine read-only until it recovers by itself.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachet_storage::{Command, Config, Engine, Error, Faults, Handle, Reply, SyncPolicy, Ttl};
+use support::int;
+
+fn set(key: &str, value: &[u8]) -> Command {
+    Command::Set { key: key.into(), value: value.to_vec(), ttl: Ttl::Never }
+}
+
+fn get(h: &Handle, key: &str) -> Option<Vec<u8>> {
+    match h.call_blocking(Command::Get { key: key.into() }).unwrap() {
+        Reply::Value(v) => v,
+        r => panic!("{r:?}"),
+    }
+}
+
+/// Acknowledged state, a failing batch, and what must hold afterwards.
+fn check_fault(sync: SyncPolicy, arm: impl Fn(&Faults), cause: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let config = Config { sync, faults: Some(faults.clone()), ..Config::new(dir.path()) };
+    let engine = Engine::open(config.clone()).unwrap();
+    let h = engine.handle();
+    h.call_blocking(set("kept", b"1")).unwrap();
+    h.call_blocking(set("doomed", b"old")).unwrap();
+    h.call_blocking(set("n", &int(5))).unwrap();
+    h.call_blocking(set("gone", b"x")).unwrap();
+    h.call_blocking(Command::Delete { key: b"gone".to_vec() }).unwrap();
+
+    arm(&faults);
+    let replies = h
+        .call_many_blocking(vec![
+            set("doomed", b"new"),
+            Command::Delete { key: b"kept".to_vec() },
+            Command::Incr { key: b"n".to_vec(), delta: 1 },
+            set("fresh", b"f"),
+            Command::Touch { key: b"n".to_vec(), ttl: Ttl::Millis(1) },
+            Command::Get { key: b"kept".to_vec() },
+        ])
+        .unwrap();
+    for r in &replies[..5] {
+        let e = r.as_ref().unwrap_err();
+        assert!(matches!(e, Error::WriteFailed(_)), "{e}");
+        assert!(e.to_string().contains(cause), "{e} lacks {cause:?}");
+    }
+    // The failed batch's changes are undone (the get inside it saw them).
+    assert_eq!(get(&h, "doomed").as_deref(), Some(&b"old"[..]));
+    assert_eq!(get(&h, "kept").as_deref(), Some(&b"1"[..]));
+    assert_eq!(get(&h, "n"), Some(int(5)));
+    assert_eq!(get(&h, "fresh"), None);
+    // And the engine took a fresh segment: writes work again at once.
+    h.call_blocking(set("after", b"a")).unwrap();
+    drop(h);
+    engine.shutdown().unwrap();
+
+    let engine = Engine::open(Config::new(dir.path())).unwrap();
+    let h = engine.handle();
+    for (k, v) in [("kept", Some(&b"1"[..])), ("doomed", Some(b"old")), ("gone", None), ("fresh", None), ("after", Some(b"a"))] {
+        assert_eq!(get(&h, k).as_deref(), v, "{k} after restart");
+    }
+    assert_eq!(get(&h, "n"), Some(int(5)));
+}
+
+#[test]
+fn failed_write() {
+    check_fault(SyncPolicy::EverySec, |f| f.fail_writes(1, false, false), "Input/output error");
+}
+
+#[test]
+fn short_write() {
+    check_fault(SyncPolicy::EverySec, |f| f.fail_writes(1, true, false), "Input/output error");
+}
+
+#[test]
+fn disk_full() {
+    check_fault(SyncPolicy::Never, |f| f.fail_writes(1, false, true), "No space left on device");
+}
+
+#[test]
+fn failed_fsync() {
+    check_fault(SyncPolicy::Always, |f| f.fail_syncs(1), "Input/output error");
+}
+
+#[test]
+fn a_disk_that_stays_broken_turns_read_only_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let engine = Engine::open(Config { faults: Some(faults.clone()), ..Config::new(dir.path()) }).unwrap();
+    let h = engine.handle();
+    h.call_blocking(set("a", b"1")).unwrap();
+    // The batch fails, and so do the first rewrites of live data.
+    faults.fail_writes(3, false, true);
+    assert!(h.call_blocking(set("b", b"2")).is_err());
+    let e = h.call_blocking(set("c", b"3")).unwrap_err();
+    assert!(matches!(e, Error::Unavailable(_)) && e.to_string().contains("No space left"), "{e}");
+    assert_eq!(get(&h, "a").as_deref(), Some(&b"1"[..]), "reads are served while read-only");
+    // The engine retries with backoff and comes back by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.call_blocking(set("c", b"3")).is_err() {
+        assert!(Instant::now() < deadline, "never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(h);
+    engine.shutdown().unwrap();
+    let engine = Engine::open(Config::new(dir.path())).unwrap();
+    let h = engine.handle();
+    assert_eq!((get(&h, "a"), get(&h, "b"), get(&h, "c")), (Some(b"1".to_vec()), None, Some(b"3".to_vec())));
+}
+
+/// A real full disk: a 2 MiB tmpfs as the data directory (needs root).
+#[test]
+fn real_disk_full_on_tmpfs() {
+    if unsafe { libc_geteuid() } != 0 {
+        println!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        println!("skipped: could not mount a tmpfs here");
+        return;
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let data = mnt.path().join("data");
+    let filler = mnt.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 1200 << 10]).unwrap();
+    let engine = Engine::open(Config { sync: SyncPolicy::Always, ..Config::new(&data) }).unwrap();
+    let h = engine.handle();
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..10_000 {
+        match h.call_blocking(set(&format!("k{i}"), &[7u8; 1000])) {
+            Ok(_) => acked.push(i),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the disk filled up");
+    assert!(e.to_string().contains("No space left"), "{e}");
+    assert!(get(&h, "k0").is_some(), "reads still work");
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while h.call_blocking(set("after", b"ok")).is_err() {
+        assert!(Instant::now() < deadline, "never recovered after space was freed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(h);
+    engine.shutdown().unwrap();
+    let engine = Engine::open(Config::new(&data)).unwrap();
+    let h = engine.handle();
+    for i in acked {
+        assert_eq!(get(&h, &format!("k{i}")), Some(vec![7u8; 1000]), "acknowledged k{i} lost");
+    }
+    assert_eq!(get(&h, "after").as_deref(), Some(&b"ok"[..]));
+    drop(h);
+    engine.shutdown().unwrap();
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -58,13 +58,16 @@ fn check(dir: &std::path::Path) -> Result<(), String> {
     let report = cachet_storage::check(dir).map_err(|e| e.to_string())?;
     let r = &report.replay;
     println!(
-        "{}: sound: {} segments, {} records, {} bytes, last sequence {}, {} live entries",
+        "{}: sound: {} segments, {} records, {} bytes ({} live, {} dead), last sequence {}, {} live entries, {} expired",
         dir.display(),
         r.segments,
         r.records,
         r.bytes,
+        report.live_bytes,
+        report.dead_bytes,
         r.last_seq,
-        report.live_entries
+        report.live_entries,
+        report.expired_entries
     );
     if let Some(t) = &r.torn {
         println!(

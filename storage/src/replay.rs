@@ -273,6 +273,12 @@ pub(crate) fn corrupt(dir: &Path, bad: BadSpot) -> Error {
 pub struct CheckReport {
     pub replay: ReplayReport,
     pub live_entries: u64,
+    /// Bytes of the set records that hold live entries.
+    pub live_bytes: u64,
+    /// The rest of the log: overwritten, deleted and expired records.
+    pub dead_bytes: u64,
+    /// Entries whose deadline had passed when the check ran.
+    pub expired_entries: u64,
 }
 
 /// Verifies a data directory offline without changing it: every record's
@@ -285,7 +291,14 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
         now,
     );
     let replay = replay_into(dir, &mut state, now, |_| {})?;
-    Ok(CheckReport { replay, live_entries: state.len() as u64 })
+    let live_bytes = state.live_log_bytes();
+    Ok(CheckReport {
+        live_entries: state.len() as u64,
+        live_bytes,
+        dead_bytes: replay.bytes.saturating_sub(live_bytes),
+        expired_entries: state.stats().expired,
+        replay,
+    })
 }
 
 /// What `repair` did.

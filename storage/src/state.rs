@@ -847,6 +847,7 @@ impl State {
                 }
             }
         }
+        self.stats.expired += expired.len() as u64;
         for slot in expired {
             self.remove(slot);
         }

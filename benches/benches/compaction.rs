@@ -66,7 +66,10 @@ fn main() {
         s.log_bytes / 1_000_000,
         s.log_live_bytes / 1_000_000
     );
-    println!("  longest compaction slice (writer pause): {} us", s.compaction_max_pause_us);
+    println!(
+        "  longest compaction slice (writer pause): {} us including its write(), {} us re-encoding alone",
+        s.compaction_max_pause_us, s.compaction_max_slice_cpu_us
+    );
     println!(
         "  request latency with {WINDOW} in flight (us): p50 {} p99 {} p99.9 {} max {}",
         lat.value_at_quantile(0.5),

@@ -24,7 +24,9 @@ pub enum Error {
     CacheFull { used: u64, max: u64 },
     #[error("storage write failed, nothing in this batch was stored: {0}; check the disk (space, permissions, health)")]
     WriteFailed(String),
-    #[error("storage unavailable: {0}. The log cannot be written, so writes are refused while reads are served; free disk space or fix the disk, and writes resume by themselves")]
+    #[error(
+        "storage unavailable: {0}. The log cannot be written, so writes are refused while reads are served; free disk space or fix the disk, and writes resume by themselves"
+    )]
     Unavailable(String),
     #[error("the storage engine has shut down; reconnect to a running daemon")]
     Closed,

@@ -252,7 +252,6 @@ impl Index {
         blob
     }
 
-
     /// One past the highest slot ever used.
     pub(crate) fn slot_count(&self) -> u32 {
         self.entries.len() as u32

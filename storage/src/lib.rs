@@ -21,8 +21,8 @@ pub use engine::{Config, Engine, Handle, Hook, HookPoint, SyncPolicy};
 pub use error::{CorruptReason, Error, Result};
 pub use evict::ENTRY_OVERHEAD;
 pub use index::MAX_KEY_LEN;
-pub use segment::Faults;
 pub use replay::{CheckReport, Cut, Progress, RepairReport, ReplayReport, TornTail, check, repair};
+pub use segment::Faults;
 pub use state::{Command, Eviction, Limits, NullSink, Reply, State, Stats, Ttl};
 pub use wheel::Wheel;
 

@@ -125,16 +125,25 @@ pub(crate) struct ActiveSegment {
     pub(crate) path: PathBuf,
     pub(crate) file: File,
     pub(crate) len: u64,
+    /// Writeback has been started for the bytes before this offset.
+    hinted: u64,
     faults: Option<Arc<Faults>>,
 }
+
+/// Start writeback every this many bytes, so an fsync (at a segment roll, a
+/// compaction, `sync=always`) finds little left to write and stalls little.
+const WRITEBACK_HINT: u64 = 1 << 20;
 
 impl ActiveSegment {
     /// Creates a new segment with its header; the file and the directory
     /// entry are synced before it is used, whatever the sync policy.
     pub(crate) fn create(dir: &Path, id: SegmentId, faults: &Option<Arc<Faults>>) -> Result<ActiveSegment> {
         let path = segment_path(dir, id);
-        let mut file =
-            OpenOptions::new().create_new(true).append(true).open(&path).map_err(Error::io("creating segment", &path))?;
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(Error::io("creating segment", &path))?;
         let written = write_all(&mut file, &segment_header(id), faults).and_then(|()| file.sync_all());
         if let Err(e) = written {
             // Leave no half-made segment behind.
@@ -142,12 +151,17 @@ impl ActiveSegment {
             return Err(Error::io("writing segment header", &path)(e));
         }
         sync_dir(dir)?;
-        Ok(ActiveSegment { id, path, file, len: SEGMENT_HEADER_LEN as u64, faults: faults.clone() })
+        Ok(ActiveSegment { id, path, file, len: SEGMENT_HEADER_LEN as u64, hinted: 0, faults: faults.clone() })
     }
 
     /// Reopens an existing segment for appending after `valid_len` bytes,
     /// cutting off anything beyond (a torn tail).
-    pub(crate) fn reopen(dir: &Path, id: SegmentId, valid_len: u64, faults: &Option<Arc<Faults>>) -> Result<ActiveSegment> {
+    pub(crate) fn reopen(
+        dir: &Path,
+        id: SegmentId,
+        valid_len: u64,
+        faults: &Option<Arc<Faults>>,
+    ) -> Result<ActiveSegment> {
         let path = segment_path(dir, id);
         let file = OpenOptions::new().append(true).open(&path).map_err(Error::io("opening segment", &path))?;
         let on_disk = file.metadata().map_err(Error::io("reading metadata of", &path))?.len();
@@ -155,7 +169,7 @@ impl ActiveSegment {
             file.set_len(valid_len).map_err(Error::io("truncating torn tail of", &path))?;
             file.sync_all().map_err(Error::io("syncing", &path))?;
         }
-        Ok(ActiveSegment { id, path, file, len: valid_len, faults: faults.clone() })
+        Ok(ActiveSegment { id, path, file, len: valid_len, hinted: valid_len, faults: faults.clone() })
     }
 
     /// Appends `bytes`. On failure the file may hold part of them: the
@@ -163,12 +177,27 @@ impl ActiveSegment {
     pub(crate) fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         write_all(&mut self.file, bytes, &self.faults)?;
         self.len += bytes.len() as u64;
+        if self.len - self.hinted >= WRITEBACK_HINT {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on our own open descriptor; it only
+            // starts writeback of the range and has no memory effects.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.hinted as i64,
+                    (self.len - self.hinted) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.hinted = self.len;
+        }
         Ok(())
     }
 
     /// Cuts the file back to `len` bytes (the end of the last good batch).
     pub(crate) fn truncate(&mut self, len: u64) -> std::io::Result<()> {
         self.len = len;
+        self.hinted = self.hinted.min(len);
         self.file.set_len(len)
     }
 

@@ -114,6 +114,7 @@ pub struct Stats {
     pub segments: u64,
     pub compactions: u64,
     pub compaction_max_pause_us: u64,
+    pub compaction_max_slice_cpu_us: u64,
 }
 
 /// Where the core reports the records its changes need; returns the segment
@@ -265,7 +266,8 @@ impl State {
                 }
                 Undo::Restore { slot, blob, expires, segment } => {
                     let e = self.index.entry(slot);
-                    let (cur_len, cur_segment, cur_blob) = (set_record_len(e.key().len(), e.value().len()), e.segment, e.blob_len());
+                    let (cur_len, cur_segment, cur_blob) =
+                        (set_record_len(e.key().len(), e.value().len()), e.segment, e.blob_len());
                     let old_len = set_record_len(0, blob.len() - 2);
                     if let Some(ev) = &mut self.evict {
                         ev.on_resize(&self.index, slot, cur_blob, blob.len());

@@ -63,7 +63,9 @@ fn check_fault(sync: SyncPolicy, arm: impl Fn(&Faults), cause: &str) {
 
     let engine = Engine::open(Config::new(dir.path())).unwrap();
     let h = engine.handle();
-    for (k, v) in [("kept", Some(&b"1"[..])), ("doomed", Some(b"old")), ("gone", None), ("fresh", None), ("after", Some(b"a"))] {
+    for (k, v) in
+        [("kept", Some(&b"1"[..])), ("doomed", Some(b"old")), ("gone", None), ("fresh", None), ("after", Some(b"a"))]
+    {
         assert_eq!(get(&h, k).as_deref(), v, "{k} after restart");
     }
     assert_eq!(get(&h, "n"), Some(int(5)));

@@ -43,10 +43,11 @@ fn main() {
             rx.blocking_recv().unwrap().unwrap();
             lat.saturating_record(t.elapsed().as_micros() as u64);
         }
-        if i % 250_000 == 0 && i > 0 {
-            if let Ok(Reply::Stats(s)) = h.call_blocking(Command::Stats) {
-                ratios.push(s.log_bytes as f64 / s.log_live_bytes.max(1) as f64);
-            }
+        if i % 250_000 == 0
+            && i > 0
+            && let Ok(Reply::Stats(s)) = h.call_blocking(Command::Stats)
+        {
+            ratios.push(s.log_bytes as f64 / s.log_live_bytes.max(1) as f64);
         }
     }
     for (t, rx) in pending {

@@ -73,6 +73,7 @@ pub struct Builder {
     default_timeout: Duration,
     request_timeout: Duration,
     token: Option<String>,
+    down_is_miss: bool,
 }
 
 impl Default for Builder {
@@ -84,6 +85,7 @@ impl Default for Builder {
             default_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(5),
             token: None,
+            down_is_miss: false,
         }
     }
 }
@@ -120,12 +122,23 @@ impl Builder {
         self
     }
 
+    /// With several servers: when one is down, reads of its keys are misses
+    /// and writes to it are dropped (`set_many` reports them as failed), as
+    /// Django's memcached backend behaves. By default such calls fail fast
+    /// with `Error::Connection` naming the server.
+    pub fn down_is_miss(mut self, yes: bool) -> Self {
+        self.down_is_miss = yes;
+        self
+    }
+
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
     }
 
-    /// Connects to every server (so a wrong address or token shows up now).
+    /// Connects to every server, so a wrong address or token shows up now.
+    /// With several servers it is enough that one answers (the others are
+    /// retried by later calls); a wrong token is always an error.
     pub async fn connect(self) -> Result<Cache, Error> {
         if self.servers.is_empty() {
             return Err(Error::Connection {
@@ -142,13 +155,27 @@ impl Builder {
                 default_timeout: self.default_timeout,
                 request_timeout: self.request_timeout,
                 token: self.token,
+                down_is_miss: self.down_is_miss,
                 computing: Mutex::new(HashMap::new()),
             }),
         };
-        for node in &cache.inner.nodes {
-            node.conn(&cache.inner.token, cache.inner.request_timeout).await?;
+        let tries = cache.inner.nodes.iter().map(|n| n.conn(&cache.inner.token, cache.inner.request_timeout));
+        let mut first_error = None;
+        let mut up = 0;
+        for r in futures::future::join_all(tries).await {
+            match r {
+                Ok(_) => up += 1,
+                Err(Error::Connection { server, reason }) => {
+                    tracing::warn!(server, reason, "cachet server not reachable; calls for its keys fail until it is");
+                    first_error.get_or_insert(Error::Connection { server, reason });
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(cache)
+        match first_error {
+            Some(e) if up == 0 => Err(e),
+            _ => Ok(cache),
+        }
     }
 }
 
@@ -160,6 +187,7 @@ struct Inner {
     default_timeout: Duration,
     request_timeout: Duration,
     token: Option<String>,
+    down_is_miss: bool,
     /// Keys whose `get_or_set_with` closure is running, so concurrent callers
     /// share one computation.
     computing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -173,6 +201,20 @@ pub struct Cache {
 
 fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>, Error> {
     Ok(rmp_serde::to_vec_named(value)?)
+}
+
+/// Under `down_is_miss`, a server that cannot be reached yields `miss`.
+fn miss_if_down<T: Send + 'static>(
+    down_is_miss: bool,
+    miss: T,
+    fut: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> BoxFuture<Result<T, Error>> {
+    Box::pin(async move {
+        match fut.await {
+            Err(Error::Connection { .. }) if down_is_miss => Ok(miss),
+            r => r,
+        }
+    })
 }
 
 fn unexpected(r: OpReply) -> Error {
@@ -437,7 +479,8 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for Get<T> {
     type Output = Result<Option<T>, Error>;
     type IntoFuture = BoxFuture<Self::Output>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, None, async move {
             let c = &self.cache;
             let key = c.key(&self.key, self.version);
             let node = c.node_for(&key);
@@ -503,7 +546,8 @@ impl IntoFuture for Set {
     type Output = Result<(), Error>;
     type IntoFuture = BoxFuture<Self::Output>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
+        let down_is_miss = self.w.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, (), async move {
             let WriteKind::Set = self.kind;
             let (c, key, value, ttl) = self.w.prepare().await?;
             let node = c.node_for(&key);
@@ -524,7 +568,8 @@ impl IntoFuture for Add {
     type Output = Result<bool, Error>;
     type IntoFuture = BoxFuture<Self::Output>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
+        let down_is_miss = self.w.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, false, async move {
             let (c, key, value, ttl) = self.w.prepare().await?;
             let node = c.node_for(&key);
             match c.op(node, Retry::OnlyIfUnsent, Op::Add(ByteBuf::from(key.into_bytes()), value, ttl)).await? {
@@ -634,16 +679,21 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetMany<T> {
             let groups = c.by_node(full);
             let calls = groups.into_iter().map(|(n, keys)| async move {
                 let node = &c.inner.nodes[n];
-                for (k, _) in &keys {
-                    c.check(node, k, None).await?;
-                }
-                let kbs: Vec<ByteBuf> = keys.iter().map(|(k, _)| ByteBuf::from(k.as_bytes().to_vec())).collect();
-                let vals = c
-                    .call(node, Retry::Safe, |cl, ctx| {
+                let fetched = async {
+                    for (k, _) in &keys {
+                        c.check(node, k, None).await?;
+                    }
+                    let kbs: Vec<ByteBuf> = keys.iter().map(|(k, _)| ByteBuf::from(k.as_bytes().to_vec())).collect();
+                    c.call(node, Retry::Safe, |cl, ctx| {
                         let kbs = kbs.clone();
                         async move { cl.get_many(ctx, kbs).await }
                     })
-                    .await?;
+                    .await
+                };
+                let vals = match fetched.await {
+                    Err(Error::Connection { .. }) if c.inner.down_is_miss => vec![None; keys.len()],
+                    r => r?,
+                };
                 Ok::<_, Error>(keys.into_iter().zip(vals).collect::<Vec<_>>())
             });
             let mut out = HashMap::new();
@@ -680,7 +730,12 @@ impl IntoFuture for SetMany {
             }
             let calls = c.by_node(items).into_iter().map(|(n, items)| async move {
                 let node = &c.inner.nodes[n];
-                let info = c.info(node).await?;
+                let info = match c.info(node).await {
+                    Err(Error::Connection { .. }) if c.inner.down_is_miss => {
+                        return Ok(items.into_iter().map(|(_, (user, _))| user).collect());
+                    }
+                    r => r?,
+                };
                 let mut failed = Vec::new();
                 let mut send = Vec::new();
                 let mut sent_keys = Vec::new();
@@ -698,8 +753,14 @@ impl IntoFuture for SetMany {
                             let send = send.clone();
                             async move { cl.set_many(ctx, send, ttl).await }
                         })
-                        .await?;
-                    failed.extend(refused.into_iter().filter_map(|i| sent_keys.get(i as usize).cloned()));
+                        .await;
+                    match refused {
+                        Ok(refused) => {
+                            failed.extend(refused.into_iter().filter_map(|i| sent_keys.get(i as usize).cloned()))
+                        }
+                        Err(Error::Connection { .. }) if c.inner.down_is_miss => failed.extend(sent_keys),
+                        Err(e) => return Err(e),
+                    }
                 }
                 Ok::<_, Error>(failed)
             });
@@ -719,7 +780,8 @@ impl IntoFuture for Delete {
     type Output = Result<bool, Error>;
     type IntoFuture = BoxFuture<Self::Output>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, false, async move {
             let c = &self.cache;
             let key = c.key(&self.key, self.version);
             let node = c.node_for(&key);
@@ -743,7 +805,8 @@ impl IntoFuture for DeleteMany {
     type Output = Result<(), Error>;
     type IntoFuture = BoxFuture<Self::Output>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, (), async move {
             let c = &self.cache;
             let full = self.keys.iter().map(|k| (c.key(k, self.version), ()));
             let calls = c.by_node(full).into_iter().map(|(n, keys)| async move {
@@ -772,7 +835,8 @@ impl IntoFuture for Touch {
     type Output = Result<bool, Error>;
     type IntoFuture = BoxFuture<Self::Output>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, false, async move {
             let c = &self.cache;
             let key = c.key(&self.key, self.version);
             let node = c.node_for(&key);
@@ -832,7 +896,8 @@ impl IntoFuture for HasKey {
     type Output = Result<bool, Error>;
     type IntoFuture = BoxFuture<Self::Output>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, false, async move {
             let c = &self.cache;
             let key = c.key(&self.key, self.version);
             let node = c.node_for(&key);

@@ -43,7 +43,14 @@ pub(crate) struct Conn {
 pub(crate) struct Node {
     pub(crate) addr: String,
     conn: Mutex<Option<Arc<Conn>>>,
+    /// After a failed connect: no new attempt before this instant, and the
+    /// next wait (exponential, with jitter), so a dead server costs callers
+    /// nothing but a fast error.
+    backoff: std::sync::Mutex<Option<(Instant, Duration)>>,
 }
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Whether repeating a request after a broken connection is harmless.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -122,7 +129,7 @@ fn deliver(outcome: BatchOutcome, slots: Vec<Slot>) {
 
 impl Node {
     pub(crate) fn new(addr: String) -> Node {
-        Node { addr, conn: Mutex::new(None) }
+        Node { addr, conn: Mutex::new(None), backoff: std::sync::Mutex::new(None) }
     }
 
     pub(crate) async fn conn(&self, token: &Option<String>, timeout: Duration) -> Result<Arc<Conn>, Error> {
@@ -130,9 +137,27 @@ impl Node {
         if let Some(c) = &*slot {
             return Ok(c.clone());
         }
-        let conn = Arc::new(self.connect(token, timeout).await?);
-        *slot = Some(conn.clone());
-        Ok(conn)
+        if let Some((until, _)) = *self.backoff.lock().expect("lock poisoned")
+            && Instant::now() < until
+        {
+            return Err(self.conn_error("server is down (failed to connect recently; retrying with backoff)"));
+        }
+        match self.connect(token, timeout).await {
+            Ok(conn) => {
+                *self.backoff.lock().expect("lock poisoned") = None;
+                let conn = Arc::new(conn);
+                *slot = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                if matches!(e, Error::Connection { .. }) {
+                    let mut b = self.backoff.lock().expect("lock poisoned");
+                    let wait = b.map_or(FIRST_BACKOFF, |(_, w)| (w * 2).min(MAX_BACKOFF));
+                    *b = Some((Instant::now() + jitter(wait), wait));
+                }
+                Err(e)
+            }
+        }
     }
 
     pub(crate) async fn drop_conn(&self, broken: Option<&Arc<Conn>>) {
@@ -247,6 +272,14 @@ impl Node {
             }
         }
     }
+}
+
+/// `d` scaled by a factor in [0.5, 1.5), so clients that lost a server at the
+/// same moment do not all come back at the same moment.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
+    let noise = (nanos as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54; // 0..1024
+    d.mul_f64(0.5 + noise as f64 / 1024.0)
 }
 
 fn client_config() -> tarpc::client::Config {

@@ -71,9 +71,20 @@ pub struct Options {
     /// Most requests in flight per connection [default: 1024].
     #[arg(long, env = "CACHET_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
-    /// Require this token from clients (Cache::builder().auth_token) [default: none].
-    #[arg(long, env = "CACHET_AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
+    /// Require the token in this file from clients (Cache::builder().auth_token).
+    /// Kept in a file so it never shows in `ps` [default: no auth].
+    #[arg(long, env = "CACHET_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Mode of unix socket files, in octal [default: 660].
+    #[arg(long, env = "CACHET_UNIX_MODE")]
+    pub unix_mode: Option<String>,
+    /// Group to own unix socket files, so its members may connect [default: the daemon's].
+    #[arg(long, env = "CACHET_UNIX_GROUP")]
+    pub unix_group: Option<String>,
+    /// Seconds a request frame may take to arrive whole before the connection
+    /// is closed (stops clients that send half a frame and stall) [default: 10].
+    #[arg(long, env = "CACHET_READ_TIMEOUT")]
+    pub read_timeout: Option<f64>,
 }
 
 /// The config file: the same keys as the flags.
@@ -92,7 +103,10 @@ struct FileOptions {
     segment_bytes: Option<Size>,
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
-    auth_token: Option<String>,
+    auth_token_file: Option<PathBuf>,
+    unix_mode: Option<String>,
+    unix_group: Option<String>,
+    read_timeout: Option<f64>,
 }
 
 /// A byte size in the file: a number or a string like "64MiB".
@@ -128,6 +142,9 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_in_flight: usize,
     pub auth_token: Option<String>,
+    pub unix_mode: u32,
+    pub unix_group: Option<String>,
+    pub read_timeout: std::time::Duration,
 }
 
 impl Settings {
@@ -188,7 +205,37 @@ impl Settings {
             segment_bytes: size(o.segment_bytes, &file.segment_bytes, "segment_bytes")?.unwrap_or(64 << 20).max(4096),
             max_connections: o.max_connections.or(file.max_connections).unwrap_or(10_000),
             max_in_flight: o.max_in_flight.or(file.max_in_flight).unwrap_or(1024).max(1),
-            auth_token: o.auth_token.or(file.auth_token).filter(|t| !t.is_empty()),
+            auth_token: match o.auth_token_file.or(file.auth_token_file) {
+                Some(path) => {
+                    let token = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("reading the auth token file {}: {e}", path.display()))?;
+                    let token = token.trim().to_string();
+                    if token.len() < 16 {
+                        return Err(format!(
+                            "the auth token in {} is {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
+                            path.display(),
+                            token.len()
+                        ));
+                    }
+                    Some(token)
+                }
+                None => None,
+            },
+            unix_mode: {
+                let m = o.unix_mode.or(file.unix_mode).unwrap_or_else(|| "660".into());
+                u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("unix_mode {m:?} is not an octal mode like 660"))?
+            },
+            unix_group: o.unix_group.or(file.unix_group),
+            read_timeout: {
+                let secs = o.read_timeout.or(file.read_timeout).unwrap_or(10.0);
+                if !(secs.is_finite() && secs > 0.0) {
+                    return Err(format!("read_timeout {secs} must be a positive number of seconds"));
+                }
+                std::time::Duration::from_secs_f64(secs)
+            },
         })
     }
 }

@@ -11,6 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod config;
 mod listen;
 mod service;
+mod systemd;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,8 +30,8 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CACHET_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        // The journal stamps lines itself.
-        builder.without_time().with_ansi(false).init();
+        // The journal stamps lines itself and reads `<N>` as the priority.
+        builder.with_ansi(false).event_format(systemd::JournalFormat).init();
     } else {
         builder.init();
     }
@@ -116,11 +117,13 @@ fn run(s: Settings) -> Result<(), String> {
         ..EngineConfig::new(&s.data_dir)
     };
     tracing::info!(data_dir = %s.data_dir.display(), sync = %s.sync, "opening");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("replaying the log")]);
+    // Taken before any thread starts (it edits the environment).
+    let activated = systemd::activated_listeners()?;
+    systemd::notify(&[sd_notify::NotifyState::Status("replaying the log")]);
     let engine = Engine::open_with(engine_config, Arc::new(cachet_storage::SystemClock::new()), |p| {
         let pct = (p.bytes_done * 100).checked_div(p.bytes_total).unwrap_or(100);
         tracing::info!(records = p.records, "replay {pct}%");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!("replay {pct}%, {} records", p.records))]);
+        systemd::notify(&[sd_notify::NotifyState::Status(&format!("replay {pct}%, {} records", p.records))]);
     })
     .map_err(|e| e.to_string())?;
     let r = engine.replay_report();
@@ -130,7 +133,7 @@ fn run(s: Settings) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting runtime: {e}"))?;
-    let outcome = rt.block_on(serve(&s, &engine, started));
+    let outcome = rt.block_on(serve(&s, &engine, started, activated));
     drop(rt);
     let synced = engine.shutdown().map_err(|e| format!("final sync failed: {e}"));
     outcome?;
@@ -139,18 +142,36 @@ fn run(s: Settings) -> Result<(), String> {
     Ok(())
 }
 
-async fn serve(s: &Settings, engine: &Engine, started: Instant) -> Result<(), String> {
+async fn serve(
+    s: &Settings,
+    engine: &Engine,
+    started: Instant,
+    activated: Vec<systemd::Activated>,
+) -> Result<(), String> {
     let shared = Arc::new(Shared::new(engine.handle(), s.auth_token.clone(), s.max_key_bytes, s.max_value_bytes));
-    let mut listeners = Vec::new();
-    for addr in &s.listen {
-        listeners.push(Listener::bind(addr).await?);
+    let mut listeners = activated.into_iter().map(systemd::Activated::into_listener).collect::<Result<Vec<_>, _>>()?;
+    if listeners.is_empty() {
+        let perms = listen::UnixPerms { mode: s.unix_mode, group: s.unix_group.clone() };
+        for addr in &s.listen {
+            listeners.push(Listener::bind(addr, &perms).await?);
+        }
+    } else {
+        tracing::info!("socket activation: serving {} listener(s) passed by systemd", listeners.len());
+    }
+    if s.auth_token.is_none() && listeners.iter().any(Listener::is_exposed) {
+        tracing::warn!(
+            "listening beyond loopback without authentication: anyone who can reach the port can read and change \
+             the cache; set --auth-token-file, or listen on 127.0.0.1 or a unix socket"
+        );
     }
     let addrs: Vec<String> = listeners.iter().map(Listener::describe).collect();
     let sockets: Vec<_> = listeners.iter().filter_map(Listener::socket_path).collect();
     let limits = Limits {
         connections: Arc::new(tokio::sync::Semaphore::new(s.max_connections)),
+        max_connections: s.max_connections,
         max_in_flight: s.max_in_flight,
         max_frame: cachet::protocol::server_max_frame(s.max_value_bytes),
+        read_timeout: s.read_timeout,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tasks: Vec<_> = listeners
@@ -158,7 +179,8 @@ async fn serve(s: &Settings, engine: &Engine, started: Instant) -> Result<(), St
         .map(|l| tokio::spawn(listen::accept_loop(l, shared.clone(), limits.clone(), stop_rx.clone())))
         .collect();
     tracing::info!("ready: listening on {} ({} ms after start)", addrs.join(", "), started.elapsed().as_millis());
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("ready")]);
+    systemd::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("ready")]);
+    let heartbeat = tokio::spawn(systemd::heartbeat(engine.handle(), shared.connections_counter()));
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -167,7 +189,8 @@ async fn serve(s: &Settings, engine: &Engine, started: Instant) -> Result<(), St
         _ = int.recv() => {}
     }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    heartbeat.abort();
+    systemd::notify(&[sd_notify::NotifyState::Stopping]);
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}

@@ -17,7 +17,7 @@ pub struct Shared {
     pub engine: Handle,
     pub token: Option<String>,
     pub started: Instant,
-    pub connections: AtomicU64,
+    pub connections: Arc<AtomicU64>,
     /// Requests being handled right now (shutdown waits for zero).
     pub in_flight: AtomicU64,
     pub max_key_bytes: usize,
@@ -31,12 +31,16 @@ impl Shared {
             engine,
             token,
             started: Instant::now(),
-            connections: AtomicU64::new(0),
+            connections: Arc::new(AtomicU64::new(0)),
             in_flight: AtomicU64::new(0),
             max_key_bytes,
             max_value_bytes,
             refusals: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn connections_counter(&self) -> Arc<AtomicU64> {
+        self.connections.clone()
     }
 
     /// Logs a refused or failed request, at most once per class every 10 s.
@@ -153,7 +157,9 @@ fn unexpected(r: Reply) -> WireError {
 impl CacheService for Session {
     async fn hello(self, _: Context, token: Option<String>) -> Result<ServerInfo, WireError> {
         if let Some(want) = &self.shared.token {
-            if token.as_deref() != Some(want.as_str()) {
+            // Constant time: the comparison must not tell how much matched.
+            let offered = token.as_deref().unwrap_or("").as_bytes();
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(offered, want.as_bytes())) {
                 self.shared.note("unauthorized", "a client offered a wrong or no auth token");
                 return Err(WireError::Unauthorized);
             }

@@ -279,12 +279,15 @@ async fn reconnects_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_token_is_enforced() {
-    let d = Daemon::start(&["--auth-token", "s3cret"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let token = "s3cret-s3cret-s3cret";
+    let file = support::token_file(tmp.path(), token);
+    let d = Daemon::start(&["--auth-token-file", file.to_str().unwrap()]);
     let e = Cache::connect(&d.addr).await.err().unwrap();
     assert!(matches!(e, Error::Unauthorized), "{e}");
     let e = Cache::builder().server(&d.addr).auth_token("wrong").connect().await.err().unwrap();
     assert!(matches!(e, Error::Unauthorized));
-    let c = Cache::builder().server(&d.addr).auth_token("s3cret").connect().await.unwrap();
+    let c = Cache::builder().server(&d.addr).auth_token(token).connect().await.unwrap();
     c.set("k", &1).await.unwrap();
     assert_eq!(c.get::<i64>("k").await.unwrap(), Some(1));
 }

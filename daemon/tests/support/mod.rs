@@ -33,7 +33,15 @@ impl Daemon {
 
     pub fn start_in(dir: &Path, listen: &str, args: &[&str]) -> Daemon {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr, log) = spawn(dir, listen, &args);
+        let (child, addr, log) = spawn(dir, Some(listen), &args, |_| {});
+        Daemon { child: Some(child), addr, dir: dir.to_path_buf(), log, args, _tmp: None }
+    }
+
+    /// Starts with full control of the command (environment, inherited
+    /// descriptors); without `listen`, no `--listen` flag is passed.
+    pub fn start_custom(dir: &Path, listen: Option<&str>, args: &[&str], configure: impl FnOnce(&mut Command)) -> Daemon {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, addr, log) = spawn(dir, listen, &args, configure);
         Daemon { child: Some(child), addr, dir: dir.to_path_buf(), log, args, _tmp: None }
     }
 
@@ -64,7 +72,7 @@ impl Daemon {
 
     pub fn start_again(&mut self) {
         let listen = self.addr.clone();
-        let (child, addr, log) = spawn(&self.dir, &listen, &self.args);
+        let (child, addr, log) = spawn(&self.dir, Some(&listen), &self.args, |_| {});
         self.child = Some(child);
         self.addr = addr;
         self.log = log;
@@ -96,20 +104,37 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitSta
     }
 }
 
-fn spawn(dir: &Path, listen: &str, args: &[String]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(bin())
-        .arg("--listen")
-        .arg(listen)
-        .arg("--data-dir")
+fn spawn(
+    dir: &Path,
+    listen: Option<&str>,
+    args: &[String],
+    configure: impl FnOnce(&mut Command),
+) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let mut cmd = Command::new(bin());
+    if let Some(listen) = listen {
+        cmd.arg("--listen").arg(listen);
+    }
+    cmd.arg("--data-dir")
         .arg(dir)
         .args(args)
         .env("CACHET_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start cachetd");
+        .stderr(Stdio::piped());
+    configure(&mut cmd);
+    let child = cmd.spawn().expect("start cachetd");
+    watch(child)
+}
+
+/// Takes over a started daemon: waits for its ready line (stderr piped).
+pub fn adopt(child: Child, dir: &Path) -> Daemon {
+    let (child, addr, log) = watch(child);
+    Daemon { child: Some(child), addr, dir: dir.to_path_buf(), log, args: Vec::new(), _tmp: None }
+}
+
+fn watch(mut child: Child) -> (Child, String, Arc<Mutex<Vec<String>>>) {
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -118,6 +143,7 @@ fn spawn(dir: &Path, listen: &str, args: &[String]) -> (Child, String, Arc<Mutex
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.split("ready: listening on ").nth(1) {
+
                 let first = rest.split([',', ' ']).next().unwrap_or_default().to_string();
                 let _ = tx.send(first);
             }
@@ -145,4 +171,11 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Writes an auth token file in `dir` and returns its path.
+pub fn token_file(dir: &Path, token: &str) -> PathBuf {
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
 }

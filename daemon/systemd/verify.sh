@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Checks the unit files with `systemd-analyze verify`, failing on any
+# warning. The units name /usr/local/bin/cachetd; a temporary copy points
+# them at the binary built here instead. Usage: verify.sh PATH/TO/cachetd
+set -euo pipefail
+bin=$(realpath "$1")
+here=$(dirname "$0")
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+for unit in cachetd.service cachetd.socket; do
+    sed "s|/usr/local/bin/cachetd|$bin|" "$here/$unit" > "$tmp/$unit"
+done
+out=$(systemd-analyze verify "$tmp/cachetd.service" "$tmp/cachetd.socket" 2>&1) || { echo "$out"; exit 1; }
+if [ -n "$out" ]; then
+    echo "systemd-analyze verify warned:"
+    echo "$out"
+    exit 1
+fi
+echo "unit files verified"

@@ -1,0 +1,112 @@
+//! systemd integration without systemd: a datagram socket as NOTIFY_SOCKET
+//! receives READY=1 (after replay), WATCHDOG=1 and STOPPING=1; a listener
+//! passed through LISTEN_FDS is served; the journal gets `<N>` priorities.
+
+mod support;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use cachet::Cache;
+use support::Daemon;
+
+fn messages_until(sock: &UnixDatagram, want: &str, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let done = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("no {want} within {limit:?}; got {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_ready_after_replay_watchdog_and_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // A log to replay first.
+    {
+        let mut d = Daemon::start_in(&data, "127.0.0.1:0", &[]);
+        let c = Cache::connect(&d.addr).await.unwrap();
+        c.set("k", "v").timeout(cachet::Timeout::Never).await.unwrap();
+        assert!(d.stop());
+    }
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut d = Daemon::start_custom(&data, Some("127.0.0.1:0"), &[], |cmd| {
+        cmd.env("NOTIFY_SOCKET", &sock_path).env("WATCHDOG_USEC", "400000");
+    });
+    let before_ready = messages_until(&sock, "READY=1", Duration::from_secs(30));
+    assert!(
+        before_ready.iter().any(|m| m.contains("STATUS=replay")),
+        "replay progress is reported before READY=1: {before_ready:?}"
+    );
+    // Ready means replay is done: the value is there.
+    let c = Cache::connect(&d.addr).await.unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("v"));
+    let beats = messages_until(&sock, "WATCHDOG=1", Duration::from_secs(10));
+    assert!(beats.iter().any(|m| m.contains("STATUS=") && m.contains("entries")), "{beats:?}");
+    assert!(d.stop(), "clean exit on SIGTERM");
+    messages_until(&sock, "STOPPING=1", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_a_listener_passed_by_socket_activation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fd = listener.as_raw_fd();
+    let data = tmp.path().join("data");
+    // LISTEN_PID must be the daemon's own pid: a shell sets it to $$ and execs.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(support::bin())
+        .arg("--data-dir")
+        .arg(&data)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "cachet")
+        .env("NO_COLOR", "1")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only dup2, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || if libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    let d = support::adopt(cmd.spawn().unwrap(), &data);
+    assert_eq!(d.addr, addr, "it serves the passed socket, not --listen's default");
+    let c = Cache::connect(&addr).await.unwrap();
+    c.set("a", &1).await.unwrap();
+    assert_eq!(c.get::<i32>("a").await.unwrap(), Some(1));
+    assert!(d.log_text().contains("socket activation"));
+    drop(listener);
+}
+
+#[test]
+fn journal_lines_carry_priorities_and_no_timestamps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(support::bin())
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .arg("--listen")
+        .arg("256.0.0.1:1")
+        .env("JOURNAL_STREAM", "8:1234")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with("<6>"), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("<3>") && l.contains("256.0.0.1")), "{err}");
+}

@@ -68,7 +68,8 @@ pub struct Options {
     /// Most client connections at once [default: 10000].
     #[arg(long, env = "CACHET_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Most requests in flight per connection [default: 1024].
+    /// Most requests in flight per connection; with the largest values it bounds
+    /// the replies a connection can make the daemon hold [default: 64].
     #[arg(long, env = "CACHET_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
     /// Require the token in this file from clients (Cache::builder().auth_token).
@@ -204,7 +205,7 @@ impl Settings {
             max_value_bytes: max_value_bytes as usize,
             segment_bytes: size(o.segment_bytes, &file.segment_bytes, "segment_bytes")?.unwrap_or(64 << 20).max(4096),
             max_connections: o.max_connections.or(file.max_connections).unwrap_or(10_000),
-            max_in_flight: o.max_in_flight.or(file.max_in_flight).unwrap_or(1024).max(1),
+            max_in_flight: o.max_in_flight.or(file.max_in_flight).unwrap_or(64).max(1),
             auth_token: match o.auth_token_file.or(file.auth_token_file) {
                 Some(path) => {
                     let token = std::fs::read_to_string(&path)

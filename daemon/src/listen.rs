@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 
 use cachet::protocol::CacheService;
 use futures::StreamExt;
-use tarpc::server::{BaseChannel, Channel};
-use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_util::codec::LengthDelimitedCodec;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, watch};

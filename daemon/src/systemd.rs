@@ -33,7 +33,9 @@ impl Activated {
 pub fn activated_listeners() -> Result<Vec<Activated>, String> {
     let fds: Vec<(RawFd, String)> = match sd_notify::listen_fds_with_names() {
         Ok(fds) => fds.collect(),
-        Err(_) => sd_notify::listen_fds().map_err(|e| format!("LISTEN_FDS: {e}"))?.map(|fd| (fd, String::new())).collect(),
+        Err(_) => {
+            sd_notify::listen_fds().map_err(|e| format!("LISTEN_FDS: {e}"))?.map(|fd| (fd, String::new())).collect()
+        }
     };
     // The variables are for us alone, not for anything we might start.
     for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
@@ -49,7 +51,10 @@ fn from_fd(fd: RawFd, name: &str) -> Result<Activated, String> {
     // SAFETY: getsockname writes at most `len` bytes into `addr`.
     let rc = unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) };
     if rc != 0 {
-        return Err(format!("socket activation: fd {fd} ({name}) is not a socket: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "socket activation: fd {fd} ({name}) is not a socket: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     match addr.ss_family as i32 {
         libc::AF_UNIX => {
@@ -65,7 +70,9 @@ fn from_fd(fd: RawFd, name: &str) -> Result<Activated, String> {
             l.set_nonblocking(true).map_err(|e| e.to_string())?;
             Ok(Activated::Tcp(l))
         }
-        other => Err(format!("socket activation: fd {fd} ({name}) has address family {other}; use TCP or unix sockets")),
+        other => {
+            Err(format!("socket activation: fd {fd} ({name}) has address family {other}; use TCP or unix sockets"))
+        }
     }
 }
 

@@ -39,7 +39,12 @@ impl Daemon {
 
     /// Starts with full control of the command (environment, inherited
     /// descriptors); without `listen`, no `--listen` flag is passed.
-    pub fn start_custom(dir: &Path, listen: Option<&str>, args: &[&str], configure: impl FnOnce(&mut Command)) -> Daemon {
+    pub fn start_custom(
+        dir: &Path,
+        listen: Option<&str>,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let (child, addr, log) = spawn(dir, listen, &args, configure);
         Daemon { child: Some(child), addr, dir: dir.to_path_buf(), log, args, _tmp: None }
@@ -143,7 +148,6 @@ fn watch(mut child: Child) -> (Child, String, Arc<Mutex<Vec<String>>>) {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.split("ready: listening on ").nth(1) {
-
                 let first = rest.split([',', ' ']).next().unwrap_or_default().to_string();
                 let _ = tx.send(first);
             }

@@ -32,10 +32,9 @@ fn next(seed: &mut u64) -> u64 {
 }
 
 async fn run(cycles: u32, sync: &str) -> u64 {
-    let mut seed: u64 = std::env::var("CACHET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+    let mut seed: u64 = std::env::var("CACHET_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
     println!("crash harness: sync={sync}, {cycles} cycles, CACHET_CRASH_SEED={seed}");
     let mut d = Daemon::start(&["--sync", sync]);
     let log: Arc<Mutex<HashMap<String, KeyLog>>> = Arc::default();
@@ -79,7 +78,10 @@ async fn run(cycles: u32, sync: &str) -> u64 {
             let ok = got == k.acked || (got.is_some() && got == k.in_flight);
             if !ok {
                 if sync == "always" {
-                    panic!("cycle {cycle} (seed above): {key} holds {got:?}; acknowledged {:?}, in flight {:?}", k.acked, k.in_flight);
+                    panic!(
+                        "cycle {cycle} (seed above): {key} holds {got:?}; acknowledged {:?}, in flight {:?}",
+                        k.acked, k.in_flight
+                    );
                 }
                 assert!(got.is_none() || got < k.acked, "{key} holds {got:?}, never written");
                 lost += 1;

@@ -212,6 +212,7 @@ impl Engine {
             unavailable: None,
             compaction: None,
             finishing: None,
+            pending_free: 0,
             compact_min_bytes: config.compact_min_bytes,
             compactions: 0,
             max_pause_us: 0,
@@ -348,6 +349,8 @@ struct Writer {
     compaction: Option<Compaction>,
     /// The helper thread finishing a compaction; yields the bytes it freed.
     finishing: Option<JoinHandle<Result<u64>>>,
+    /// Bytes of the segments the running finish will unlink.
+    pending_free: u64,
     compact_min_bytes: u64,
     compactions: u64,
     /// The longest a compaction slice held the writer, in µs, with its write,
@@ -672,11 +675,16 @@ impl Writer {
             self.join_finisher();
         }
         let Some(c) = &self.compaction else {
-            if self.finishing.is_some() {
-                return;
-            }
             let live = self.state.live_log_bytes();
-            if self.log_bytes > self.compact_min_bytes && self.log_bytes > 2 * live {
+            // Segments a running finish is about to unlink do not count.
+            let log = self.log_bytes.saturating_sub(self.pending_free);
+            if log > self.compact_min_bytes && log > 2 * live {
+                if self.finishing.is_some() {
+                    // The log outran the finish: wait for it, so the log
+                    // stays bounded however slow the disk is.
+                    self.join_finisher();
+                    return;
+                }
                 // Roll first, so the whole log up to now is the victim prefix.
                 if let Err(e) = self.roll() {
                     tracing::error!("could not start a new segment for compaction: {e}");
@@ -730,6 +738,12 @@ impl Writer {
             }
         };
         let dir = self.dir.clone();
+        self.pending_free = list_segments(&dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| *id < cutoff)
+            .map(|id| std::fs::metadata(segment_path(&dir, id)).map_or(0, |m| m.len()))
+            .sum();
         if self.hook.is_some() {
             let result = finish_compaction(&dir, &file, cutoff, &mut |point| self.hook(point));
             self.finished(result);
@@ -754,6 +768,7 @@ impl Writer {
     }
 
     fn finished(&mut self, result: Result<u64>) {
+        self.pending_free = 0;
         match result {
             Ok(freed) => {
                 self.log_bytes = self.log_bytes.saturating_sub(freed);

@@ -27,20 +27,4 @@ pub use state::{Command, Eviction, Limits, NullSink, Reply, State, Stats, Ttl};
 pub use wheel::Wheel;
 
 #[doc(hidden)]
-pub mod testing {
-    //! Hooks for the fuzz targets and benches: the core without the thread.
-    use crate::state::{Command, NullSink, Reply, State};
-
-    pub fn apply(state: &mut State, cmd: &Command, now: u64, sink: &mut NullSink) -> crate::Result<Reply> {
-        state.apply(cmd, now, sink)
-    }
-
-    pub fn expire(state: &mut State, now: u64, budget: usize) -> usize {
-        state.expire(now, budget)
-    }
-
-    /// Replays a data directory into a fresh state at `now`.
-    pub fn replay(dir: &std::path::Path, state: &mut State, now: u64) -> crate::Result<crate::ReplayReport> {
-        crate::replay::replay_into(dir, state, now, |_| {})
-    }
-}
+pub mod testing;

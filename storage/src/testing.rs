@@ -162,3 +162,45 @@ pub fn error_name(e: &Error) -> &'static str {
         _ => "other",
     }
 }
+
+/// The core plus an in-memory log: applies commands like the writer thread
+/// does (records encoded into segment 1), without threads or files, so
+/// fuzzers can run many sequences a second.
+pub struct Recorder {
+    pub state: State,
+    log: Vec<u8>,
+    seq: u64,
+}
+
+struct VecSink<'a> {
+    log: &'a mut Vec<u8>,
+    seq: &'a mut u64,
+}
+
+impl crate::state::Sink for VecSink<'_> {
+    fn append(&mut self, rec: &crate::record::Record<'_>) -> u32 {
+        *self.seq += 1;
+        crate::record::encode(self.log, crate::record::SegmentId(1), crate::record::Seq(*self.seq), rec);
+        1
+    }
+}
+
+impl Recorder {
+    pub fn new(now: u64) -> Recorder {
+        let log = crate::record::segment_header(crate::record::SegmentId(1)).to_vec();
+        Recorder { state: State::new(crate::Limits::default(), now), log, seq: 0 }
+    }
+
+    /// Applies `cmd` at `now`, appending its records to the log.
+    pub fn apply(&mut self, cmd: &Command, now: u64) -> crate::Result<Reply> {
+        let mut sink = VecSink { log: &mut self.log, seq: &mut self.seq };
+        let r = self.state.apply(cmd, now, &mut sink);
+        self.state.expire(now, usize::MAX);
+        r
+    }
+
+    /// Segment 1 as it would be on disk.
+    pub fn segment(&self) -> &[u8] {
+        &self.log
+    }
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Side-by-side: cachet and Redis under the same load generator, on this
+# machine, each server pinned to core 0 and the load to core 1, persistence
+# matched (cachet --sync everysec <-> Redis appendonly yes + appendfsync
+# everysec; always <-> always). Several rounds, alternating; prints medians
+# and the cachet/Redis ratio, and appends everything to benches/RESULTS.md.
+#
+#   benches/compare.sh            # ROUNDS=3 DURATION=5 by default
+#   ROUNDS=5 DURATION=10 benches/compare.sh
+#
+# It stops exactly the processes it started (by pid), even on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+KEYS=${KEYS:-1000000}
+
+command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+cargo build --release -q -p cachetd -p cachet-benches -p cachet --features cachet/cli
+LOAD=target/release/cachet-load
+CACHETD=target/release/cachetd
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]:-}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 3000); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.01; done; echo "port $1 never opened" >&2; return 1; }
+
+CPORT=$(free_port); RPORT=$(free_port)
+start_cachet() { # $1 = sync policy, $2 = data dir
+    taskset -c 0 "$CACHETD" --listen 127.0.0.1:$CPORT --data-dir "$2" --sync "$1" 2>>"$WORK/cachetd.log" &
+    CPID=$!; PIDS+=("$CPID"); wait_port $CPORT
+}
+stop_cachet() { kill -TERM "$CPID"; wait "$CPID" || true; }
+start_redis() { # $1 = appendfsync, $2 = dir
+    mkdir -p "$2"
+    taskset -c 0 redis-server --port $RPORT --bind 127.0.0.1 --save "" --appendonly yes --appendfsync "$1" \
+        --dir "$2" --daemonize no --logfile "$WORK/redis.log" &
+    RPID=$!; PIDS+=("$RPID"); wait_port $RPORT
+    until [ "$(redis-cli -p $RPORT ping 2>/dev/null)" = PONG ]; do sleep 0.01; done
+}
+stop_redis() { redis-cli -p $RPORT shutdown >/dev/null 2>&1 || kill -TERM "$RPID"; wait "$RPID" || true; }
+
+JSON="$WORK/runs.jsonl"
+run_load() { # label target args...
+    local label=$1 target=$2; shift 2
+    taskset -c 1 "$LOAD" --target "$target" --quiet --duration "$DURATION" --warmup 1 --json "$JSON" --label "$label" "$@" > /dev/null
+}
+
+WORKLOADS=(
+    "set 1x1|--mix set:1 --connections 1 --depth 1 --keys 100000"
+    "get 1x1|--mix get:1 --connections 1 --depth 1 --keys 100000"
+    "set 50x1|--mix set:1 --connections 50 --depth 1 --keys 100000"
+    "get 50x1|--mix get:1 --connections 50 --depth 1 --keys 100000"
+    "set 50x16|--mix set:1 --connections 50 --depth 16 --keys 100000"
+    "get 50x16|--mix get:1 --connections 50 --depth 16 --keys 100000"
+    "zipf 90/10 1M keys 50x16|--mix get:90,set:10 --dist zipf:0.99 --connections 50 --depth 16 --keys $KEYS"
+)
+
+echo "throughput rounds: $ROUNDS x ${DURATION}s per workload per system"
+start_cachet everysec "$WORK/cachet-everysec"
+start_redis everysec "$WORK/redis-everysec"
+taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --duration 0 --warmup 0 --preload 100000 > /dev/null
+taskset -c 1 "$LOAD" --target redis://127.0.0.1:$RPORT --quiet --duration 0 --warmup 0 --preload 100000 > /dev/null
+for round in $(seq 1 "$ROUNDS"); do
+    for w in "${WORKLOADS[@]}"; do
+        name=${w%%|*}; args=${w#*|}
+        run_load "cachet|$name" cachet://127.0.0.1:$CPORT $args
+        run_load "redis|$name" redis://127.0.0.1:$RPORT $args
+    done
+done
+stop_cachet; stop_redis
+
+start_cachet always "$WORK/cachet-always"
+start_redis always "$WORK/redis-always"
+for round in $(seq 1 "$ROUNDS"); do
+    run_load "cachet|set 50x1 sync=always" cachet://127.0.0.1:$CPORT --mix set:1 --connections 50 --depth 1 --keys 100000
+    run_load "redis|set 50x1 sync=always" redis://127.0.0.1:$RPORT --mix set:1 --connections 50 --depth 1 --keys 100000
+done
+stop_cachet; stop_redis
+
+echo "restart and memory with 1M keys (16 B keys, 100 B values)"
+ms() { date +%s%3N; }
+start_cachet everysec "$WORK/cachet-1m"
+taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --duration 0 --warmup 0 --preload 1000000 --key-size 16 --value-size 100 > /dev/null
+C_RSS=$(awk '/VmRSS/ {print $2}' /proc/$CPID/status)
+C_OWN=$(target/release/cachet --server 127.0.0.1:$CPORT stats | awk '/memory_bytes/ {print $2}')
+stop_cachet
+C_LOG=$(du -sb "$WORK/cachet-1m" | cut -f1)
+t0=$(ms); start_cachet everysec "$WORK/cachet-1m"; C_READY=$(( $(ms) - t0 )); stop_cachet
+
+start_redis everysec "$WORK/redis-1m"
+taskset -c 1 "$LOAD" --target redis://127.0.0.1:$RPORT --quiet --duration 0 --warmup 0 --preload 1000000 --key-size 16 --value-size 100 > /dev/null
+R_USED=$(redis-cli -p $RPORT info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
+R_RSS=$(awk '/VmRSS/ {print $2}' /proc/$RPID/status)
+redis-cli -p $RPORT bgrewriteaof > /dev/null; sleep 1
+until [ "$(redis-cli -p $RPORT info persistence | awk -F: '/aof_rewrite_in_progress/ {print $2}' | tr -d '\r')" = 0 ]; do sleep 0.1; done
+stop_redis
+R_AOF=$(du -sb "$WORK/redis-1m" | cut -f1)
+t0=$(ms); start_redis everysec "$WORK/redis-1m"; R_READY=$(( $(ms) - t0 )); stop_redis
+
+python3 - "$JSON" "$ROUNDS" "$DURATION" <<PY
+import json, statistics, sys, datetime, subprocess, os
+runs = [json.loads(l) for l in open(sys.argv[1])]
+rounds, duration = sys.argv[2], sys.argv[3]
+by = {}
+for r in runs:
+    system, name = r["label"].split("|", 1)
+    ops = r["ops"]
+    p99 = max(v["p99_us"] for v in ops.values()) if ops else 0
+    by.setdefault(name, {}).setdefault(system, []).append((r["total_ops_per_sec"], p99))
+def med(xs): return statistics.median(xs) if xs else 0
+lines = []
+lines.append("| workload | cachet ops/s | Redis ops/s | cachet/Redis | cachet p99 us | Redis p99 us |")
+lines.append("|---|---:|---:|---:|---:|---:|")
+for name, sys_runs in by.items():
+    c = sys_runs.get("cachet", []); rd = sys_runs.get("redis", [])
+    co, ro = med([x[0] for x in c]), med([x[0] for x in rd])
+    lines.append(f"| {name} | {co:,.0f} | {ro:,.0f} | {co/ro if ro else 0:.2f} | {med([x[1] for x in c]):.0f} | {med([x[1] for x in rd]):.0f} |")
+mem = [
+    "| 1M keys, 16 B keys, 100 B values | cachet | Redis |",
+    "|---|---:|---:|",
+    f"| start to ready (replaying log / AOF) | ${C_READY} ms | ${R_READY} ms |",
+    f"| RSS per key | {${C_RSS}*1024/1e6:.0f} B | {${R_RSS}*1024/1e6:.0f} B |",
+    f"| own accounting per key | {${C_OWN}/1e6:.0f} B (memory_bytes) | {${R_USED}/1e6:.0f} B (used_memory) |",
+    f"| log / AOF on disk | {${C_LOG}/1e6:.0f} MB | {${R_AOF}/1e6:.0f} MB (after BGREWRITEAOF) |",
+]
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+rv = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
+rc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+head = [f"## {datetime.date.today()} — nproc {os.cpu_count()}, {cpu}",
+        "", f"{rv}; {rc}; cachet {subprocess.run(['git','rev-parse','--short','HEAD'],capture_output=True,text=True).stdout.strip()}",
+        f"Command: \`ROUNDS={rounds} DURATION={duration} benches/compare.sh\` (medians of {rounds} rounds of {duration} s; servers on core 0, load on core 1; 16 B keys, 100 B values; everysec unless noted)", ""]
+out = "\n".join(head + lines + [""] + mem + [""])
+print(out)
+with open("benches/RESULTS.md", "a") as f:
+    f.write("\n" + out)
+PY

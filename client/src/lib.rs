@@ -16,6 +16,8 @@
 //! ```
 
 mod cache;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod connection;
 mod error;
 mod key;

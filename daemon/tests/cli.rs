@@ -1,22 +1,21 @@
-//! The `cachet` command line against a real daemon. The binary is built with
-//! the client's `cli` feature (the README's test command enables it).
+//! The `cachet` command line (`cachet::cli`, the code behind the binary)
+//! against a real daemon, and `cachetd check` / `repair`.
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use support::Daemon;
 
-fn cachet_bin() -> PathBuf {
-    let path = PathBuf::from(support::bin()).with_file_name("cachet");
-    assert!(path.exists(), "{} missing: run the tests with --all-features (see README)", path.display());
-    path
-}
-
 fn cachet(d: &Daemon, args: &[&str]) -> (i32, String) {
-    let out = Command::new(cachet_bin()).arg("--server").arg(&d.addr).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let argv = ["cachet", "--server", d.addr.as_str()].iter().chain(args).map(|s| s.to_string()).collect::<Vec<_>>();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut out = Vec::new();
+    let code = match rt.block_on(cachet::cli::run(argv, &mut out)) {
+        Ok(code) => code as i32,
+        Err(_) => 2,
+    };
+    (code, String::from_utf8_lossy(&out).trim().to_string())
 }
 
 #[test]

@@ -1,154 +1,17 @@
-//! `cachet`: the command line client. Values typed here are stored as
-//! integers when they parse as one (so `cachet incr` works after
-//! `cachet set n 5`), else as strings.
+//! `cachet`: the command line client; see `cachet::cli`.
 
 use std::process::ExitCode;
-use std::time::Duration;
-
-use cachet::{Cache, Timeout};
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "cachet", version, about = "Talk to a cachetd server")]
-struct Cli {
-    /// Server address: HOST:PORT or unix:/path/to.sock.
-    #[arg(long, env = "CACHET_SERVER", default_value = "127.0.0.1:7311")]
-    server: String,
-    /// Auth token, when the server requires one.
-    #[arg(long, env = "CACHET_AUTH_TOKEN")]
-    auth_token: Option<String>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Print a key's value (exit 1 if missing).
-    Get { key: String },
-    /// Store a value.
-    Set {
-        key: String,
-        value: String,
-        /// Seconds (fractions allowed), or "never"; default 300.
-        #[arg(long)]
-        timeout: Option<String>,
-    },
-    /// Store only if absent; prints true or false.
-    Add {
-        key: String,
-        value: String,
-        #[arg(long)]
-        timeout: Option<String>,
-    },
-    /// Delete a key; prints true if it existed.
-    Delete { key: String },
-    /// Add to an integer; prints the new value.
-    Incr { key: String, delta: Option<i64> },
-    /// Subtract from an integer; prints the new value.
-    Decr { key: String, delta: Option<i64> },
-    /// Set a new timeout on a key; prints true if it existed.
-    Touch {
-        key: String,
-        #[arg(long)]
-        timeout: Option<String>,
-    },
-    /// Prints true if the key exists.
-    Has { key: String },
-    /// Remove everything.
-    Clear,
-    /// Print the server's counters.
-    Stats,
-}
-
-fn parse_timeout(t: Option<String>) -> Result<Timeout, String> {
-    match t.as_deref() {
-        None => Ok(Timeout::Default),
-        Some("never") | Some("none") => Ok(Timeout::Never),
-        Some(s) => s
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(|v| Timeout::After(Duration::from_secs_f64(v)))
-            .ok_or_else(|| format!("--timeout {s:?} is not a number of seconds or \"never\"")),
-    }
-}
-
-#[derive(serde::Serialize)]
-#[serde(untagged)]
-enum Typed {
-    Int(i64),
-    Str(String),
-}
-
-fn typed(v: String) -> Typed {
-    v.parse::<i64>().map(Typed::Int).unwrap_or(Typed::Str(v))
-}
-
-fn show(v: &rmpv::Value) -> String {
-    match v {
-        rmpv::Value::String(s) => s.as_str().map(str::to_owned).unwrap_or_else(|| format!("{v}")),
-        other => format!("{other}"),
-    }
-}
-
-async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let mut b = Cache::builder().server(&cli.server);
-    if let Some(t) = cli.auth_token {
-        b = b.auth_token(t);
-    }
-    let cache = b.connect().await.map_err(|e| e.to_string())?;
-    let e = |e: cachet::Error| e.to_string();
-    match cli.cmd {
-        Cmd::Get { key } => match cache.get::<rmpv::Value>(&key).await.map_err(e)? {
-            Some(v) => println!("{}", show(&v)),
-            None => {
-                eprintln!("(not found)");
-                return Ok(ExitCode::from(1));
-            }
-        },
-        Cmd::Set { key, value, timeout } => {
-            cache.set(&key, &typed(value)).timeout(parse_timeout(timeout)?).await.map_err(e)?;
-        }
-        Cmd::Add { key, value, timeout } => {
-            println!("{}", cache.add(&key, &typed(value)).timeout(parse_timeout(timeout)?).await.map_err(e)?)
-        }
-        Cmd::Delete { key } => println!("{}", cache.delete(&key).await.map_err(e)?),
-        Cmd::Incr { key, delta } => println!("{}", cache.incr(&key).delta(delta.unwrap_or(1)).await.map_err(e)?),
-        Cmd::Decr { key, delta } => println!("{}", cache.decr(&key).delta(delta.unwrap_or(1)).await.map_err(e)?),
-        Cmd::Touch { key, timeout } => {
-            println!("{}", cache.touch(&key).timeout(parse_timeout(timeout)?).await.map_err(e)?)
-        }
-        Cmd::Has { key } => println!("{}", cache.has_key(&key).await.map_err(e)?),
-        Cmd::Clear => cache.clear().await.map_err(e)?,
-        Cmd::Stats => {
-            let s = cache.stats().await.map_err(e)?;
-            for (name, v) in [
-                ("entries", s.entries),
-                ("memory_bytes", s.memory_bytes),
-                ("hits", s.hits),
-                ("misses", s.misses),
-                ("sets", s.sets),
-                ("deletes", s.deletes),
-                ("expired", s.expired),
-                ("evicted", s.evicted),
-                ("log_bytes", s.log_bytes),
-                ("log_live_bytes", s.log_live_bytes),
-                ("uptime_secs", s.uptime_secs),
-                ("connections", s.connections),
-            ] {
-                println!("{name} {v}");
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("warn").init();
-    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    match rt.block_on(run(cli)) {
-        Ok(code) => code,
+    let mut out = std::io::stdout();
+    match rt.block_on(cachet::cli::run(std::env::args(), &mut out)) {
+        Ok(1) => {
+            eprintln!("(not found)");
+            ExitCode::from(1)
+        }
+        Ok(code) => ExitCode::from(code),
         Err(msg) => {
             eprintln!("cachet: {msg}");
             ExitCode::from(2)

@@ -414,6 +414,21 @@ impl Cache {
         Ok(())
     }
 
+    /// The shared path of the single-key calls without a value: build the
+    /// key, pick its server, check the limits, send through the coalescer.
+    async fn keyed(
+        &self,
+        key: &str,
+        version: Option<i64>,
+        retry: Retry,
+        op: impl FnOnce(ByteBuf) -> Op,
+    ) -> Result<OpReply, Error> {
+        let key = self.key(key, version);
+        let node = self.node_for(&key);
+        self.check(node, &key, None).await?;
+        self.op(node, retry, op(ByteBuf::from(key.into_bytes()))).await
+    }
+
     async fn op(&self, node: &Node, retry: Retry, op: Op) -> Result<OpReply, Error> {
         node.op(&self.inner.token, self.inner.request_timeout, retry, op).await
     }
@@ -482,10 +497,7 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for Get<T> {
         let down_is_miss = self.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, None, async move {
             let c = &self.cache;
-            let key = c.key(&self.key, self.version);
-            let node = c.node_for(&key);
-            c.check(node, &key, None).await?;
-            match c.op(node, Retry::Safe, Op::Get(ByteBuf::from(key.into_bytes()))).await? {
+            match c.keyed(&self.key, self.version, Retry::Safe, Op::Get).await? {
                 OpReply::Value(v) => v.map(|b| decode(&b)).transpose(),
                 r => Err(unexpected(r)),
             }
@@ -783,10 +795,7 @@ impl IntoFuture for Delete {
         let down_is_miss = self.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, false, async move {
             let c = &self.cache;
-            let key = c.key(&self.key, self.version);
-            let node = c.node_for(&key);
-            c.check(node, &key, None).await?;
-            match c.op(node, Retry::Safe, Op::Delete(ByteBuf::from(key.into_bytes()))).await? {
+            match c.keyed(&self.key, self.version, Retry::Safe, Op::Delete).await? {
                 OpReply::Bool(b) => Ok(b),
                 r => Err(unexpected(r)),
             }
@@ -838,11 +847,8 @@ impl IntoFuture for Touch {
         let down_is_miss = self.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, false, async move {
             let c = &self.cache;
-            let key = c.key(&self.key, self.version);
-            let node = c.node_for(&key);
-            c.check(node, &key, None).await?;
             let ttl = c.ttl(self.timeout);
-            match c.op(node, Retry::Safe, Op::Touch(ByteBuf::from(key.into_bytes()), ttl)).await? {
+            match c.keyed(&self.key, self.version, Retry::Safe, |k| Op::Touch(k, ttl)).await? {
                 OpReply::Bool(b) => Ok(b),
                 r => Err(unexpected(r)),
             }
@@ -874,10 +880,7 @@ impl IntoFuture for Incr {
         Box::pin(async move {
             let c = &self.cache;
             let delta = self.delta.checked_mul(self.sign).ok_or(Error::Overflow)?;
-            let key = c.key(&self.key, self.version);
-            let node = c.node_for(&key);
-            c.check(node, &key, None).await?;
-            match c.op(node, Retry::OnlyIfUnsent, Op::Incr(ByteBuf::from(key.into_bytes()), delta)).await? {
+            match c.keyed(&self.key, self.version, Retry::OnlyIfUnsent, |k| Op::Incr(k, delta)).await? {
                 OpReply::Int(n) => Ok(n),
                 r => Err(unexpected(r)),
             }
@@ -899,10 +902,7 @@ impl IntoFuture for HasKey {
         let down_is_miss = self.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, false, async move {
             let c = &self.cache;
-            let key = c.key(&self.key, self.version);
-            let node = c.node_for(&key);
-            c.check(node, &key, None).await?;
-            match c.op(node, Retry::Safe, Op::HasKey(ByteBuf::from(key.into_bytes()))).await? {
+            match c.keyed(&self.key, self.version, Retry::Safe, Op::HasKey).await? {
                 OpReply::Bool(b) => Ok(b),
                 r => Err(unexpected(r)),
             }

@@ -16,7 +16,6 @@ use tarpc::client::RpcError;
 use tarpc::context;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio_serde::formats::MessagePack;
 
 use crate::error::Error;
 use crate::protocol::{CLIENT_MAX_FRAME, CacheServiceClient, Op, OpReply, ServerInfo, WireError};
@@ -181,12 +180,12 @@ impl Node {
         let open = async {
             let client = if let Some(path) = self.addr.strip_prefix("unix:") {
                 let io = tokio::net::UnixStream::connect(path).await.map_err(|e| self.conn_error(e))?;
-                let transport = tarpc::serde_transport::new(codec().new_framed(io), MessagePack::default());
+                let transport = tarpc::serde_transport::new(codec().new_framed(io), crate::protocol::Codec::default());
                 CacheServiceClient::new(client_config(), transport).spawn()
             } else {
                 let io = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| self.conn_error(e))?;
                 let _ = io.set_nodelay(true);
-                let transport = tarpc::serde_transport::new(codec().new_framed(io), MessagePack::default());
+                let transport = tarpc::serde_transport::new(codec().new_framed(io), crate::protocol::Codec::default());
                 CacheServiceClient::new(client_config(), transport).spawn()
             };
             let info = match client.hello(ctx(timeout), token.clone()).await {

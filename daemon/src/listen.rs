@@ -15,7 +15,6 @@ use tarpc::tokio_util::codec::LengthDelimitedCodec;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, watch};
-use tokio_serde::formats::MessagePack;
 
 use crate::service::{Session, Shared};
 
@@ -163,7 +162,7 @@ where
 {
     let io = FrameTimeout::new(io, limits.read_timeout);
     let framed = LengthDelimitedCodec::builder().max_frame_length(limits.max_frame).new_framed(io);
-    let transport = tarpc::serde_transport::new(framed, MessagePack::default());
+    let transport = tarpc::serde_transport::new(framed, cachet::protocol::Codec::default());
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let session = Session::new(shared.clone());
     // Requests run inside the connection's task rather than one task each:

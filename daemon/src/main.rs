@@ -37,8 +37,24 @@ fn init_logging() {
     }
 }
 
+/// Panics caught at a connection (a frame whose decoding panics) are
+/// reported once per 10 s, so hostile input cannot flood the log.
+fn quiet_panics() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if now >= LAST.load(Ordering::Relaxed) + 10 {
+            LAST.store(now, Ordering::Relaxed);
+            default(info);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
     init_logging();
+    quiet_panics();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Sub::Check { dir }) => check(&dir),

@@ -137,3 +137,18 @@ async fn hostile_clients_do_not_hurt_good_ones() {
     drop(greedy);
     still_serves(&good, 6).await;
 }
+
+/// Found by the frame_decode fuzzer: a request whose deadline overflows
+/// `Instant` made tarpc panic while decoding. The connection is closed; the
+/// daemon goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frame_that_panics_the_decoder_only_closes_its_connection() {
+    let d = Daemon::start(&[]);
+    let good = Cache::connect(&d.addr).await.unwrap();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(&d.addr).unwrap();
+        s.write_all(include_bytes!("data/frame-deadline-overflow.bin")).unwrap();
+        assert!(closed_within(&mut s, Duration::from_secs(10)));
+        still_serves(&good, 7).await;
+    }
+}

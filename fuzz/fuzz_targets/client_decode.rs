@@ -8,7 +8,7 @@ use cachet::protocol::CacheServiceResponse;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = rmp_serde::from_slice::<tarpc::Response<CacheServiceResponse>>(data);
+    let _ = cachet::protocol::decode_frame::<tarpc::Response<CacheServiceResponse>>(data);
     let _ = rmp_serde::from_slice::<String>(data);
     let _ = rmp_serde::from_slice::<i64>(data);
     let _ = rmp_serde::from_slice::<serde_bytes::ByteBuf>(data);

@@ -511,7 +511,7 @@ impl Writer {
             if let Err(e) = self.active.truncate(before) {
                 tracing::warn!("could not cut the failed batch off {}: {e}", self.active.path.display());
             }
-            self.recover(&msg, start_seq);
+            self.recover(&msg);
         } else {
             self.state.commit_batch();
             if cleared {
@@ -570,7 +570,7 @@ impl Writer {
     /// it is trusted again: start a fresh segment, rewrite every live entry
     /// from memory into it, make it the floor and drop the rest. If that fails
     /// too, refuse writes until a retry succeeds.
-    fn recover(&mut self, cause: &str, _batch_start: u64) {
+    fn recover(&mut self, cause: &str) {
         match self.rewrite_from_memory() {
             Ok(()) => {
                 tracing::warn!(
@@ -637,7 +637,7 @@ impl Writer {
         if let Some(u) = &self.unavailable {
             if Instant::now() >= u.next_try {
                 let cause = u.cause.clone();
-                self.recover(&cause, self.next_seq);
+                self.recover(&cause);
             }
             return;
         }
@@ -645,7 +645,7 @@ impl Writer {
             if let Err(e) = self.active.sync() {
                 let msg = format!("fdatasync of {} failed: {e}", self.active.path.display());
                 tracing::error!("{msg}");
-                self.recover(&msg, self.next_seq);
+                self.recover(&msg);
                 return;
             }
             self.dirty = false;
@@ -656,7 +656,7 @@ impl Writer {
             && let Err(e) = self.roll()
         {
             tracing::error!("could not start a new segment: {e}");
-            self.recover(&e.to_string(), self.next_seq);
+            self.recover(&e.to_string());
         }
     }
 
@@ -707,7 +707,7 @@ impl Writer {
         {
             let msg = format!("compaction write to {} failed: {e}", self.active.path.display());
             tracing::error!("{msg}");
-            self.recover(&msg, self.next_seq);
+            self.recover(&msg);
             return;
         }
         self.hook("compact-slice");

@@ -274,7 +274,7 @@ impl Cache {
     }
 
     pub fn set<V: Serialize + ?Sized>(&self, key: impl AsRef<str>, value: &V) -> Set {
-        Set { w: Write::new(self, key.as_ref(), encode(value)), kind: WriteKind::Set }
+        Set { w: Write::new(self, key.as_ref(), encode(value)) }
     }
 
     /// Stores only if the key is absent (or expired); resolves to whether it stored.
@@ -544,13 +544,8 @@ macro_rules! write_builder {
     };
 }
 
-enum WriteKind {
-    Set,
-}
-
 pub struct Set {
     w: Write,
-    kind: WriteKind,
 }
 write_builder!(Set);
 
@@ -560,7 +555,6 @@ impl IntoFuture for Set {
     fn into_future(self) -> Self::IntoFuture {
         let down_is_miss = self.w.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, (), async move {
-            let WriteKind::Set = self.kind;
             let (c, key, value, ttl) = self.w.prepare().await?;
             let node = c.node_for(&key);
             match c.op(node, Retry::Safe, Op::Set(ByteBuf::from(key.into_bytes()), value, ttl)).await? {

@@ -66,26 +66,30 @@ impl Session {
         Session { shared, authed: Arc::new(AtomicBool::new(open)) }
     }
 
-    async fn run(&self, cmd: Command) -> Result<Reply, WireError> {
+    /// Lets an authenticated request through to the engine, counted as in
+    /// flight until it finishes or is cancelled (shutdown waits for zero).
+    async fn admit<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, WireError> {
         if !self.authed.load(Ordering::Acquire) {
             self.shared.note("unauthorized", "a client sent a request without a valid auth token");
             return Err(WireError::Unauthorized);
         }
+        struct InFlight<'a>(&'a AtomicU64);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        let result = self.shared.engine.call(cmd).await;
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-        result.map_err(|e| self.wire_error(e))
+        let _counted = InFlight(&self.shared.in_flight);
+        Ok(work.await)
+    }
+
+    async fn run(&self, cmd: Command) -> Result<Reply, WireError> {
+        self.admit(self.shared.engine.call(cmd)).await?.map_err(|e| self.wire_error(e))
     }
 
     async fn run_many(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply, WireError>>, WireError> {
-        if !self.authed.load(Ordering::Acquire) {
-            self.shared.note("unauthorized", "a client sent a request without a valid auth token");
-            return Err(WireError::Unauthorized);
-        }
-        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        let result = self.shared.engine.call_many(cmds).await;
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-        let replies = result.map_err(|e| self.wire_error(e))?;
+        let replies = self.admit(self.shared.engine.call_many(cmds)).await?.map_err(|e| self.wire_error(e))?;
         Ok(replies.into_iter().map(|r| r.map_err(|e| self.wire_error(e))).collect())
     }
 

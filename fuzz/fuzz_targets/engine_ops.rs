@@ -9,6 +9,10 @@ use cachet_storage::testing::{Model, error_name, int};
 use cachet_storage::{Command, Limits, State, Ttl, testing};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "scratch.rs"]
+mod scratch;
+use scratch::scratch;
+
 #[derive(Arbitrary, Debug)]
 enum Op {
     Set(u8, u8, Option<u16>),
@@ -97,14 +101,3 @@ fuzz_target!(|input: Input| {
         snaps.iter().any(|(len, m)| *len <= cut as u64 && m.live_entries(now) == got) || (cut < 32 && got.is_empty());
     assert!(ok, "cut at {cut} of {} replayed to a state no prefix had: {got:?}", bytes.len());
 });
-
-/// One scratch directory per process, in RAM when /dev/shm exists.
-fn scratch() -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let shm = std::path::Path::new("/dev/shm");
-        if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap()
-    })
-    .path()
-    .to_path_buf()
-}

@@ -7,6 +7,10 @@ use cachet_storage::record::{SegmentId, segment_header};
 use cachet_storage::{Limits, State, testing};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "scratch.rs"]
+mod scratch;
+use scratch::scratch;
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     let dir = scratch();
@@ -33,15 +37,4 @@ fuzz_target!(|data: &[u8]| {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// One scratch directory per process, in RAM when /dev/shm exists.
-fn scratch() -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let shm = std::path::Path::new("/dev/shm");
-        if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap()
-    })
-    .path()
-    .to_path_buf()
 }

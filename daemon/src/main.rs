@@ -129,6 +129,9 @@ fn run(s: Settings) -> Result<(), String> {
             max_memory: s.max_memory,
             max_entries: s.max_entries,
             eviction: s.eviction,
+            // A reply must fit in a frame (`server_max_frame`), with room
+            // left for the framing of each value.
+            max_reply_bytes: s.max_value_bytes.saturating_mul(2),
         },
         ..EngineConfig::new(&s.data_dir)
     };

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
+use crate::budget::ReplyBudget;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::record::{self, Record, SegmentId, Seq};
 use crate::replay::{Progress, ReplayReport, replay_into};
-use crate::segment::{ActiveSegment, Faults, list_segments, segment_path, sync_dir, write_floor};
+use crate::segment::{ActiveSegment, Faults, Manifest, SharedManifest, list_segments, segment_path, sync_dir};
 use crate::state::{Command, Limits, Reply, Sink, State};
 
 /// When acknowledged writes reach the disk.
@@ -117,8 +118,8 @@ impl Config {
 }
 
 enum Msg {
-    One(Command, oneshot::Sender<Result<Reply>>),
-    Many(Vec<Command>, oneshot::Sender<Vec<Result<Reply>>>),
+    One(Command, Option<Arc<ReplyBudget>>, oneshot::Sender<Result<Reply>>),
+    Many(Vec<Command>, Option<Arc<ReplyBudget>>, oneshot::Sender<Vec<Result<Reply>>>),
     Shutdown(oneshot::Sender<Result<()>>),
 }
 
@@ -135,14 +136,18 @@ pub struct Handle {
     tx: Sender<Msg>,
 }
 
-/// Takes the data directory's lock file, so two processes never write one log.
+/// Locks the data directory itself (`flock` on the directory), so two
+/// processes never write one log. A lock on a file inside it could be
+/// defeated by unlinking the file while the daemon runs (a second daemon
+/// would create a new one and lock that); the directory cannot be unlinked
+/// while it holds segments, and a new directory at the same path holds
+/// none of these files. The lock goes with the process, however it ends.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    let file = File::create(&path).map_err(Error::io("creating lock file", &path))?;
+    let file = File::open(dir).map_err(Error::io("opening data directory", dir))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { dir: dir.to_path_buf() }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking", &path)(e)),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking", dir)(e)),
     }
 }
 
@@ -170,26 +175,43 @@ impl Engine {
             tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes_dropped = torn.bytes_dropped,
                 "cut off a torn write at the end of the log (a crash interrupted it; it was never acknowledged)");
         }
-        // Segments below the floor are dead; remove leftovers of an
-        // interrupted compaction or clear.
-        for id in list_segments(&dir)?.into_iter().filter(|id| *id < report.floor) {
-            let path = segment_path(&dir, id);
+        for stray in &report.strays {
+            tracing::warn!(file = %stray.display(),
+                "ignoring a file named like a segment but not in the canonical form (seg-NNNNNNNNNNNNNNNN.log); it is not part of the log");
+        }
+        // Segments below the floor are dead (leftovers of an interrupted
+        // compaction or clear). The MANIFEST's checksum held and the segments
+        // present agree with it (replay checked both), so they can go.
+        for id in &report.plan.dead {
+            let path = segment_path(&dir, *id);
             std::fs::remove_file(&path).map_err(Error::io("removing dead segment", &path))?;
         }
-        let last_id = list_segments(&dir)?.last().copied();
+        let last_id = report.plan.ids.last().copied();
         let active = match (report.newest, &report.torn) {
             (Some((id, valid)), _) if Some(id) == last_id => ActiveSegment::reopen(&dir, id, valid, &config.faults)?,
             _ => {
-                if let (Some(id), Some(torn)) = (last_id, &report.torn)
-                    && torn.offset == 0
-                {
-                    let path = segment_path(&dir, id);
-                    std::fs::remove_file(&path).map_err(Error::io("removing torn segment", &path))?;
-                }
-                let next = SegmentId(last_id.map_or(1, |id| id.0 + 1).max(report.floor.0));
+                let next = match last_id {
+                    // A crash while creating the newest segment left its
+                    // header short: it never held a record, so it is made
+                    // again under the same number.
+                    Some(id) if report.torn.as_ref().is_some_and(|t| t.offset == 0) => {
+                        let path = segment_path(&dir, id);
+                        std::fs::remove_file(&path).map_err(Error::io("removing torn segment", &path))?;
+                        id
+                    }
+                    Some(id) => id.next()?,
+                    None => report.plan.floor.max(SegmentId(1)),
+                };
                 ActiveSegment::create(&dir, next, &config.faults)?
             }
         };
+        let floor = report.plan.ids.first().copied().filter(|f| *f <= active.id).unwrap_or(active.id);
+        let first_seq = report.first_seq.or(report.plan.first_seq).unwrap_or(report.last_seq + 1);
+        let manifest = Manifest { floor, first_seq, newest: active.id };
+        if report.plan.store_manifest || report.plan.newest != Some(active.id) || report.plan.floor != floor {
+            manifest.store(&dir)?;
+        }
+        let manifest = SharedManifest::new(&dir, manifest);
         let log_bytes = list_segments(&dir)?
             .iter()
             .map(|id| std::fs::metadata(segment_path(&dir, *id)).map(|m| m.len()).unwrap_or(0))
@@ -219,6 +241,7 @@ impl Engine {
             max_slice_cpu_us: 0,
             hook: config.hook.clone(),
             faults: config.faults.clone(),
+            manifest,
             _lock: lock,
         };
         let thread = std::thread::Builder::new()
@@ -278,33 +301,93 @@ impl Handle {
     /// caller can keep many commands in flight (they share batches).
     pub fn submit(&self, cmd: Command) -> Result<oneshot::Receiver<Result<Reply>>> {
         let (tx, rx) = oneshot::channel();
-        self.send(Msg::One(cmd, tx))?;
+        self.send(Msg::One(cmd, None, tx))?;
         Ok(rx)
     }
 
     pub async fn call(&self, cmd: Command) -> Result<Reply> {
+        self.call_with(cmd, None).await
+    }
+
+    /// A command whose reply counts against `budget` (a connection's unread
+    /// replies): it may return no more than the budget has left.
+    pub async fn call_with(&self, cmd: Command, budget: Option<Arc<ReplyBudget>>) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        self.send(Msg::One(cmd, tx))?;
+        self.send(Msg::One(cmd, budget, tx))?;
         rx.await.unwrap_or(Err(Error::Closed))
     }
 
     pub fn call_blocking(&self, cmd: Command) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        self.send(Msg::One(cmd, tx))?;
+        self.send(Msg::One(cmd, None, tx))?;
         rx.blocking_recv().unwrap_or(Err(Error::Closed))
     }
 
     /// Several commands as one message: applied back to back in one batch.
     pub async fn call_many(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply>>> {
+        self.call_many_with(cmds, None).await
+    }
+
+    /// `call_many` whose replies together count against `budget`.
+    pub async fn call_many_with(
+        &self,
+        cmds: Vec<Command>,
+        budget: Option<Arc<ReplyBudget>>,
+    ) -> Result<Vec<Result<Reply>>> {
         let (tx, rx) = oneshot::channel();
-        self.send(Msg::Many(cmds, tx))?;
+        self.send(Msg::Many(cmds, budget, tx))?;
         rx.await.map_err(|_| Error::Closed)
     }
 
     pub fn call_many_blocking(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply>>> {
         let (tx, rx) = oneshot::channel();
-        self.send(Msg::Many(cmds, tx))?;
+        self.send(Msg::Many(cmds, None, tx))?;
         rx.blocking_recv().map_err(|_| Error::Closed)
+    }
+}
+
+/// The writer's own counters, added to a `stats` reply.
+#[derive(Clone, Copy)]
+struct EngineStats {
+    log_bytes: u64,
+    segments: u64,
+    compactions: u64,
+    max_pause_us: u64,
+    max_slice_cpu_us: u64,
+}
+
+/// Applies the commands of one batch.
+struct Step<'a, 'b> {
+    state: &'a mut State,
+    sink: &'a mut BatchSink<'b>,
+    now: u64,
+    unavailable: &'a Option<String>,
+    engine_stats: EngineStats,
+}
+
+impl Step<'_, '_> {
+    /// Applies `cmd`. Also returns whether its reply must be withdrawn should
+    /// the batch's write fail: the command wrote, or it came after a write of
+    /// this batch and so may have seen (or decided on) a change that is undone.
+    fn run(&mut self, cmd: &Command, force_sync: &mut bool) -> (bool, Result<Reply>) {
+        let write = cmd.is_write();
+        if write && let Some(cause) = self.unavailable {
+            return (true, Err(Error::Unavailable(cause.clone())));
+        }
+        if matches!(cmd, Command::Clear) {
+            *force_sync = true;
+        }
+        let after_write = !self.sink.buf.is_empty();
+        let mut reply = self.state.apply(cmd, self.now, self.sink);
+        if let Ok(Reply::Stats(stats)) = &mut reply {
+            let e = self.engine_stats;
+            stats.log_bytes = e.log_bytes;
+            stats.segments = e.segments;
+            stats.compactions = e.compactions;
+            stats.compaction_max_pause_us = e.max_pause_us;
+            stats.compaction_max_slice_cpu_us = e.max_slice_cpu_us;
+        }
+        (write || after_write, reply)
     }
 }
 
@@ -348,7 +431,7 @@ struct Writer {
     unavailable: Option<Unavailable>,
     compaction: Option<Compaction>,
     /// The helper thread finishing a compaction; yields the bytes it freed.
-    finishing: Option<JoinHandle<Result<u64>>>,
+    finishing: Option<JoinHandle<Result<(u64, SegmentId)>>>,
     /// Bytes of the segments the running finish will unlink.
     pending_free: u64,
     compact_min_bytes: u64,
@@ -359,6 +442,8 @@ struct Writer {
     max_slice_cpu_us: u64,
     hook: Option<Hook>,
     faults: Option<Arc<Faults>>,
+    /// What the log must contain; shared with the compaction finisher.
+    manifest: SharedManifest,
     _lock: File,
 }
 
@@ -374,6 +459,8 @@ struct Unavailable {
 /// of live records, slot by slot, between batches.
 struct Compaction {
     cutoff: SegmentId,
+    /// The sequence number of the first record in `cutoff`.
+    first_seq: u64,
     cursor: u32,
 }
 
@@ -460,35 +547,36 @@ impl Writer {
         let start_seq = self.next_seq;
         let mut sink = BatchSink { buf: &mut self.buf, segment: self.active.id, next_seq: &mut self.next_seq };
         let unavailable = self.unavailable.as_ref().map(|u| u.cause.clone());
-        let (log_bytes, compactions, max_pause_us, max_slice_cpu_us) =
-            (self.log_bytes, self.compactions, self.max_pause_us, self.max_slice_cpu_us);
-        let dir = &self.dir;
-        let mut run = |cmd: &Command, force_sync: &mut bool| -> (bool, Result<Reply>) {
-            let write = cmd.is_write();
-            if write && let Some(cause) = &unavailable {
-                return (true, Err(Error::Unavailable(cause.clone())));
-            }
-            if matches!(cmd, Command::Clear) {
-                *force_sync = true;
-            }
-            let mut reply = self.state.apply(cmd, now, &mut sink);
-            if let Ok(Reply::Stats(stats)) = &mut reply {
-                stats.log_bytes = log_bytes;
-                stats.segments = list_segments(dir).map_or(0, |s| s.len() as u64);
-                stats.compactions = compactions;
-                stats.compaction_max_pause_us = max_pause_us;
-                stats.compaction_max_slice_cpu_us = max_slice_cpu_us;
-            }
-            (write, reply)
+        let engine_stats = EngineStats {
+            log_bytes: self.log_bytes,
+            segments: {
+                let m = self.manifest.get();
+                m.newest.0.saturating_sub(m.floor.0) + 1
+            },
+            compactions: self.compactions,
+            max_pause_us: self.max_pause_us,
+            max_slice_cpu_us: self.max_slice_cpu_us,
         };
+        let max_reply = self.state.limits().max_reply_bytes;
+        let room = |budget: &Option<Arc<ReplyBudget>>| budget.as_deref().map_or(max_reply, ReplyBudget::available);
+        let mut step = Step { state: &mut self.state, sink: &mut sink, now, unavailable: &unavailable, engine_stats };
         for msg in msgs.drain(..) {
             match msg {
-                Msg::One(cmd, tx) => {
-                    let (w, r) = run(&cmd, &mut force_sync);
+                Msg::One(cmd, budget, tx) => {
+                    step.state.set_reply_room(room(&budget));
+                    let (w, r) = step.run(&cmd, &mut force_sync);
+                    if let Some(b) = budget {
+                        b.debit(step.state.reply_used());
+                    }
                     pending.push(Pending::One(tx, w, r));
                 }
-                Msg::Many(cmds, tx) => {
-                    let rs = cmds.iter().map(|c| run(c, &mut force_sync)).collect();
+                Msg::Many(cmds, budget, tx) => {
+                    // The whole batch's replies share one room.
+                    step.state.set_reply_room(room(&budget));
+                    let rs = cmds.iter().map(|c| step.run(c, &mut force_sync)).collect();
+                    if let Some(b) = budget {
+                        b.debit(step.state.reply_used());
+                    }
                     pending.push(Pending::Many(tx, rs));
                 }
                 Msg::Shutdown(tx) => shutdown = Some(tx),
@@ -538,13 +626,19 @@ impl Writer {
     fn drop_segments_before_clear(&mut self) {
         self.join_finisher();
         self.compaction = None;
-        if let Err(e) = self.roll().and_then(|()| self.drop_below(self.active.id)) {
+        if let Err(e) = self.roll().and_then(|first_seq| self.drop_below(self.active.id, first_seq)) {
             tracing::warn!("could not drop segments after clear (compaction will retry): {e}");
         }
     }
 
-    fn drop_below(&mut self, floor: SegmentId) -> Result<()> {
-        write_floor(&self.dir, floor)?;
+    /// Makes `floor` (whose first record carries `first_seq`) the start of
+    /// the log, durably, then unlinks every segment before it.
+    fn drop_below(&mut self, floor: SegmentId, first_seq: u64) -> Result<()> {
+        self.manifest.update(|m| {
+            m.floor = floor;
+            m.first_seq = first_seq;
+        })?;
+        self.state.forget_segments_below(floor.0 as u32);
         for id in list_segments(&self.dir)?.into_iter().filter(|id| *id < floor) {
             let path = segment_path(&self.dir, id);
             let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -554,15 +648,28 @@ impl Writer {
         sync_dir(&self.dir)
     }
 
-    /// Closes the active segment (synced) and starts the next one.
-    fn roll(&mut self) -> Result<()> {
+    /// Closes the active segment (synced) and starts the next one, recorded
+    /// in the MANIFEST as the newest before anything is written to it.
+    /// Returns the sequence number its first record will carry.
+    fn roll(&mut self) -> Result<u64> {
         self.active.sync().map_err(Error::io("syncing", &self.active.path))?;
-        let next = ActiveSegment::create(&self.dir, SegmentId(self.active.id.0 + 1), &self.faults)?;
+        let next = self.new_segment(self.active.id.next()?)?;
         self.log_bytes += next.len;
         self.active = next;
         self.dirty = false;
         self.last_sync = Instant::now();
-        Ok(())
+        Ok(self.next_seq)
+    }
+
+    /// Creates segment `id` and records it as the newest in the MANIFEST;
+    /// if that fails, the new file is removed again.
+    fn new_segment(&mut self, id: SegmentId) -> Result<ActiveSegment> {
+        let seg = ActiveSegment::create(&self.dir, id, &self.faults)?;
+        if let Err(e) = self.manifest.update(|m| m.newest = m.newest.max(id)) {
+            let _ = std::fs::remove_file(&seg.path);
+            return Err(e);
+        }
+        Ok(seg)
     }
 
     /// A write or sync failed. The file may hold part of the batch and the
@@ -601,15 +708,43 @@ impl Writer {
         self.join_finisher();
         self.compaction = None;
         let existing = list_segments(&self.dir)?;
-        let id = SegmentId(existing.last().map_or(self.active.id.0, |l| l.0.max(self.active.id.0)) + 1);
-        let mut seg = ActiveSegment::create(&self.dir, id, &self.faults)?;
+        let id = existing.last().map_or(self.active.id, |l| (*l).max(self.active.id)).next()?;
+        let first_seq = self.next_seq;
+        let mut seg = self.new_segment(id)?;
+        match self.write_live_entries(&mut seg) {
+            Ok(written) => {
+                self.state.move_all_to_segment(id.0 as u32);
+                self.active = seg;
+                self.log_bytes = written;
+                self.dirty = false;
+                self.last_sync = Instant::now();
+                self.drop_below(id, first_seq)
+            }
+            Err(e) => {
+                // Leave nothing half-written behind, and reuse the sequence
+                // numbers: the next attempt starts from the same place.
+                self.next_seq = first_seq;
+                if let Err(rm) = std::fs::remove_file(&seg.path) {
+                    tracing::warn!("could not remove the failed rewrite {}: {rm}", seg.path.display());
+                } else {
+                    let _ = sync_dir(&self.dir);
+                    let _ = self.manifest.update(|m| m.newest = self.active.id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a set record for every live entry into `seg` and syncs it;
+    /// returns the segment's length.
+    fn write_live_entries(&mut self, seg: &mut ActiveSegment) -> Result<u64> {
         let now = self.clock.now().0;
         let mut buf = Vec::with_capacity(1 << 20);
         let mut written = seg.len;
         for (key, value, expires) in self.state.entries(now) {
             record::encode(
                 &mut buf,
-                id,
+                seg.id,
                 Seq(self.next_seq),
                 &Record::Set { key, value, expires: crate::UnixMillis(expires) },
             );
@@ -623,12 +758,7 @@ impl Writer {
         seg.append(&buf).map_err(Error::io("rewriting live data to", &seg.path))?;
         written += buf.len() as u64;
         seg.sync().map_err(Error::io("syncing", &seg.path))?;
-        self.state.move_all_to_segment(id.0 as u32);
-        self.active = seg;
-        self.log_bytes = written;
-        self.dirty = false;
-        self.last_sync = Instant::now();
-        self.drop_below(id)
+        Ok(written)
     }
 
     /// Periodic work between batches: the once-a-second sync, segment roll,
@@ -686,16 +816,19 @@ impl Writer {
                     return;
                 }
                 // Roll first, so the whole log up to now is the victim prefix.
-                if let Err(e) = self.roll() {
-                    tracing::error!("could not start a new segment for compaction: {e}");
-                    return;
-                }
+                let first_seq = match self.roll() {
+                    Ok(first_seq) => first_seq,
+                    Err(e) => {
+                        tracing::error!("could not start a new segment for compaction: {e}");
+                        return;
+                    }
+                };
                 tracing::info!(log_bytes = self.log_bytes, live_bytes = live, "compaction started");
-                self.compaction = Some(Compaction { cutoff: self.active.id, cursor: 0 });
+                self.compaction = Some(Compaction { cutoff: self.active.id, first_seq, cursor: 0 });
             }
             return;
         };
-        let (cutoff, cursor) = (c.cutoff, c.cursor);
+        let (cutoff, first_seq, cursor) = (c.cutoff, c.first_seq, c.cursor);
         let started = Instant::now();
         let now = self.clock.now().0;
         self.buf.clear();
@@ -719,7 +852,7 @@ impl Writer {
             }
             None => {
                 self.compaction = None;
-                self.start_finish(cutoff);
+                self.start_finish(cutoff, first_seq);
             }
         }
         self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
@@ -729,7 +862,7 @@ impl Writer {
     /// manifest, unlinks, directory fsync) runs on a helper thread while the
     /// writer goes on serving; with a test hook set it runs inline, so the
     /// hook sees the files with the writer standing still.
-    fn start_finish(&mut self, cutoff: SegmentId) {
+    fn start_finish(&mut self, cutoff: SegmentId, first_seq: u64) {
         let file = match self.active.file.try_clone() {
             Ok(f) => f,
             Err(e) => {
@@ -744,16 +877,17 @@ impl Writer {
             .filter(|id| *id < cutoff)
             .map(|id| std::fs::metadata(segment_path(&dir, id)).map_or(0, |m| m.len()))
             .sum();
+        let manifest = self.manifest.clone();
         if self.hook.is_some() {
-            let result = finish_compaction(&dir, &file, cutoff, &mut |point| self.hook(point));
+            let result = finish_compaction(&dir, &file, &manifest, cutoff, first_seq, &mut |point| self.hook(point));
             self.finished(result);
         } else {
             let spawned = std::thread::Builder::new()
                 .name("cachet-compact".into())
-                .spawn(move || finish_compaction(&dir, &file, cutoff, &mut |_| {}));
+                .spawn(move || finish_compaction(&dir, &file, &manifest, cutoff, first_seq, &mut |_| {}));
             match spawned {
                 Ok(handle) => self.finishing = Some(handle),
-                Err(e) => self.finished(Err(Error::Config(format!("starting the compaction thread: {e}")))),
+                Err(e) => tracing::error!("compaction could not finish (it will run again): starting its thread: {e}"),
             }
         }
     }
@@ -762,15 +896,21 @@ impl Writer {
     /// moves the floor or unlinks segments).
     fn join_finisher(&mut self) {
         if let Some(handle) = self.finishing.take() {
-            let result = handle.join().unwrap_or_else(|_| Err(Error::Config("the compaction thread panicked".into())));
-            self.finished(result);
+            match handle.join() {
+                Ok(result) => self.finished(result),
+                Err(_) => {
+                    self.pending_free = 0;
+                    tracing::error!("the compaction thread panicked; compaction will run again");
+                }
+            }
         }
     }
 
-    fn finished(&mut self, result: Result<u64>) {
+    fn finished(&mut self, result: Result<(u64, SegmentId)>) {
         self.pending_free = 0;
         match result {
-            Ok(freed) => {
+            Ok((freed, cutoff)) => {
+                self.state.forget_segments_below(cutoff.0 as u32);
                 self.log_bytes = self.log_bytes.saturating_sub(freed);
                 self.compactions += 1;
                 tracing::info!(
@@ -796,10 +936,20 @@ impl Writer {
 /// The re-appended records are synced, then the floor moves past the
 /// victims durably, then they are unlinked: a crash at any point leaves a log
 /// that replays to the same state. Returns the bytes freed.
-fn finish_compaction(dir: &Path, active: &File, cutoff: SegmentId, hook: &mut dyn FnMut(&'static str)) -> Result<u64> {
+fn finish_compaction(
+    dir: &Path,
+    active: &File,
+    manifest: &SharedManifest,
+    cutoff: SegmentId,
+    first_seq: u64,
+    hook: &mut dyn FnMut(&'static str),
+) -> Result<(u64, SegmentId)> {
     active.sync_data().map_err(Error::io("syncing the active segment in", dir))?;
     hook("compact-synced");
-    write_floor(dir, cutoff)?;
+    manifest.update(|m| {
+        m.floor = cutoff;
+        m.first_seq = first_seq;
+    })?;
     hook("compact-floor");
     let mut freed = 0;
     for id in list_segments(dir)?.into_iter().filter(|id| *id < cutoff) {
@@ -813,16 +963,19 @@ fn finish_compaction(dir: &Path, active: &File, cutoff: SegmentId, hook: &mut dy
         hook("compact-unlinked");
     }
     sync_dir(dir)?;
-    Ok(freed)
+    Ok((freed, cutoff))
 }
 
 fn ops_in(m: &Msg) -> usize {
     match m {
-        Msg::Many(cmds, _) => cmds.len().max(1),
+        Msg::Many(cmds, _, _) => cmds.len().max(1),
         _ => 1,
     }
 }
 
+/// The batch's write failed: every reply that depends on it (see
+/// `Step::run`) becomes the write's error, reads after a write included, so
+/// no reply reveals a change that was undone.
 fn fail_writes(pending: &mut [Pending], cause: &str) {
     let fail = |w: bool, r: &mut Result<Reply>| {
         if w && r.is_ok() {

@@ -32,7 +32,7 @@ pub enum Error {
     Closed,
     #[error("{op} {}: {source}", path.display())]
     Io { op: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("data directory {} is in use by another process (lock file {}); stop it first", dir.display(), dir.join("LOCK").display())]
+    #[error("data directory {} is in use by another process (it holds a lock on the directory); stop it first", dir.display())]
     Locked { dir: PathBuf },
     #[error(
         "log corrupt in {} at offset {offset}: {reason}; the last good record has sequence number {last_good_seq}. \
@@ -40,6 +40,25 @@ pub enum Error {
         file.display(), dir.display()
     )]
     Corrupt { dir: PathBuf, file: PathBuf, offset: u64, last_good_seq: u64, reason: CorruptReason },
+    #[error(
+        "the log in {} does not match its MANIFEST: {problem}. Nothing was changed or deleted. \
+         If the segment files are what you expect, run `cachetd repair {}` to rebuild the MANIFEST from them \
+         (files it does not use are moved aside, not deleted)",
+        dir.display(), dir.display()
+    )]
+    Manifest { dir: PathBuf, problem: String },
+    #[error(
+        "the reply would be {size} bytes, over the {max} bytes this request may return \
+         (replies a client has not read yet count against the limit); ask for fewer or smaller values per request, \
+         and read replies before sending more requests"
+    )]
+    ReplyTooLarge { size: usize, max: usize },
+    #[error(
+        "segment numbers are exhausted (segment {} is the last one allowed): the log cannot grow; \
+         stop the daemon, move the data directory aside and start with an empty one",
+        crate::record::SegmentId::MAX.0
+    )]
+    SegmentsExhausted,
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -53,6 +72,11 @@ pub enum CorruptReason {
     Header(#[from] HeaderError),
     #[error("sequence number {found} where {expected} was expected (a record or segment is missing)")]
     Sequence { found: u64, expected: u64 },
+    #[error(
+        "the log's first record has sequence number {found} where the MANIFEST says it starts at {expected}: \
+         the oldest segment or its first records are missing"
+    )]
+    Start { found: u64, expected: u64 },
 }
 
 impl Error {

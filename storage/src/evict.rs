@@ -142,6 +142,8 @@ impl S3Fifo {
     }
 
     /// Keeps the hash of an evicted key, as many as the cache holds entries.
+    /// The set's capacity follows its length down, so ghosts of a cache that
+    /// shrank (a restart with a smaller cap) do not hold memory for good.
     fn remember(&mut self, hash: u64, entries: usize) {
         if self.ghost_set.insert(hash) {
             self.ghosts.push_back(hash);
@@ -151,5 +153,15 @@ impl S3Fifo {
                 self.ghost_set.remove(&old);
             }
         }
+        if self.ghost_set.capacity() > 4 * self.ghost_set.len() + 1024 {
+            self.ghost_set.shrink_to(2 * self.ghost_set.len());
+            self.ghosts.shrink_to(2 * self.ghosts.len());
+        }
+    }
+
+    /// Drops every ghost (when their memory is all that keeps a write out).
+    pub(crate) fn forget_ghosts(&mut self) {
+        self.ghosts = VecDeque::new();
+        self.ghost_set = HashSet::new();
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! The on-disk format is described byte by byte in `storage/FORMAT.md`.
 
+mod budget;
 mod clock;
 mod engine;
 mod error;
@@ -16,6 +17,7 @@ mod segment;
 mod state;
 mod wheel;
 
+pub use budget::ReplyBudget;
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use engine::{Config, Engine, Handle, Hook, HookPoint, SyncPolicy};
 pub use error::{CorruptReason, Error, Result};

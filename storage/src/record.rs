@@ -11,6 +11,20 @@ use crate::clock::UnixMillis;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct SegmentId(pub u64);
 
+impl SegmentId {
+    /// The largest segment number: entries in memory record their segment
+    /// in 32 bits. Numbers never wrap; past this the log refuses to grow.
+    pub const MAX: SegmentId = SegmentId(u32::MAX as u64);
+
+    /// The next segment's number, or an error once numbers run out.
+    pub fn next(self) -> crate::Result<SegmentId> {
+        match self.0.checked_add(1) {
+            Some(n) if n <= Self::MAX.0 => Ok(SegmentId(n)),
+            _ => Err(crate::Error::SegmentsExhausted),
+        }
+    }
+}
+
 /// A record's sequence number: one above the previous record's, across segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Seq(pub u64);
@@ -173,6 +187,24 @@ pub fn decode(buf: &[u8], seg: SegmentId) -> Result<(Seq, Record<'_>, usize), Re
     let (seq, rec) = decode_body(body)?;
     Ok((seq, rec, RECORD_HEADER_LEN + len as usize))
 }
+
+/// The sequence number of a record at the start of `buf` if its length is
+/// in bounds and fits, and its layout (type and payload lengths) adds up:
+/// everything `decode` checks except the CRC. Costs a few comparisons, so a
+/// scan may try it at every offset and pay for a CRC only where it passes.
+pub fn plausible_seq(buf: &[u8]) -> Option<u64> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return None;
+    }
+    let len = u32_at(buf, 0);
+    if len == 0 || len > MAX_RECORD_LEN || len as usize > buf.len() - RECORD_HEADER_LEN {
+        return None;
+    }
+    decode_body(&buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len as usize]).ok().map(|(seq, _)| seq.0)
+}
+
+/// The smallest encoded record (a `clear`): header, type and sequence.
+pub const MIN_RECORD_LEN: usize = RECORD_HEADER_LEN + 1 + 8;
 
 fn decode_body(body: &[u8]) -> Result<(Seq, Record<'_>), RecordError> {
     let kind = body[0];

@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::error::{Error, Result};
@@ -16,53 +17,202 @@ const SUFFIX: &str = ".log";
 pub(crate) const MANIFEST: &str = "MANIFEST";
 
 pub(crate) fn segment_path(dir: &Path, id: SegmentId) -> PathBuf {
-    dir.join(format!("{PREFIX}{:016}{SUFFIX}", id.0))
+    dir.join(segment_name(id))
 }
 
-/// Segment ids present in `dir`, ascending.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentId>> {
-    let mut ids = Vec::new();
+fn segment_name(id: SegmentId) -> String {
+    format!("{PREFIX}{:016}{SUFFIX}", id.0)
+}
+
+/// The segment a file name denotes, if the name is in the canonical form
+/// `seg-` + the number zero-padded to 16 digits + `.log` and the number fits
+/// the in-memory segment field. `seg-3.log`, `seg-0000000000000003.log.bak`
+/// or a number of 17 zero-padded digits are not segments.
+pub(crate) fn parse_segment_name(name: &str) -> Option<SegmentId> {
+    let num = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    if !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id = SegmentId(num.parse::<u64>().ok()?);
+    (segment_name(id) == name && id <= SegmentId::MAX).then_some(id)
+}
+
+/// What the data directory holds: segment ids (ascending) and the names of
+/// files that look like segments but are not in the canonical form (stray
+/// copies; they are reported and never read or removed).
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub(crate) segments: Vec<SegmentId>,
+    pub(crate) strays: Vec<PathBuf>,
+}
+
+pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
+    let mut listing = Listing::default();
     for entry in fs::read_dir(dir).map_err(Error::io("reading directory", dir))? {
         let entry = entry.map_err(Error::io("reading directory", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(num) = name.strip_prefix(PREFIX).and_then(|n| n.strip_suffix(SUFFIX))
-            && let Ok(n) = num.parse::<u64>()
-        {
-            ids.push(SegmentId(n));
+        match parse_segment_name(name) {
+            Some(id) => listing.segments.push(id),
+            None if name.starts_with(PREFIX) && name.ends_with(SUFFIX) => listing.strays.push(entry.path()),
+            None => {}
         }
     }
-    ids.sort();
-    Ok(ids)
+    listing.segments.sort();
+    listing.strays.sort();
+    Ok(listing)
 }
 
-/// The first live segment recorded by the manifest (segments below it are
-/// dead and ignored), or 0 when there is no manifest.
-pub(crate) fn read_floor(dir: &Path) -> Result<SegmentId> {
-    let path = dir.join(MANIFEST);
-    match fs::read_to_string(&path) {
-        Ok(text) => {
-            let text = text.trim();
-            let floor = text.strip_prefix("floor ").and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| {
-                Error::Config(format!("{} is malformed ({text:?}); expected `floor N`", path.display()))
-            })?;
-            Ok(SegmentId(floor))
+/// Segment ids present in `dir`, ascending (canonical names only).
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentId>> {
+    Ok(list_dir(dir)?.segments)
+}
+
+/// The durable description of what the log must contain (FORMAT.md,
+/// "MANIFEST"): the first live segment, the sequence number its first record
+/// carries, and the newest segment created. Replay checks the segments
+/// present against it, so a missing oldest or newest segment is noticed, and
+/// nothing is ever unlinked on its say-so unless the segments agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    pub(crate) floor: SegmentId,
+    pub(crate) first_seq: u64,
+    pub(crate) newest: SegmentId,
+}
+
+pub(crate) const MANIFEST_MAGIC: [u8; 8] = *b"CACHETMF";
+pub(crate) const MANIFEST_VERSION: u32 = 1;
+/// magic (8) | version (4) | reserved (4) | floor (8) | first_seq (8) |
+/// newest (8) | reserved (4) | crc32 of the 44 bytes before it (4).
+pub(crate) const MANIFEST_LEN: usize = 48;
+const MANIFEST_FLOOR: usize = 16;
+const MANIFEST_FIRST_SEQ: usize = MANIFEST_FLOOR + 8;
+const MANIFEST_NEWEST: usize = MANIFEST_FIRST_SEQ + 8;
+const MANIFEST_CRC: usize = MANIFEST_LEN - 4;
+
+/// What reading the MANIFEST found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ManifestState {
+    /// No MANIFEST file.
+    Missing,
+    /// The text form written before the MANIFEST had a checksum
+    /// (`floor N`): believed only where the segments agree with it.
+    Legacy {
+        floor: SegmentId,
+    },
+    Valid(Manifest),
+    /// Present but unreadable as either form: why.
+    Malformed(String),
+}
+
+impl Manifest {
+    pub(crate) fn encode(&self) -> [u8; MANIFEST_LEN] {
+        let mut b = [0u8; MANIFEST_LEN];
+        b[0..8].copy_from_slice(&MANIFEST_MAGIC);
+        b[8..12].copy_from_slice(&MANIFEST_VERSION.to_le_bytes());
+        b[MANIFEST_FLOOR..MANIFEST_FLOOR + 8].copy_from_slice(&self.floor.0.to_le_bytes());
+        b[MANIFEST_FIRST_SEQ..MANIFEST_FIRST_SEQ + 8].copy_from_slice(&self.first_seq.to_le_bytes());
+        b[MANIFEST_NEWEST..MANIFEST_NEWEST + 8].copy_from_slice(&self.newest.0.to_le_bytes());
+        let crc = crc32fast::hash(&b[..MANIFEST_CRC]);
+        b[MANIFEST_CRC..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> ManifestState {
+        if bytes.is_empty() {
+            return ManifestState::Malformed("the file is empty".into());
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SegmentId(0)),
+        if !bytes.starts_with(&MANIFEST_MAGIC) {
+            if let Some(floor) = std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|t| t.trim().strip_prefix("floor "))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                return ManifestState::Legacy { floor: SegmentId(floor) };
+            }
+            return ManifestState::Malformed("not a cachet MANIFEST (bad magic)".into());
+        }
+        if bytes.len() != MANIFEST_LEN {
+            return ManifestState::Malformed(format!("{} bytes where {MANIFEST_LEN} were expected", bytes.len()));
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != MANIFEST_VERSION {
+            return ManifestState::Malformed(format!(
+                "MANIFEST format version {version}, this build reads version {MANIFEST_VERSION}"
+            ));
+        }
+        let crc = u32::from_le_bytes(bytes[MANIFEST_CRC..].try_into().expect("4 bytes"));
+        if crc32fast::hash(&bytes[..MANIFEST_CRC]) != crc {
+            return ManifestState::Malformed("checksum mismatch".into());
+        }
+        let m = Manifest {
+            floor: SegmentId(u64_at(MANIFEST_FLOOR)),
+            first_seq: u64_at(MANIFEST_FIRST_SEQ),
+            newest: SegmentId(u64_at(MANIFEST_NEWEST)),
+        };
+        if m.floor > m.newest || m.newest > SegmentId::MAX || m.first_seq == 0 {
+            return ManifestState::Malformed(format!(
+                "its fields disagree (floor {}, newest {}, first sequence {})",
+                m.floor.0, m.newest.0, m.first_seq
+            ));
+        }
+        ManifestState::Valid(m)
+    }
+
+    /// Durably replaces the MANIFEST: temp file, fsync, rename, directory
+    /// fsync. A crash leaves the old one or the new one, never a mix.
+    pub(crate) fn store(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join("MANIFEST.tmp");
+        let path = dir.join(MANIFEST);
+        let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
+        f.write_all(&self.encode()).map_err(Error::io("writing", &tmp))?;
+        f.sync_all().map_err(Error::io("syncing", &tmp))?;
+        fs::rename(&tmp, &path).map_err(Error::io("renaming", &path))?;
+        sync_dir(dir)
+    }
+}
+
+pub(crate) fn read_manifest(dir: &Path) -> Result<ManifestState> {
+    let path = dir.join(MANIFEST);
+    match fs::read(&path) {
+        Ok(bytes) => Ok(Manifest::decode(&bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ManifestState::Missing),
         Err(e) => Err(Error::io("reading", path)(e)),
     }
 }
 
-/// Durably records `floor` as the first live segment: temp file, fsync,
-/// rename, directory fsync.
-pub(crate) fn write_floor(dir: &Path, floor: SegmentId) -> Result<()> {
-    let tmp = dir.join("MANIFEST.tmp");
-    let path = dir.join(MANIFEST);
-    let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
-    f.write_all(format!("floor {}\n", floor.0).as_bytes()).map_err(Error::io("writing", &tmp))?;
-    f.sync_all().map_err(Error::io("syncing", &tmp))?;
-    fs::rename(&tmp, &path).map_err(Error::io("renaming", &path))?;
-    sync_dir(dir)
+/// The manifest the writer and the compaction finisher share: every change
+/// goes through `update`, which writes it under the lock, so the two never
+/// store one another's stale fields.
+#[derive(Clone)]
+pub(crate) struct SharedManifest {
+    dir: PathBuf,
+    current: Arc<Mutex<Manifest>>,
+}
+
+impl SharedManifest {
+    pub(crate) fn new(dir: &Path, m: Manifest) -> SharedManifest {
+        SharedManifest { dir: dir.to_path_buf(), current: Arc::new(Mutex::new(m)) }
+    }
+
+    pub(crate) fn get(&self) -> Manifest {
+        *self.current.lock().expect("manifest lock poisoned")
+    }
+
+    /// Changes the manifest and stores it durably; on failure the old one
+    /// stays in force (in memory and on disk).
+    pub(crate) fn update(&self, change: impl FnOnce(&mut Manifest)) -> Result<()> {
+        let mut current = self.current.lock().expect("manifest lock poisoned");
+        let mut next = *current;
+        change(&mut next);
+        if next == *current {
+            return Ok(());
+        }
+        next.store(&self.dir)?;
+        *current = next;
+        Ok(())
+    }
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
@@ -73,6 +223,10 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// files fail. Production passes none; the check is one branch per write.
 #[derive(Default, Debug)]
 pub struct Faults {
+    /// Writes that succeed before the `writes` that fail.
+    skip: AtomicU32,
+    /// When not empty, decides the next writes in turn: `true` fails one.
+    script: Mutex<std::collections::VecDeque<bool>>,
     writes: AtomicU32,
     syncs: AtomicU32,
     short: AtomicBool,
@@ -83,9 +237,37 @@ impl Faults {
     /// The next `n` writes fail: with ENOSPC or EIO, and `short` ones write
     /// half their bytes first.
     pub fn fail_writes(&self, n: u32, short: bool, enospc: bool) {
+        self.fail_writes_after(0, n, short, enospc);
+    }
+
+    /// Like `fail_writes`, after `skip` writes that succeed.
+    pub fn fail_writes_after(&self, skip: u32, n: u32, short: bool, enospc: bool) {
         self.short.store(short, Ordering::SeqCst);
         self.enospc.store(enospc, Ordering::SeqCst);
+        self.skip.store(skip, Ordering::SeqCst);
         self.writes.store(n, Ordering::SeqCst);
+    }
+
+    /// The next writes go as `script` says, one entry each: `true` fails
+    /// that write (with ENOSPC), `false` lets it through.
+    pub fn script_writes(&self, script: &[bool]) {
+        self.enospc.store(true, Ordering::SeqCst);
+        self.short.store(false, Ordering::SeqCst);
+        self.script.lock().expect("faults lock").extend(script.iter().copied());
+    }
+
+    /// Whether every fault armed so far has fired.
+    pub fn spent(&self) -> bool {
+        self.writes.load(Ordering::SeqCst) == 0
+            && self.syncs.load(Ordering::SeqCst) == 0
+            && self.script.lock().expect("faults lock").is_empty()
+    }
+
+    fn fail_next_write(&self) -> bool {
+        if let Some(fail) = self.script.lock().expect("faults lock").pop_front() {
+            return fail;
+        }
+        !Faults::take(&self.skip) && Faults::take(&self.writes)
     }
 
     /// The next `n` fdatasyncs fail with EIO.
@@ -100,23 +282,15 @@ impl Faults {
 
 fn write_all(file: &mut File, bytes: &[u8], faults: &Option<Arc<Faults>>) -> std::io::Result<()> {
     if let Some(f) = faults
-        && Faults::take(&f.writes)
+        && f.fail_next_write()
     {
         if f.short.load(Ordering::SeqCst) {
             file.write_all(&bytes[..bytes.len() / 2])?;
         }
-        let code = if f.enospc.load(Ordering::SeqCst) { libc_enospc() } else { libc_eio() };
+        let code = if f.enospc.load(Ordering::SeqCst) { libc::ENOSPC } else { libc::EIO };
         return Err(std::io::Error::from_raw_os_error(code));
     }
     file.write_all(bytes)
-}
-
-const fn libc_enospc() -> i32 {
-    28
-}
-
-const fn libc_eio() -> i32 {
-    5
 }
 
 /// The segment being appended to.
@@ -205,7 +379,7 @@ impl ActiveSegment {
         if let Some(f) = &self.faults
             && Faults::take(&f.syncs)
         {
-            return Err(std::io::Error::from_raw_os_error(libc_eio()));
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
         self.file.sync_data()
     }

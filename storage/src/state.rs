@@ -167,6 +167,9 @@ pub struct Limits {
     pub max_entries: Option<u64>,
     /// What happens at a cap. Replay applies the same caps.
     pub eviction: Eviction,
+    /// Most bytes of values one request (a command, or a batch of them) may
+    /// return: checked before a reply is built.
+    pub max_reply_bytes: usize,
 }
 
 impl Default for Limits {
@@ -177,6 +180,7 @@ impl Default for Limits {
             max_memory: None,
             max_entries: None,
             eviction: Eviction::S3Fifo,
+            max_reply_bytes: 64 << 20,
         }
     }
 }
@@ -197,6 +201,15 @@ pub struct State {
     /// While a batch is open: how to take back each change it made, should
     /// its write fail.
     undo: Option<Vec<Undo>>,
+    /// Evicted entries per segment that holds their (now stale) set record.
+    /// While any such segment is in the log, a delete of a key that is not in
+    /// memory is still logged: the key may be one of them, and without the
+    /// record a restart would bring its old value back.
+    evicted_in: BTreeMap<u32, u64>,
+    /// Bytes of values the current request may still return, and what it
+    /// could at the start (for the error message).
+    reply_room: usize,
+    reply_limit: usize,
 }
 
 /// The inverse of one change, kept until the batch's write succeeds. Old
@@ -235,7 +248,49 @@ impl State {
             limits,
             stats: Stats::default(),
             undo: None,
+            evicted_in: BTreeMap::new(),
+            reply_room: limits.max_reply_bytes,
+            reply_limit: limits.max_reply_bytes,
         }
+    }
+
+    /// Starts a request (one message: a command, or a batch of them) that
+    /// may return at most `room` bytes of values.
+    pub(crate) fn set_reply_room(&mut self, room: usize) {
+        self.reply_room = room.min(self.limits.max_reply_bytes);
+        self.reply_limit = self.reply_room;
+    }
+
+    /// Bytes of values returned since `set_reply_room`.
+    pub(crate) fn reply_used(&self) -> usize {
+        self.reply_limit - self.reply_room
+    }
+
+    fn take_reply_room(&mut self, size: usize) -> Result<()> {
+        if size > self.reply_room {
+            return Err(Error::ReplyTooLarge { size, max: self.reply_room });
+        }
+        self.reply_room -= size;
+        Ok(())
+    }
+
+    /// Removes an entry to make room, remembering that its set record stays
+    /// in the log (see `evicted_in`).
+    fn evict(&mut self, slot: u32) {
+        *self.evicted_in.entry(self.index.entry(slot).segment).or_default() += 1;
+        self.remove(slot);
+        self.stats.evicted += 1;
+    }
+
+    /// Segments below `floor` have left the log, with the records of the
+    /// entries evicted from them.
+    pub(crate) fn forget_segments_below(&mut self, floor: u32) {
+        self.evicted_in = self.evicted_in.split_off(&floor);
+    }
+
+    /// Whether the log may still hold a set record for a key not in memory.
+    fn may_hold_evicted(&self) -> bool {
+        !self.evicted_in.is_empty()
     }
 
     /// Starts recording how to undo the changes of a batch.
@@ -320,8 +375,39 @@ impl State {
         self.index.len() == 0
     }
 
+    /// Sizes the index for `n` entries before replay, no more than the caps
+    /// let it hold.
     pub(crate) fn reserve(&mut self, n: usize) {
+        let mut n = n;
+        if let Some(max) = self.limits.max_entries {
+            n = n.min(usize::try_from(max).unwrap_or(usize::MAX));
+        }
+        if let Some(max) = self.limits.max_memory {
+            n = n.min(usize::try_from(max / (ENTRY_OVERHEAD as u64 + 2)).unwrap_or(usize::MAX));
+        }
         self.index.reserve(n);
+    }
+
+    /// Whether the index holds more than the caps allow.
+    fn over_caps(&self) -> bool {
+        self.limits.max_memory.is_some_and(|max| self.memory_bytes() as u64 > max)
+            || self.limits.max_entries.is_some_and(|max| self.index.len() as u64 > max)
+    }
+
+    /// Evicts until the caps hold; false if the policy has nothing to evict.
+    fn enforce_caps(&mut self) -> bool {
+        while self.over_caps() {
+            match self.evict.as_mut().map(|ev| (ev.victim(&mut self.index), ev.own_bytes())) {
+                Some((Some(slot), _)) => self.evict(slot),
+                Some((None, ghosts)) if ghosts > 0 => {
+                    if let Some(ev) = &mut self.evict {
+                        ev.forget_ghosts();
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Memory as `max_memory` counts it: keys, values, `ENTRY_OVERHEAD` per
@@ -392,8 +478,21 @@ impl State {
     pub(crate) fn apply(&mut self, cmd: &Command, now: u64, sink: &mut impl Sink) -> Result<Reply> {
         self.validate(cmd)?;
         Ok(match cmd {
-            Command::Get { key } => Reply::Value(self.get(key, now)),
-            Command::GetMany { keys } => Reply::Values(keys.iter().map(|k| self.get(k, now)).collect()),
+            Command::Get { key } => Reply::Value(self.get(key, now)?),
+            Command::GetMany { keys } => {
+                // The reply's size is known before any of it is built (a key
+                // named 4,000 times counts 4,000 times).
+                let mut size = 0usize;
+                for key in keys {
+                    if let Some(slot) = self.live(key, now) {
+                        size = size.saturating_add(self.index.entry(slot).value().len());
+                    }
+                }
+                if size > self.reply_room {
+                    return Err(Error::ReplyTooLarge { size, max: self.reply_room });
+                }
+                Reply::Values(keys.iter().map(|k| self.get(k, now)).collect::<Result<_>>()?)
+            }
             Command::Set { key, value, ttl } => {
                 self.set(key, value, *ttl, now, sink)?;
                 Reply::Done
@@ -421,6 +520,7 @@ impl State {
             }
             Command::GetOrAdd { key, value, ttl } => match self.live(key, now) {
                 Some(slot) => {
+                    self.take_reply_room(self.index.entry(slot).value().len())?;
                     self.stats.hits += 1;
                     if self.evict.is_some() {
                         S3Fifo::on_access(&mut self.index, slot);
@@ -428,6 +528,7 @@ impl State {
                     Reply::Value(Some(self.index.entry(slot).value().to_vec()))
                 }
                 None => {
+                    self.take_reply_room(value.len())?;
                     self.stats.misses += 1;
                     self.set(key, value, *ttl, now, sink)?;
                     Reply::Value(Some(value.clone()))
@@ -479,18 +580,19 @@ impl State {
         }
     }
 
-    fn get(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
+    fn get(&mut self, key: &[u8], now: u64) -> Result<Option<Vec<u8>>> {
         match self.live(key, now) {
             Some(slot) => {
+                self.take_reply_room(self.index.entry(slot).value().len())?;
                 self.stats.hits += 1;
                 if self.evict.is_some() {
                     S3Fifo::on_access(&mut self.index, slot);
                 }
-                Some(self.index.entry(slot).value().to_vec())
+                Ok(Some(self.index.entry(slot).value().to_vec()))
             }
             None => {
                 self.stats.misses += 1;
-                None
+                Ok(None)
             }
         }
     }
@@ -502,6 +604,8 @@ impl State {
                 if let Some(slot) = self.live(key, now) {
                     sink.append(&Record::Delete { key });
                     self.remove_logged(slot);
+                } else if self.may_hold_evicted() {
+                    sink.append(&Record::Delete { key });
                 }
             }
             Some(expires) => {
@@ -530,13 +634,18 @@ impl State {
         while over(self) {
             let victim = self.evict.as_mut().and_then(|ev| ev.victim(&mut self.index));
             let Some(slot) = victim else {
+                // Nothing left to evict: the ghosts' own memory goes before
+                // a write is refused.
+                if let Some(ev) = self.evict.as_mut().filter(|ev| ev.own_bytes() > 0) {
+                    ev.forget_ghosts();
+                    continue;
+                }
                 return Err(Error::CacheFull {
                     used: self.memory_bytes() as u64,
                     max: self.limits.max_memory.unwrap_or(u64::MAX),
                 });
             };
-            self.remove(slot);
-            self.stats.evicted += 1;
+            self.evict(slot);
         }
         Ok(())
     }
@@ -641,11 +750,21 @@ impl State {
                 self.stats.deletes += 1;
                 true
             }
-            None => false,
+            None => {
+                // The key may have been evicted with its set record still in
+                // the log: the delete must be on record, or a restart would
+                // bring the old value back.
+                if self.may_hold_evicted() {
+                    sink.append(&Record::Delete { key });
+                }
+                false
+            }
         }
     }
 
     fn clear(&mut self, now: u64) {
+        // Every record before a clear is void, evicted ones included.
+        self.evicted_in.clear();
         let fresh_evict = self.evict.as_ref().map(|_| S3Fifo::default());
         let before = Cleared {
             index: std::mem::replace(&mut self.index, Index::new()),
@@ -753,7 +872,12 @@ impl State {
     /// dropped by `finish_replay`.
     pub(crate) fn replay(&mut self, rec: &Record<'_>, segment: u32, now: u64) {
         match *rec {
-            Record::Set { key, value, expires } => self.put_unarmed(key, value, expires.0, segment),
+            Record::Set { key, value, expires } => {
+                self.put_unarmed(key, value, expires.0, segment);
+                // The caps hold as replay goes, so a log larger than
+                // max_memory never has to fit in memory whole.
+                self.enforce_caps();
+            }
             Record::Delete { key } => {
                 if let Some(slot) = self.index.find(key) {
                     self.remove(slot);
@@ -771,9 +895,17 @@ impl State {
     /// `put` for replay: timers are armed once at the end, not per record.
     fn put_unarmed(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32) {
         let (slot, inserted) = self.index.find_or_insert(key, value, expires, segment);
-        if !inserted {
+        if inserted {
+            if let Some(ev) = &mut self.evict {
+                let hash = self.index.hash(key);
+                ev.on_insert(&mut self.index, slot, hash);
+            }
+        } else {
             let e = self.index.entry(slot);
             let (old_segment, old_len) = (e.segment, set_record_len(key.len(), e.value().len()));
+            if let Some(ev) = &mut self.evict {
+                ev.on_resize(&self.index, slot, e.blob_len(), 2 + key.len() + value.len());
+            }
             self.index.replace_value(slot, value);
             self.unaccount(old_segment, old_len);
             let e = self.index.entry_mut(slot);
@@ -856,29 +988,14 @@ impl State {
         for (when, timer) in timers {
             self.wheel.insert(when, timer);
         }
-        if let Some(ev) = &mut self.evict {
-            let slots: Vec<u32> = self.index.iter().map(|(slot, _)| slot).collect();
-            for slot in slots {
-                let hash = self.index.hash(self.index.entry(slot).key());
-                ev.on_insert(&mut self.index, slot, hash);
-            }
-        }
         // The caps hold after a restart too (with a smaller max_memory, say).
-        let over = |s: &State| {
-            s.limits.max_memory.is_some_and(|max| s.memory_bytes() as u64 > max)
-                || s.limits.max_entries.is_some_and(|max| s.index.len() as u64 > max)
-        };
-        while over(self) {
-            let Some(slot) = self.evict.as_mut().and_then(|ev| ev.victim(&mut self.index)) else {
-                tracing::warn!(
-                    entries = self.index.len(),
-                    memory = self.memory_bytes(),
-                    "the log holds more than max_memory/max_entries allow and the policy is noeviction: writes will get 'cache full'"
-                );
-                break;
-            };
-            self.remove(slot);
-            self.stats.evicted += 1;
+        if !self.enforce_caps() {
+            tracing::warn!(
+                entries = self.index.len(),
+                memory = self.memory_bytes(),
+                "the log holds more than max_memory/max_entries allow and the eviction policy is noeviction: \
+                 writes will get 'cache full' until keys are deleted or expire"
+            );
         }
     }
 }

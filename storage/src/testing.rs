@@ -20,6 +20,16 @@ pub fn replay(dir: &std::path::Path, state: &mut State, now: u64) -> crate::Resu
     crate::replay::replay_into(dir, state, now, |_| {})
 }
 
+/// Replays a data directory, showing the state to `observe` after each record.
+pub fn replay_observed(
+    dir: &std::path::Path,
+    state: &mut State,
+    now: u64,
+    observe: impl FnMut(&State),
+) -> crate::Result<crate::ReplayReport> {
+    crate::replay::replay_observed(dir, state, now, |_| {}, observe)
+}
+
 /// The cache as a plain map from key to (value, expiry ms; 0 = never).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {

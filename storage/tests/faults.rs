@@ -46,12 +46,14 @@ fn check_fault(sync: SyncPolicy, arm: impl Fn(&Faults), cause: &str) {
             Command::Get { key: b"kept".to_vec() },
         ])
         .unwrap();
-    for r in &replies[..5] {
+    // Every reply fails, the get too: it came after writes of the batch and
+    // saw "kept" deleted, a change that was then undone.
+    for r in &replies {
         let e = r.as_ref().unwrap_err();
         assert!(matches!(e, Error::WriteFailed(_)), "{e}");
         assert!(e.to_string().contains(cause), "{e} lacks {cause:?}");
     }
-    // The failed batch's changes are undone (the get inside it saw them).
+    // The failed batch's changes are undone.
     assert_eq!(get(&h, "doomed").as_deref(), Some(&b"old"[..]));
     assert_eq!(get(&h, "kept").as_deref(), Some(&b"1"[..]));
     assert_eq!(get(&h, "n"), Some(int(5)));
@@ -118,30 +120,40 @@ fn a_disk_that_stays_broken_turns_read_only_then_recovers() {
 }
 
 /// A real full disk: a 2 MiB tmpfs as the data directory (needs root).
+/// A small tmpfs mounted for one test and unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// Mounts one of `size` (as mount's `size=` takes it). Panics with the
+    /// reason when it cannot: the tests that use it are ignored by default
+    /// and run as root in CI (`.ci/run`), where a failure to mount is a
+    /// failure, not a skip.
+    fn mount(size: &str) -> Tmpfs {
+        let mnt = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(mnt.path())
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mounting a tmpfs failed ({status}): this test needs root");
+        Tmpfs(mnt)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
 #[test]
+#[ignore = "mounts a tmpfs, which needs root; CI runs it with --ignored"]
 fn real_disk_full_on_tmpfs() {
-    if unsafe { libc_geteuid() } != 0 {
-        println!("skipped: mounting a tmpfs needs root");
-        return;
-    }
-    let mnt = tempfile::tempdir().unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(mnt.path())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        println!("skipped: could not mount a tmpfs here");
-        return;
-    }
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.path());
+    let mnt = Tmpfs::mount("2m");
     let data = mnt.path().join("data");
     let filler = mnt.path().join("filler");
     std::fs::write(&filler, vec![0u8; 1200 << 10]).unwrap();
@@ -161,6 +173,15 @@ fn real_disk_full_on_tmpfs() {
     let e = refused.expect("the disk filled up");
     assert!(e.to_string().contains("No space left"), "{e}");
     assert!(get(&h, "k0").is_some(), "reads still work");
+    // Failed rewrites leave no half-written segment behind.
+    std::thread::sleep(Duration::from_millis(600));
+    let segments = || {
+        std::fs::read_dir(&data)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with("seg-"))
+            .count()
+    };
+    assert!(segments() <= 2, "{} segment files after failed rewrites", segments());
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(40);
     while h.call_blocking(set("after", b"ok")).is_err() {
@@ -179,7 +200,70 @@ fn real_disk_full_on_tmpfs() {
     engine.shutdown().unwrap();
 }
 
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+/// `repair` on a full disk cannot copy the damaged segment aside: it cuts
+/// in place and says so, instead of failing with "No space left".
+#[test]
+#[ignore = "mounts a tmpfs, which needs root; CI runs it with --ignored"]
+fn repair_works_in_place_on_a_full_disk() {
+    let mnt = Tmpfs::mount("4m");
+    let data = mnt.path().join("data");
+    let engine = Engine::open(Config { segment_bytes: 64 << 20, ..Config::new(&data) }).unwrap();
+    let h = engine.handle();
+    for i in 0..1000 {
+        h.call_blocking(set(&format!("k{i}"), &[7u8; 1000])).unwrap();
+    }
+    drop(h);
+    engine.shutdown().unwrap();
+    let seg = data.join("seg-0000000000000001.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    // Fill the disk to the last byte.
+    let mut filler = std::fs::File::create(mnt.path().join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+    drop(filler);
+    let report = cachet_storage::repair(&data).unwrap();
+    let cut = report.cut.expect("the flipped byte is cut off");
+    assert!(cut.in_place.as_deref().is_some_and(|w| w.contains("No space left")), "{cut:?}");
+    let engine = Engine::open(Config::new(&data)).unwrap();
+    assert_eq!(get(&engine.handle(), "k0"), Some(vec![7u8; 1000]));
+}
+
+/// A rewrite after a failed write that fails itself removes what it wrote
+/// and reuses its sequence numbers: two such failures in a row used to leave
+/// two half-written segments and a log that refused to open.
+#[test]
+fn failed_rewrites_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let config = Config { faults: Some(faults.clone()), ..Config::new(dir.path()) };
+    let engine = Engine::open(config.clone()).unwrap();
+    let h = engine.handle();
+    for i in 0..100 {
+        h.call_blocking(set(&format!("k{i}"), b"v")).unwrap();
+    }
+    // The batch write fails; the rewrite's header goes through and its data
+    // write fails; the retry's header goes through and its data fails too.
+    faults.script_writes(&[true, false, true, false, true]);
+    assert!(h.call_blocking(set("doomed", b"x")).is_err());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !faults.spent() {
+        assert!(Instant::now() < deadline, "the rewrite was never retried");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.call_blocking(set("after", b"a")).is_err() {
+        assert!(Instant::now() < deadline, "never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(h);
+    engine.shutdown().unwrap();
+    let engine = Engine::open(Config::new(dir.path())).unwrap();
+    let h = engine.handle();
+    for i in 0..100 {
+        assert_eq!(get(&h, &format!("k{i}")).as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(get(&h, "after").as_deref(), Some(&b"a"[..]));
+    assert_eq!(get(&h, "doomed"), None);
 }

@@ -19,7 +19,7 @@ use serde_bytes::ByteBuf;
 use crate::connection::{Node, Retry};
 use crate::error::Error;
 use crate::key::{make_key, user_part};
-use crate::protocol::{Op, OpReply, ServerInfo, WireStats, WireTtl};
+use crate::protocol::{MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, WireStats, WireTtl};
 use crate::shard;
 use crate::timeout::Timeout;
 
@@ -442,12 +442,23 @@ impl Cache {
     }
 
     /// Groups full keys by the server they live on.
+    /// Groups keys by the server that holds them, in requests of at most
+    /// `MAX_KEYS_PER_REQUEST` keys (the server refuses larger ones, so one
+    /// request never stalls the engine for long).
     fn by_node<I>(&self, items: impl IntoIterator<Item = (String, I)>) -> Vec<(usize, Vec<(String, I)>)> {
         let mut groups: HashMap<usize, Vec<(String, I)>> = HashMap::new();
         for (k, v) in items {
             groups.entry(shard::pick(&self.inner.addrs, k.as_bytes())).or_default().push((k, v));
         }
-        groups.into_iter().collect()
+        let mut requests = Vec::with_capacity(groups.len());
+        for (node, mut items) in groups {
+            while items.len() > MAX_KEYS_PER_REQUEST {
+                let rest = items.split_off(MAX_KEYS_PER_REQUEST);
+                requests.push((node, std::mem::replace(&mut items, rest)));
+            }
+            requests.push((node, items));
+        }
+        requests
     }
 }
 

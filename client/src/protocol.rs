@@ -51,6 +51,11 @@ pub struct WireStats {
     pub connections: u64,
 }
 
+/// Most keys (or operations, for `batch`) one request may carry: the server
+/// refuses more, so a single request cannot hold the engine for long. The
+/// client splits larger `get_many`/`set_many`/`delete_many` calls.
+pub const MAX_KEYS_PER_REQUEST: usize = 4096;
+
 /// Frames above this are refused by the client's codec (the server derives
 /// its own limit from its maximum value size).
 pub const CLIENT_MAX_FRAME: usize = 1 << 30;

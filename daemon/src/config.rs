@@ -83,9 +83,23 @@ pub struct Options {
     #[arg(long, env = "CACHET_UNIX_GROUP")]
     pub unix_group: Option<String>,
     /// Seconds a request frame may take to arrive whole before the connection
-    /// is closed (stops clients that send half a frame and stall) [default: 10].
+    /// is closed (stops clients that send half a frame and stall), 0.001 to
+    /// 86400 [default: 10].
     #[arg(long, env = "CACHET_READ_TIMEOUT")]
     pub read_timeout: Option<f64>,
+    /// Bytes of request frames being received across all connections; a
+    /// frame that would pass it closes its connection [default: 256MiB, at
+    /// least 4 maximum frames].
+    #[arg(long, env = "CACHET_MAX_BUFFERED_REQUEST_BYTES", value_parser = parse_bytes)]
+    pub max_buffered_request_bytes: Option<u64>,
+    /// Bytes of replies one connection may have asked for and not read; a
+    /// read past it gets an error [default: 64MiB, at least twice the
+    /// largest value].
+    #[arg(long, env = "CACHET_MAX_UNSENT_REPLY_BYTES", value_parser = parse_bytes)]
+    pub max_unsent_reply_bytes: Option<u64>,
+    /// The same across all connections [default: 512MiB].
+    #[arg(long, env = "CACHET_MAX_UNSENT_REPLY_BYTES_TOTAL", value_parser = parse_bytes)]
+    pub max_unsent_reply_bytes_total: Option<u64>,
 }
 
 /// The config file: the same keys as the flags.
@@ -108,6 +122,9 @@ struct FileOptions {
     unix_mode: Option<String>,
     unix_group: Option<String>,
     read_timeout: Option<f64>,
+    max_buffered_request_bytes: Option<Size>,
+    max_unsent_reply_bytes: Option<Size>,
+    max_unsent_reply_bytes_total: Option<Size>,
 }
 
 /// A byte size in the file: a number or a string like "64MiB".
@@ -146,6 +163,18 @@ pub struct Settings {
     pub unix_mode: u32,
     pub unix_group: Option<String>,
     pub read_timeout: std::time::Duration,
+    pub max_buffered_request_bytes: usize,
+    pub max_unsent_reply_bytes: usize,
+    pub max_unsent_reply_bytes_total: usize,
+}
+
+/// Checks that `value` of option `name` lies in `lo..=hi`, with an error
+/// that says the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(name: &str, value: T, lo: T, hi: T) -> Result<T, String> {
+    if value < lo || value > hi {
+        return Err(format!("{name} is {value}; it must be between {lo} and {hi}"));
+    }
+    Ok(value)
 }
 
 impl Settings {
@@ -185,15 +214,36 @@ impl Settings {
             return Err(format!("max_key_bytes must be between 1 and {}", cachet_storage::MAX_KEY_LEN));
         }
         let max_value_bytes = size(o.max_value_bytes, &file.max_value_bytes, "max_value_bytes")?.unwrap_or(16 << 20);
-        if max_value_bytes > 1 << 30 {
-            return Err("max_value_bytes may be at most 1GiB".into());
-        }
+        let max_value_bytes = in_range("max_value_bytes", max_value_bytes, 1, 1 << 30)?;
+        let max_frame = cachet::protocol::server_max_frame(max_value_bytes as usize) as u64;
+        let max_buffered_request_bytes =
+            size(o.max_buffered_request_bytes, &file.max_buffered_request_bytes, "max_buffered_request_bytes")?
+                .unwrap_or((256 << 20).max(4 * max_frame));
+        let max_buffered_request_bytes =
+            in_range("max_buffered_request_bytes", max_buffered_request_bytes, max_frame, 1 << 40)?;
+        // One reply of the largest size must always fit.
+        let max_reply = 2 * max_value_bytes;
+        let max_unsent_reply_bytes =
+            size(o.max_unsent_reply_bytes, &file.max_unsent_reply_bytes, "max_unsent_reply_bytes")?
+                .unwrap_or((64 << 20).max(max_reply));
+        let max_unsent_reply_bytes = in_range("max_unsent_reply_bytes", max_unsent_reply_bytes, max_reply, 1 << 40)?;
+        let max_unsent_reply_bytes_total =
+            size(o.max_unsent_reply_bytes_total, &file.max_unsent_reply_bytes_total, "max_unsent_reply_bytes_total")?
+                .unwrap_or((512 << 20).max(max_unsent_reply_bytes));
+        let max_unsent_reply_bytes_total =
+            in_range("max_unsent_reply_bytes_total", max_unsent_reply_bytes_total, max_unsent_reply_bytes, 1 << 42)?;
         Ok(Settings {
             listen,
             data_dir,
             sync,
-            max_memory: size(o.max_memory, &file.max_memory, "max_memory")?,
-            max_entries: o.max_entries.or(file.max_entries),
+            max_memory: size(o.max_memory, &file.max_memory, "max_memory")?
+                .map(|m| in_range("max_memory", m, 4096, 1 << 50))
+                .transpose()?,
+            max_entries: o
+                .max_entries
+                .or(file.max_entries)
+                .map(|n| in_range("max_entries", n, 1, 1 << 40))
+                .transpose()?,
             eviction: match (o.eviction, file.eviction) {
                 (Some(e), _) => e,
                 (None, Some(e)) => e.parse().map_err(|e| format!("eviction: {e}"))?,
@@ -203,9 +253,19 @@ impl Settings {
                 .unwrap_or(64 << 20),
             max_key_bytes: max_key_bytes as usize,
             max_value_bytes: max_value_bytes as usize,
-            segment_bytes: size(o.segment_bytes, &file.segment_bytes, "segment_bytes")?.unwrap_or(64 << 20).max(4096),
-            max_connections: o.max_connections.or(file.max_connections).unwrap_or(10_000),
-            max_in_flight: o.max_in_flight.or(file.max_in_flight).unwrap_or(64).max(1),
+            segment_bytes: in_range(
+                "segment_bytes",
+                size(o.segment_bytes, &file.segment_bytes, "segment_bytes")?.unwrap_or(64 << 20),
+                4096,
+                1 << 40,
+            )?,
+            max_connections: in_range(
+                "max_connections",
+                o.max_connections.or(file.max_connections).unwrap_or(10_000),
+                1,
+                1 << 20,
+            )?,
+            max_in_flight: in_range("max_in_flight", o.max_in_flight.or(file.max_in_flight).unwrap_or(64), 1, 65_536)?,
             auth_token: match o.auth_token_file.or(file.auth_token_file) {
                 Some(path) => {
                     let token = std::fs::read_to_string(&path)
@@ -232,11 +292,15 @@ impl Settings {
             unix_group: o.unix_group.or(file.unix_group),
             read_timeout: {
                 let secs = o.read_timeout.or(file.read_timeout).unwrap_or(10.0);
-                if !(secs.is_finite() && secs > 0.0) {
-                    return Err(format!("read_timeout {secs} must be a positive number of seconds"));
+                // NaN fails both comparisons in `in_range`, so it is refused too.
+                if secs.is_nan() {
+                    return Err("read_timeout is not a number; it must be between 0.001 and 86400 seconds".into());
                 }
-                std::time::Duration::from_secs_f64(secs)
+                std::time::Duration::from_secs_f64(in_range("read_timeout", secs, 0.001, 86_400.0)?)
             },
+            max_buffered_request_bytes: max_buffered_request_bytes as usize,
+            max_unsent_reply_bytes: max_unsent_reply_bytes as usize,
+            max_unsent_reply_bytes_total: max_unsent_reply_bytes_total as usize,
         })
     }
 }
@@ -291,5 +355,31 @@ mod tests {
         assert_eq!(s.sync, SyncPolicy::Never);
         std::fs::write(&path, "bogus = 1\n").unwrap();
         assert!(Settings::resolve(Some(&path), Options::default()).unwrap_err().contains("bogus"));
+    }
+
+    /// Every number from the command line is range-checked, with an error
+    /// that says the range (`--read-timeout 1e30` used to panic, and
+    /// `--max-connections 0` was accepted).
+    #[test]
+    fn numbers_out_of_range_are_refused_with_the_range() {
+        let bad = [
+            Options { read_timeout: Some(1e30), ..Options::default() },
+            Options { read_timeout: Some(0.0), ..Options::default() },
+            Options { read_timeout: Some(f64::NAN), ..Options::default() },
+            Options { max_connections: Some(0), ..Options::default() },
+            Options { max_in_flight: Some(0), ..Options::default() },
+            Options { segment_bytes: Some(10), ..Options::default() },
+            Options { max_entries: Some(0), ..Options::default() },
+            Options { max_memory: Some(1), ..Options::default() },
+            Options { max_value_bytes: Some(0), ..Options::default() },
+            Options { max_unsent_reply_bytes: Some(1), ..Options::default() },
+        ];
+        for o in bad {
+            let shown = format!("{o:?}");
+            let e = Settings::resolve(None, o).unwrap_err();
+            assert!(e.contains("between"), "{shown}: {e}");
+        }
+        let ok = Settings::resolve(None, Options { read_timeout: Some(86_400.0), ..Options::default() }).unwrap();
+        assert_eq!(ok.read_timeout, std::time::Duration::from_secs(86_400));
     }
 }

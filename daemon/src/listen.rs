@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use cachet::protocol::CacheService;
 use futures::StreamExt;
@@ -15,6 +15,8 @@ use tarpc::tokio_util::codec::LengthDelimitedCodec;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, watch};
+
+use cachet_storage::ReplyBudget;
 
 use crate::service::{Session, Shared};
 
@@ -38,7 +40,16 @@ impl Listener {
     pub async fn bind(addr: &str, perms: &UnixPerms) -> Result<Listener, String> {
         if let Some(path) = addr.strip_prefix("unix:") {
             let path = PathBuf::from(path);
-            if path.exists() {
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                use std::os::unix::fs::FileTypeExt;
+                // Only a socket left by a process that is gone is replaced:
+                // never a regular file, a directory or a link someone put there.
+                if !meta.file_type().is_socket() {
+                    return Err(format!(
+                        "{} exists and is not a socket; remove it or pick another path for --listen unix:",
+                        path.display()
+                    ));
+                }
                 if std::os::unix::net::UnixStream::connect(&path).is_ok() {
                     return Err(format!(
                         "{} is in use by a running server; stop it or pick another path",
@@ -108,7 +119,19 @@ pub struct Limits {
     pub max_frame: usize,
     /// A frame must arrive whole within this long of its first byte.
     pub read_timeout: std::time::Duration,
+    /// Bytes of request frames being received, across all connections, that
+    /// may still be taken (`--max-buffered-request-bytes`).
+    pub request_bytes: Arc<AtomicI64>,
+    /// Unread reply bytes one connection may hold (`--max-unsent-reply-bytes`).
+    pub reply_bytes_per_connection: usize,
+    /// The pool of unread reply bytes all connections share.
+    pub reply_bytes: Arc<AtomicI64>,
 }
+
+/// The largest frame a connection may send before it authenticates (when a
+/// token is set): enough for `hello` with any sane token, far too little to
+/// make the daemon hold a large buffer for a stranger.
+pub const UNAUTHENTICATED_MAX_FRAME: usize = 64 << 10;
 
 /// Accepts connections until `stop` turns true.
 pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits, mut stop: watch::Receiver<bool>) {
@@ -160,11 +183,12 @@ async fn serve<IO>(io: IO, shared: Arc<Shared>, limits: &Limits)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let io = FrameTimeout::new(io, limits.read_timeout);
+    let budget = Arc::new(ReplyBudget::new(limits.reply_bytes_per_connection, limits.reply_bytes.clone()));
+    let session = Session::new(shared.clone(), budget.clone());
+    let io = Guard::new(io, limits, session.authed(), budget);
     let framed = LengthDelimitedCodec::builder().max_frame_length(limits.max_frame).new_framed(io);
     let transport = tarpc::serde_transport::new(framed, cachet::protocol::Codec::default());
     shared.connections.fetch_add(1, Ordering::Relaxed);
-    let session = Session::new(shared.clone());
     // Requests run inside the connection's task rather than one task each:
     // no spawn and no cross-thread wake per request, which is most of what a
     // small request costs here.
@@ -176,40 +200,112 @@ where
     shared.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Closes a connection whose frame does not arrive whole within `limit` of
-/// its first byte (a client that sends half a frame and stalls). It follows
-/// the 4-byte big-endian length prefixes of the stream to know where frames
-/// end. Idle connections between frames are left alone.
-struct FrameTimeout<IO> {
+/// Guards a connection's socket, following the 4-byte big-endian length
+/// prefixes of the stream to know where frames start and end:
+///
+/// - a frame must arrive whole within `read_timeout` of its first byte (a
+///   client that sends half a frame and stalls is closed; idle connections
+///   between frames are left alone);
+/// - before the connection authenticates, a frame may be at most
+///   `UNAUTHENTICATED_MAX_FRAME` bytes;
+/// - a frame's length (beyond the first `UNAUTHENTICATED_MAX_FRAME` bytes)
+///   is taken from the budget of request bytes all connections share before
+///   its body is buffered, and given back when it has arrived; a frame that
+///   does not fit closes its connection;
+/// - bytes written to the socket are credited to the connection's reply
+///   budget, which the engine debits as it builds replies.
+struct Guard<IO> {
     io: IO,
     header: [u8; 4],
     header_got: usize,
     body_left: u64,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     limit: std::time::Duration,
+    authed: Arc<AtomicBool>,
+    max_frame: usize,
+    request_bytes: Arc<AtomicI64>,
+    /// Taken from `request_bytes` for the frame being received.
+    reserved: i64,
+    budget: Arc<ReplyBudget>,
 }
 
-impl<IO> FrameTimeout<IO> {
-    fn new(io: IO, limit: std::time::Duration) -> Self {
-        FrameTimeout { io, header: [0; 4], header_got: 0, body_left: 0, deadline: None, limit }
+impl<IO> Guard<IO> {
+    fn new(io: IO, limits: &Limits, authed: Arc<AtomicBool>, budget: Arc<ReplyBudget>) -> Self {
+        Guard {
+            io,
+            header: [0; 4],
+            header_got: 0,
+            body_left: 0,
+            deadline: None,
+            limit: limits.read_timeout,
+            authed,
+            max_frame: limits.max_frame,
+            request_bytes: limits.request_bytes.clone(),
+            reserved: 0,
+            budget,
+        }
     }
 
-    fn track(&mut self, mut bytes: &[u8]) {
+    fn track(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
             if self.body_left > 0 {
                 let n = (self.body_left as usize).min(bytes.len());
                 self.body_left -= n as u64;
                 bytes = &bytes[n..];
+                if self.body_left == 0 {
+                    self.release();
+                }
             } else {
                 self.header[self.header_got] = bytes[0];
                 self.header_got += 1;
                 bytes = &bytes[1..];
                 if self.header_got == 4 {
                     self.header_got = 0;
-                    self.body_left = u32::from_be_bytes(self.header) as u64;
+                    let len = u32::from_be_bytes(self.header) as usize;
+                    self.admit(len)?;
+                    self.body_left = len as u64;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Checks a frame's length against the limits and reserves its bytes.
+    fn admit(&mut self, len: usize) -> std::io::Result<()> {
+        let refuse = |msg: String| {
+            tracing::warn!("closing a connection: {msg}");
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg))
+        };
+        if !self.authed.load(Ordering::Acquire) && len > UNAUTHENTICATED_MAX_FRAME {
+            return refuse(format!(
+                "a frame of {len} bytes before authenticating (at most {UNAUTHENTICATED_MAX_FRAME}); \
+                 clients must send hello with the auth token first"
+            ));
+        }
+        if len > self.max_frame {
+            return refuse(format!(
+                "a frame of {len} bytes is over the limit of {} (--max-value-bytes)",
+                self.max_frame
+            ));
+        }
+        // Small frames (most requests) are not counted, so clients keep
+        // being served while large uploads hold the budget: the worst case
+        // is the budget plus one small frame per connection.
+        let n = len.saturating_sub(UNAUTHENTICATED_MAX_FRAME) as i64;
+        if n > 0 && self.request_bytes.fetch_sub(n, Ordering::AcqRel) < n {
+            self.request_bytes.fetch_add(n, Ordering::AcqRel);
+            return refuse(format!(
+                "a frame of {len} bytes would take request buffers across connections over \
+                 --max-buffered-request-bytes; the client may retry"
+            ));
+        }
+        self.reserved = n;
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        let n = std::mem::take(&mut self.reserved);
+        self.request_bytes.fetch_add(n, Ordering::AcqRel);
     }
 
     fn mid_frame(&self) -> bool {
@@ -217,7 +313,13 @@ impl<IO> FrameTimeout<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for FrameTimeout<IO> {
+impl<IO> Drop for Guard<IO> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guard<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         if let Some(d) = &mut self.deadline
             && d.as_mut().poll(cx).is_ready()
@@ -229,8 +331,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FrameTimeout<IO> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &polled {
-            let new = buf.filled()[before..].to_vec();
-            self.track(&new);
+            self.track(&buf.filled()[before..])?;
             if !self.mid_frame() {
                 self.deadline = None;
             } else if self.deadline.is_none() {
@@ -243,9 +344,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FrameTimeout<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for FrameTimeout<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guard<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.budget.credit(*n);
+        }
+        polled
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
@@ -258,7 +363,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FrameTimeout<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.budget.credit(*n);
+        }
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

@@ -53,6 +53,7 @@ fn quiet_panics() {
 }
 
 fn main() -> ExitCode {
+    ignore_reload_signals();
     init_logging();
     quiet_panics();
     let cli = Cli::parse();
@@ -67,6 +68,20 @@ fn main() -> ExitCode {
             tracing::error!("{msg}");
             eprintln!("cachetd: {msg}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP, SIGUSR1 and SIGUSR2 would end the process by default (an
+/// operator's `systemctl reload` or `kill -HUP` would drop the cache without a
+/// clean shutdown). They are ignored from the first instruction, through the
+/// replay; once serving, they are logged (see `serve`).
+fn ignore_reload_signals() {
+    for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no
+        // handler code; it is done before any other thread starts.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
         }
     }
 }
@@ -191,6 +206,9 @@ async fn serve(
         max_in_flight: s.max_in_flight,
         max_frame: cachet::protocol::server_max_frame(s.max_value_bytes),
         read_timeout: s.read_timeout,
+        request_bytes: Arc::new(std::sync::atomic::AtomicI64::new(s.max_buffered_request_bytes as i64)),
+        reply_bytes_per_connection: s.max_unsent_reply_bytes,
+        reply_bytes: cachet_storage::ReplyBudget::shared(s.max_unsent_reply_bytes_total),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tasks: Vec<_> = listeners
@@ -203,12 +221,29 @@ async fn serve(
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
+    let ignored = tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = hup.recv() => "SIGHUP",
+                _ = usr1.recv() => "SIGUSR1",
+                _ = usr2.recv() => "SIGUSR2",
+            };
+            tracing::warn!(
+                "{name} received and ignored: cachetd reads its configuration at start; restart it to apply changes \
+                 (SIGTERM shuts down cleanly)"
+            );
+        }
+    });
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     heartbeat.abort();
+    ignored.abort();
     systemd::notify(&[sd_notify::NotifyState::Stopping]);
     tokio::spawn(async move {
         tokio::select! {

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachet::protocol::{CacheService, Op, OpReply, ServerInfo, WireError, WireStats, WireTtl};
-use cachet_storage::{Command, Error as StoreError, Handle, Reply, Ttl};
+use cachet::protocol::{CacheService, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, WireError, WireStats, WireTtl};
+use cachet_storage::{Command, Error as StoreError, Handle, Reply, ReplyBudget, Ttl};
 use serde_bytes::ByteBuf;
 use tarpc::context::Context;
 
@@ -58,12 +58,32 @@ impl Shared {
 pub struct Session {
     shared: Arc<Shared>,
     authed: Arc<AtomicBool>,
+    /// The connection's unread replies (credited as they are written).
+    budget: Arc<ReplyBudget>,
 }
 
 impl Session {
-    pub fn new(shared: Arc<Shared>) -> Session {
+    pub fn new(shared: Arc<Shared>, budget: Arc<ReplyBudget>) -> Session {
         let open = shared.token.is_none();
-        Session { shared, authed: Arc::new(AtomicBool::new(open)) }
+        Session { shared, authed: Arc::new(AtomicBool::new(open)), budget }
+    }
+
+    /// Whether the connection has authenticated (true when no token is set).
+    pub fn authed(&self) -> Arc<AtomicBool> {
+        self.authed.clone()
+    }
+
+    /// Refuses a request naming more keys (or operations) than one request
+    /// may, before anything is queued.
+    fn check_count(&self, what: &str, n: usize) -> Result<(), WireError> {
+        if n > MAX_KEYS_PER_REQUEST {
+            let msg = format!(
+                "a {what} of {n} is over the limit of {MAX_KEYS_PER_REQUEST} per request; split it into smaller requests"
+            );
+            self.shared.note("too_many_keys", &msg);
+            return Err(WireError::Server(msg));
+        }
+        Ok(())
     }
 
     /// Lets an authenticated request through to the engine, counted as in
@@ -85,11 +105,14 @@ impl Session {
     }
 
     async fn run(&self, cmd: Command) -> Result<Reply, WireError> {
-        self.admit(self.shared.engine.call(cmd)).await?.map_err(|e| self.wire_error(e))
+        let budget = Some(self.budget.clone());
+        self.admit(self.shared.engine.call_with(cmd, budget)).await?.map_err(|e| self.wire_error(e))
     }
 
     async fn run_many(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply, WireError>>, WireError> {
-        let replies = self.admit(self.shared.engine.call_many(cmds)).await?.map_err(|e| self.wire_error(e))?;
+        let budget = Some(self.budget.clone());
+        let replies =
+            self.admit(self.shared.engine.call_many_with(cmds, budget)).await?.map_err(|e| self.wire_error(e))?;
         Ok(replies.into_iter().map(|r| r.map_err(|e| self.wire_error(e))).collect())
     }
 
@@ -106,6 +129,10 @@ impl Session {
             StoreError::ValueTooLarge { size, max } => {
                 self.shared.note("value_too_large", &msg);
                 WireError::ValueTooLarge { size: size as u64, max: max as u64 }
+            }
+            StoreError::ReplyTooLarge { .. } => {
+                self.shared.note("reply_too_large", &msg);
+                WireError::Server(msg)
             }
             StoreError::CacheFull { .. } => {
                 self.shared.note("cache_full", &msg);
@@ -184,6 +211,7 @@ impl CacheService for Session {
     }
 
     async fn get_many(self, _: Context, keys: Vec<ByteBuf>) -> Result<Vec<Option<ByteBuf>>, WireError> {
+        self.check_count("get_many", keys.len())?;
         let keys = keys.into_iter().map(ByteBuf::into_vec).collect();
         match self.run(Command::GetMany { keys }).await? {
             Reply::Values(vs) => Ok(vs.into_iter().map(|v| v.map(ByteBuf::from)).collect()),
@@ -199,6 +227,7 @@ impl CacheService for Session {
     }
 
     async fn set_many(self, _: Context, items: Vec<(ByteBuf, ByteBuf)>, t: WireTtl) -> Result<Vec<u32>, WireError> {
+        self.check_count("set_many", items.len())?;
         let items = items.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect();
         match self.run(Command::SetMany { items, ttl: ttl(t) }).await? {
             Reply::Failed(f) => Ok(f.into_iter().map(|i| i as u32).collect()),
@@ -228,6 +257,7 @@ impl CacheService for Session {
     }
 
     async fn delete_many(self, _: Context, keys: Vec<ByteBuf>) -> Result<(), WireError> {
+        self.check_count("delete_many", keys.len())?;
         let keys = keys.into_iter().map(ByteBuf::into_vec).collect();
         match self.run(Command::DeleteMany { keys }).await? {
             Reply::Done => Ok(()),
@@ -271,6 +301,7 @@ impl CacheService for Session {
     }
 
     async fn batch(self, _: Context, ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError> {
+        self.check_count("batch", ops.len())?;
         let replies = self.run_many(ops.into_iter().map(command).collect()).await?;
         Ok(replies.into_iter().map(|r| r.and_then(op_reply)).collect())
     }

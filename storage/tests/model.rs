@@ -4,7 +4,7 @@
 
 mod support;
 
-use cachet_storage::{Command, Config, Engine, ManualClock, Reply, SyncPolicy, Ttl, UnixMillis};
+use cachet_storage::{Command, Config, Engine, Limits, ManualClock, Reply, SyncPolicy, Ttl, UnixMillis};
 use proptest::prelude::*;
 use std::sync::Arc;
 use support::{Model, error_name, int};
@@ -96,5 +96,118 @@ proptest! {
         // Time moves on after the restart: expiries still hold.
         clock.advance(5000);
         prop_assert_eq!(dump(&engine), model_dump(&model, now + 5000));
+    }
+}
+
+/// What the model expects of an engine that evicts: the model forgets a key
+/// the engine evicted, but remembers its last value, which a restart may
+/// bring back only as long as nothing wrote or deleted the key since.
+#[derive(Default)]
+struct EvictingModel {
+    model: Model,
+    /// Last value (and expiry) of keys evicted and not written since.
+    evicted: std::collections::HashMap<Vec<u8>, (Vec<u8>, u64)>,
+}
+
+fn keys_of(cmd: &Command) -> Vec<Vec<u8>> {
+    match cmd {
+        Command::Get { key }
+        | Command::Set { key, .. }
+        | Command::Add { key, .. }
+        | Command::GetOrAdd { key, .. }
+        | Command::Delete { key }
+        | Command::Touch { key, .. }
+        | Command::Incr { key, .. }
+        | Command::HasKey { key } => vec![key.clone()],
+        Command::GetMany { keys } | Command::DeleteMany { keys } => keys.clone(),
+        Command::SetMany { items, .. } => items.iter().map(|(k, _)| k.clone()).collect(),
+        Command::Rename { from, to } => vec![from.clone(), to.clone()],
+        Command::Clear | Command::Stats => vec![],
+    }
+}
+
+fn all_keys() -> Vec<Vec<u8>> {
+    (0u8..8).map(|k| vec![b'k', b'0' + k]).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// With a cap that evicts, the engine answers as the model does once the
+    /// model forgets what was evicted; after a restart (with the same cap, or
+    /// none) no key has a value it should not: a deleted or overwritten key
+    /// never comes back, and without a cap nothing the model holds is lost.
+    #[test]
+    fn evicting_engine_never_resurrects(steps in prop::collection::vec(step(), 1..150), cap_again in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(UnixMillis(START));
+        let capped = Limits { max_entries: Some(3), ..Limits::default() };
+        let config = Config { sync: SyncPolicy::Never, segment_bytes: 300, limits: capped, ..Config::new(dir.path()) };
+        let engine = Engine::open_with(config.clone(), Arc::new(clock.clone()), |_| {}).unwrap();
+        let h = engine.handle();
+        let mut m = EvictingModel::default();
+        let mut now = START;
+        for step in &steps {
+            let cmd = match step {
+                Step::Advance(ms) => {
+                    now += ms;
+                    clock.advance(*ms);
+                    continue;
+                }
+                Step::Op(cmd) => cmd,
+            };
+            // Forget what the engine evicted (has_key changes no eviction state).
+            for key in all_keys() {
+                let present = matches!(h.call_blocking(Command::HasKey { key: key.clone() }), Ok(Reply::Bool(true)));
+                if !present && let Some(entry) = m.model.map.remove(&key) && (entry.1 == 0 || entry.1 > now) {
+                    m.evicted.insert(key, entry);
+                }
+            }
+            let before = m.model.clone();
+            let want = m.model.apply(cmd, now);
+            let got = h.call_blocking(cmd.clone());
+            let wrote = got.is_ok();
+            match (want, got) {
+                // Making room for the new key evicted the one being renamed.
+                (Ok(_), Err(cachet_storage::Error::NotFound)) if matches!(cmd, Command::Rename { .. }) => {
+                    m.model = before;
+                    if let Command::Rename { from, .. } = cmd
+                        && let Some(entry) = m.model.map.remove(from)
+                    {
+                        m.evicted.insert(from.clone(), entry);
+                    }
+                    continue;
+                }
+                (Ok(w), Ok(g)) => prop_assert_eq!(w, g, "{:?}", cmd),
+                (Err(w), Err(g)) => prop_assert_eq!(w, error_name(&g), "{:?}", cmd),
+                (w, g) => prop_assert!(false, "{:?}: model {:?}, engine {:?}", cmd, w, g),
+            }
+            // A write, delete or clear supersedes an evicted key's old record.
+            match cmd {
+                Command::Clear => m.evicted.clear(),
+                c if wrote && c.is_write() && !matches!(c, Command::Touch { .. } | Command::Incr { .. }) => {
+                    let keys = match c { Command::Rename { to, .. } => vec![to.clone()], c => keys_of(c) };
+                    for k in keys {
+                        m.evicted.remove(&k);
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(h);
+        engine.shutdown().unwrap();
+        let limits = if cap_again { capped } else { Limits::default() };
+        let engine = Engine::open_with(Config { limits, ..config }, Arc::new(clock.clone()), |_| {}).unwrap();
+        for (key, value) in dump(&engine) {
+            let live = |e: &(Vec<u8>, u64)| e.1 == 0 || e.1 > now;
+            let allowed = m.model.map.get(&key).filter(|e| live(e)).or(m.evicted.get(&key).filter(|e| live(e)));
+            prop_assert_eq!(allowed.map(|e| &e.0), Some(&value), "{:?} came back after a restart", key);
+        }
+        if !cap_again {
+            let back: std::collections::HashMap<_, _> = dump(&engine).into_iter().collect();
+            for (key, value, _) in m.model.live_entries(now) {
+                prop_assert_eq!(back.get(&key), Some(&value), "{:?} was lost", key);
+            }
+        }
     }
 }

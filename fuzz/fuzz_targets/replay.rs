@@ -17,9 +17,15 @@ fuzz_target!(|data: &[u8]| {
     for e in std::fs::read_dir(&dir).unwrap() {
         let _ = std::fs::remove_file(e.unwrap().path());
     }
-    // Up to three segments, split at 0xfe 0xfe; with mode bit 0, each gets a
+    // Up to three segments, split at 0xfe; with mode bit 0, each gets a
     // valid header so that fuzzing reaches the records.
-    for (i, part) in rest.split(|b| *b == 0xfe).take(3).enumerate() {
+    // A fourth part, if any, is the MANIFEST (its parser and the checks of
+    // the segments against it are fuzzed too).
+    for (i, part) in rest.split(|b| *b == 0xfe).take(4).enumerate() {
+        if i == 3 {
+            std::fs::write(dir.join("MANIFEST"), part).unwrap();
+            break;
+        }
         let id = SegmentId(i as u64 + 1);
         let mut bytes = if mode & 1 == 1 { segment_header(id).to_vec() } else { Vec::new() };
         bytes.extend_from_slice(part);

@@ -339,7 +339,8 @@ fn is_incomplete(bytes: &[u8], pos: usize) -> bool {
     if len > tail.len() - RECORD_HEADER_LEN {
         return true;
     }
-    let end = pos + RECORD_HEADER_LEN + len.max(1);
+    // `len` fits (checked above), so the record ends inside the file.
+    let end = pos + RECORD_HEADER_LEN + len;
     let zeros = bytes[pos..end].iter().rev().take_while(|b| **b == 0).count();
     let zero_from = end - zeros;
     zeros > 0 && (zero_from == pos || zero_from.is_multiple_of(PAGE))
@@ -712,5 +713,11 @@ mod tests {
         let mut flipped = seg.clone();
         flipped[at + 100] ^= 1;
         assert!(!is_incomplete(&flipped, at), "complete but damaged");
+        // Found by the replay fuzzer: a zero length at the very end.
+        let mut zero_len = segment_header(id).to_vec();
+        zero_len.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+        assert!(is_incomplete(&zero_len, SEGMENT_HEADER_LEN), "zeroed space");
+        zero_len[SEGMENT_HEADER_LEN + 5] = 1;
+        assert!(!is_incomplete(&zero_len, SEGMENT_HEADER_LEN));
     }
 }

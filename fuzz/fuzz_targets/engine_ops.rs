@@ -9,10 +9,6 @@ use cachet_storage::testing::{Model, error_name, int};
 use cachet_storage::{Command, Limits, State, Ttl, testing};
 use libfuzzer_sys::fuzz_target;
 
-#[path = "scratch.rs"]
-mod scratch;
-use scratch::scratch;
-
 #[derive(Arbitrary, Debug)]
 enum Op {
     Set(u8, u8, Option<u16>),
@@ -91,10 +87,9 @@ fuzz_target!(|input: Input| {
     }
     let bytes = rec.segment();
     let cut = input.cut as usize % (bytes.len() + 1);
-    let dir = scratch();
-    std::fs::write(dir.join("seg-0000000000000001.log"), &bytes[..cut]).unwrap();
     let mut state = State::new(Limits::default(), now);
-    testing::replay(&dir, &mut state, now).expect("a cut log always opens");
+    testing::replay_files(&[("seg-0000000000000001.log", &bytes[..cut])], &mut state, now)
+        .expect("a cut log always opens");
     let mut got: Vec<_> = state.entries(now).map(|(k, v, e)| (k.to_vec(), v.to_vec(), e)).collect();
     got.sort();
     let ok =

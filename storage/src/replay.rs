@@ -28,7 +28,7 @@ use memmap2::{Advice, Mmap, MmapOptions, UncheckedAdvice};
 
 use crate::error::{CorruptReason, Error, Result};
 use crate::record::{self, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, SegmentId};
-use crate::segment::{ManifestState, list_dir, list_segments, read_manifest, segment_path};
+use crate::segment::{Listing, ManifestState, list_dir, list_segments, read_manifest, segment_path};
 use crate::state::State;
 
 /// Progress reported while replaying.
@@ -83,7 +83,24 @@ pub(crate) enum Event<'a> {
     SegmentDone(usize),
 }
 
-type Map = (SegmentId, PathBuf, Option<Mmap>);
+type Map = (SegmentId, PathBuf, Data);
+
+/// A segment's bytes: mapped from its file, or (for fuzzing) in memory.
+pub(crate) enum Data {
+    Empty,
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Data {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Empty => &[],
+            Data::Mapped(m) => m,
+            Data::Owned(v) => v,
+        }
+    }
+}
 
 /// Which segments make up the log, as the MANIFEST and the directory agree.
 #[derive(Clone, Debug, Default)]
@@ -105,8 +122,12 @@ pub(crate) struct Plan {
 /// Checks the segments present against the MANIFEST. Every disagreement
 /// is an error that names `cachetd repair`; nothing is changed here.
 pub(crate) fn plan(dir: &Path) -> Result<Plan> {
-    let listing = list_dir(dir)?;
-    let manifest = read_manifest(dir)?;
+    plan_from(dir, list_dir(dir)?, read_manifest(dir)?)
+}
+
+/// `plan` over a listing and a MANIFEST already read (`dir` names them in
+/// errors).
+fn plan_from(dir: &Path, listing: Listing, manifest: ManifestState) -> Result<Plan> {
     let mismatch = |problem: String| Error::Manifest { dir: dir.to_path_buf(), problem };
     let present = &listing.segments;
     let (floor, first_seq, newest, store_manifest) = match manifest {
@@ -173,31 +194,50 @@ pub(crate) fn plan(dir: &Path) -> Result<Plan> {
 pub(crate) fn scan(
     dir: &Path,
     plan: Plan,
-    mut visit: impl FnMut(Event<'_>),
+    visit: impl FnMut(Event<'_>),
 ) -> Result<std::result::Result<ReplayReport, BadSpot>> {
     let started = Instant::now();
+    let maps = map_segments(dir, &plan)?;
+    let mut result = scan_maps(&maps, &plan, visit);
+    if let Ok(report) = &mut result {
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        report.strays = plan.strays.clone();
+        report.plan = plan;
+    }
+    Ok(result)
+}
+
+fn map_segments(dir: &Path, plan: &Plan) -> Result<Vec<Map>> {
     let mut maps: Vec<Map> = Vec::with_capacity(plan.ids.len());
     for &id in &plan.ids {
         let path = segment_path(dir, id);
         let file = File::open(&path).map_err(Error::io("opening segment", &path))?;
         let len = file.metadata().map_err(Error::io("reading metadata of", &path))?.len();
         let map = if len == 0 {
-            None
+            Data::Empty
         } else {
             // SAFETY: the data directory is locked by this process (or opened
             // by an offline tool while no daemon runs), so nothing changes the
             // file while it is mapped; every read is bounds-checked.
             let map = unsafe { MmapOptions::new().map(&file) }.map_err(Error::io("mapping segment", &path))?;
             let _ = map.advise(Advice::Sequential);
-            Some(map)
+            Data::Mapped(map)
         };
         maps.push((id, path, map));
     }
+    Ok(maps)
+}
+
+/// `scan` over segments already mapped.
+fn scan_maps(
+    maps: &[Map],
+    plan: &Plan,
+    mut visit: impl FnMut(Event<'_>),
+) -> std::result::Result<ReplayReport, BadSpot> {
     const CHUNK: usize = 4096;
     let (tx, rx) = crossbeam_channel::bounded::<Vec<Event<'_>>>(4);
     let first_seq = plan.first_seq;
-    let mut result = std::thread::scope(|s| {
-        let maps = &maps;
+    std::thread::scope(|s| {
         let checker = s.spawn(move || {
             let mut chunk = Vec::with_capacity(CHUNK);
             let result = verify(maps, first_seq, |ev| {
@@ -213,7 +253,7 @@ pub(crate) fn scan(
         for chunk in rx {
             for ev in chunk {
                 if let Event::SegmentDone(n) = ev {
-                    if let Some(map) = &maps[n].2 {
+                    if let Data::Mapped(map) = &maps[n].2 {
                         // SAFETY: every record borrowed from this map has been
                         // applied (copied into the index) and dropped; the
                         // checker is past it. DONTNEED on a read-only file
@@ -226,13 +266,47 @@ pub(crate) fn scan(
             }
         }
         checker.join().expect("replay checker thread panicked")
-    });
-    if let Ok(report) = &mut result {
-        report.elapsed_ms = started.elapsed().as_millis() as u64;
-        report.strays = plan.strays.clone();
-        report.plan = plan;
+    })
+}
+
+/// Replays segment files held in memory, named as in a data directory
+/// (`seg-…log`, `MANIFEST`), with the same rules as `replay_into`: no files
+/// and no threads, so a fuzzer runs it tens of thousands of times a second.
+pub(crate) fn replay_in_memory(files: &[(&str, &[u8])], state: &mut State, now: u64) -> Result<ReplayReport> {
+    let dir = Path::new("(in memory)");
+    let mut listing = Listing::default();
+    let mut manifest = ManifestState::Missing;
+    for (name, bytes) in files {
+        match crate::segment::parse_segment_name(name) {
+            Some(id) => listing.segments.push(id),
+            None if *name == crate::segment::MANIFEST => manifest = crate::segment::Manifest::decode(bytes),
+            None => listing.strays.push(dir.join(name)),
+        }
     }
-    Ok(result)
+    listing.segments.sort();
+    listing.segments.dedup();
+    let plan = plan_from(dir, listing, manifest)?;
+    let maps: Vec<Map> = plan
+        .ids
+        .iter()
+        .map(|id| {
+            let name = crate::segment::segment_path(Path::new(""), *id);
+            let bytes = files.iter().find(|(n, _)| Path::new(n) == name).map_or(&[][..], |(_, b)| *b);
+            (*id, dir.join(&name), Data::Owned(bytes.to_vec()))
+        })
+        .collect();
+    let verified = verify(&maps, plan.first_seq, |event| match event {
+        Event::Presize(n) => state.reserve(n),
+        Event::Record(seg, rec) => state.replay(&rec, seg.0 as u32, now),
+        Event::Progress(_) | Event::SegmentDone(_) => {}
+    });
+    match verified {
+        Ok(report) => {
+            state.finish_replay(now);
+            Ok(report)
+        }
+        Err(bad) => Err(corrupt(dir, bad)),
+    }
 }
 
 /// Checks every record of `maps` in order and emits what is good.
@@ -242,7 +316,7 @@ fn verify<'a>(
     mut emit: impl FnMut(Event<'a>),
 ) -> std::result::Result<ReplayReport, BadSpot> {
     let mut report = ReplayReport::default();
-    let bytes_total: u64 = maps.iter().map(|(_, _, m)| m.as_ref().map_or(0, |m| m.len() as u64)).sum();
+    let bytes_total: u64 = maps.iter().map(|(_, _, m)| m.bytes().len() as u64).sum();
     emit(Event::Presize(count_set_records(maps)));
     // The record before the first one, where the MANIFEST says which it is.
     let mut last_seq: Option<u64> = first_seq.map(|s| s - 1);
@@ -250,7 +324,7 @@ fn verify<'a>(
     let mut records = 0u64;
     let newest = maps.last().map(|(id, _, _)| *id);
     for (n, (id, path, map)) in maps.iter().enumerate() {
-        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+        let bytes: &[u8] = map.bytes();
         let is_newest = Some(*id) == newest;
         let last_good = last_seq.unwrap_or(0);
         if let Err(e) = record::check_segment_header(bytes, *id) {
@@ -375,7 +449,7 @@ fn valid_record_after(bytes: &[u8], pos: usize, id: SegmentId, last_good: u64) -
 fn count_set_records(maps: &[Map]) -> usize {
     let mut sets = 0usize;
     for (_, _, map) in maps {
-        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+        let bytes: &[u8] = map.bytes();
         let mut pos = SEGMENT_HEADER_LEN;
         while pos + RECORD_HEADER_LEN < bytes.len() {
             let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;

@@ -20,6 +20,12 @@ pub fn replay(dir: &std::path::Path, state: &mut State, now: u64) -> crate::Resu
     crate::replay::replay_into(dir, state, now, |_| {})
 }
 
+/// Replays files held in memory, named as in a data directory (`seg-…log`,
+/// `MANIFEST`), with the rules of a real replay but no files or threads.
+pub fn replay_files(files: &[(&str, &[u8])], state: &mut State, now: u64) -> crate::Result<crate::ReplayReport> {
+    crate::replay::replay_in_memory(files, state, now)
+}
+
 /// Replays a data directory, showing the state to `observe` after each record.
 pub fn replay_observed(
     dir: &std::path::Path,

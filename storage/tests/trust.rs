@@ -340,3 +340,34 @@ fn a_torn_value_full_of_fake_lengths_is_cut_off() {
     assert_eq!(get(&engine.handle(), "before").as_deref(), Some(&b"ok"[..]));
     assert_eq!(get(&engine.handle(), "torn"), None);
 }
+
+/// The in-memory replay the fuzzers use applies the same rules as the real
+/// one: same entries from the same files, same refusal of a wrong MANIFEST.
+#[test]
+fn in_memory_replay_matches_replay_from_files() {
+    let dir = written(500, 4096);
+    let now = 1;
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let mut from_memory = cachet_storage::State::new(Limits::default(), now);
+    cachet_storage::testing::replay_files(&named, &mut from_memory, now).unwrap();
+    let mut from_disk = cachet_storage::State::new(Limits::default(), now);
+    cachet_storage::testing::replay(dir.path(), &mut from_disk, now).unwrap();
+    let sorted = |s: &cachet_storage::State| {
+        let mut v: Vec<_> = s.entries(now).map(|(k, v, e)| (k.to_vec(), v.to_vec(), e)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&from_memory).len(), 500);
+    assert_eq!(sorted(&from_memory), sorted(&from_disk));
+    let mut wrong = named.clone();
+    let bad = manifest_bytes(900, 1, 905);
+    wrong.retain(|(n, _)| *n != "MANIFEST");
+    wrong.push(("MANIFEST", &bad));
+    let mut state = cachet_storage::State::new(Limits::default(), now);
+    assert!(matches!(cachet_storage::testing::replay_files(&wrong, &mut state, now), Err(Error::Manifest { .. })));
+}

@@ -172,8 +172,11 @@ impl Engine {
         let mut state = State::new(config.limits, now);
         let report = replay_into(&dir, &mut state, now, progress)?;
         if let Some(torn) = &report.torn {
+            let saved = save_torn_tail(torn);
             tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes_dropped = torn.bytes_dropped,
-                "cut off a torn write at the end of the log (a crash interrupted it; it was never acknowledged)");
+                saved = %saved,
+                "cut off an incomplete write at the end of the log (a crash or power loss interrupted it; \
+                 under sync=always it was never acknowledged, under everysec it was at most the last second's)");
         }
         for stray in &report.strays {
             tracing::warn!(file = %stray.display(),
@@ -281,6 +284,25 @@ impl Drop for Engine {
         if let Err(e) = self.stop() {
             tracing::error!("engine shutdown: {e}");
         }
+    }
+}
+
+/// Copies the bytes a torn-write cut drops to `<segment>.torn-<unix time>`
+/// before they go, so nothing is destroyed on the log's own judgement; says
+/// where (or why not).
+fn save_torn_tail(torn: &crate::replay::TornTail) -> String {
+    if torn.offset == 0 || torn.bytes_dropped == 0 {
+        return "nothing to save".into();
+    }
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let to = PathBuf::from(format!("{}.torn-{stamp}", torn.file.display()));
+    let copied = std::fs::read(&torn.file).and_then(|bytes| {
+        let from = (torn.offset as usize).min(bytes.len());
+        std::fs::write(&to, &bytes[from..])
+    });
+    match copied {
+        Ok(()) => to.display().to_string(),
+        Err(e) => format!("not saved ({e})"),
     }
 }
 
@@ -605,6 +627,7 @@ impl Writer {
             if cleared {
                 self.drop_segments_before_clear();
             }
+            self.hook("batch-written");
         }
         shutdown
     }
@@ -653,6 +676,7 @@ impl Writer {
     /// Returns the sequence number its first record will carry.
     fn roll(&mut self) -> Result<u64> {
         self.active.sync().map_err(Error::io("syncing", &self.active.path))?;
+        self.hook("synced");
         let next = self.new_segment(self.active.id.next()?)?;
         self.log_bytes += next.len;
         self.active = next;
@@ -780,6 +804,7 @@ impl Writer {
             }
             self.dirty = false;
             self.last_sync = Instant::now();
+            self.hook("synced");
         }
         self.compact_step();
         if self.active.len >= self.segment_bytes
@@ -879,7 +904,13 @@ impl Writer {
             .sum();
         let manifest = self.manifest.clone();
         if self.hook.is_some() {
-            let result = finish_compaction(&dir, &file, &manifest, cutoff, first_seq, &mut |point| self.hook(point));
+            let (faults, path, len) = (self.faults.clone(), self.active.path.clone(), self.active.len);
+            let result = finish_compaction(&dir, &file, &manifest, cutoff, first_seq, &mut |point| {
+                if let (Some(f), "compact-synced") = (&faults, point) {
+                    f.note_durable(&path, len);
+                }
+                self.hook(point)
+            });
             self.finished(result);
         } else {
             let spawned = std::thread::Builder::new()

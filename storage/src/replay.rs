@@ -363,7 +363,13 @@ fn verify<'a>(
                 }
                 Err(err) => {
                     let last_good = last_seq.unwrap_or(0);
-                    if is_newest && is_incomplete(bytes, pos) && !valid_record_after(bytes, pos, *id, last_good) {
+                    let torn = is_newest
+                        && match damage(bytes, pos) {
+                            Damage::PastEnd => !valid_record_after(bytes, pos, *id, last_good),
+                            Damage::LostSectors => true,
+                            Damage::Damaged => false,
+                        };
+                    if torn {
                         report.torn = Some(TornTail {
                             file: path.clone(),
                             offset: pos as u64,
@@ -397,31 +403,58 @@ fn is_zero_or_header_prefix(bytes: &[u8], id: SegmentId) -> bool {
     bytes.iter().zip(header.iter()).all(|(a, b)| a == b) || bytes.iter().all(|b| *b == 0)
 }
 
-/// Whether the bad record at `pos` (in a segment that ends after it) is one
-/// a crash can leave: its header or body runs past the end of the file (the
-/// write was cut short), or its bytes are zero from a page boundary to its
-/// end (the file grew but those pages never reached the disk, as a power
-/// loss leaves it). A complete record whose checksum fails without such
-/// zeros was written whole and damaged later: that is corruption, even at
-/// the end of the log, because under `sync=always` it was acknowledged.
-fn is_incomplete(bytes: &[u8], pos: usize) -> bool {
-    let tail = &bytes[pos..];
-    if tail.len() < RECORD_HEADER_LEN {
-        return true;
-    }
-    let len = u32::from_le_bytes(tail[0..4].try_into().expect("4 bytes")) as usize;
-    if len > tail.len() - RECORD_HEADER_LEN {
-        return true;
-    }
-    // `len` fits (checked above), so the record ends inside the file.
-    let end = pos + RECORD_HEADER_LEN + len;
-    let zeros = bytes[pos..end].iter().rev().take_while(|b| **b == 0).count();
-    let zero_from = end - zeros;
-    zeros > 0 && (zero_from == pos || zero_from.is_multiple_of(PAGE))
+/// How a bad record at the end of the newest segment came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Damage {
+    /// Its header or body runs past the end of the file: the write was cut
+    /// short. Torn, unless a valid record follows (then its length is what
+    /// was damaged).
+    PastEnd,
+    /// Sectors of it read back as zeros: the file grew but those sectors
+    /// never reached the disk (a power loss, with writes reordered). Records
+    /// after it cannot have been synced either (an fdatasync would have
+    /// written the lost sectors too), so it is torn whatever follows.
+    LostSectors,
+    /// Complete, with no lost sector, and its checksum fails: written whole
+    /// and damaged later. Corruption, even at the very end of the log: under
+    /// `sync=always` it was acknowledged.
+    Damaged,
 }
 
 /// The unit in which a power loss can drop written data.
-const PAGE: usize = 4096;
+const SECTOR: usize = 512;
+
+/// Classifies the bad record at `pos`.
+fn damage(bytes: &[u8], pos: usize) -> Damage {
+    let tail = &bytes[pos..];
+    if tail.len() < RECORD_HEADER_LEN {
+        return Damage::PastEnd;
+    }
+    let len = u32::from_le_bytes(tail[0..4].try_into().expect("4 bytes")) as usize;
+    if len > tail.len() - RECORD_HEADER_LEN {
+        return Damage::PastEnd;
+    }
+    // `len` fits (checked above), so the record ends inside the file.
+    let end = pos + RECORD_HEADER_LEN + len;
+    let first_sector = pos.next_multiple_of(SECTOR);
+    let lost_inside = (first_sector..end.saturating_sub(SECTOR - 1))
+        .step_by(SECTOR)
+        .any(|at| bytes[at..at + SECTOR].iter().all(|b| *b == 0));
+    // Zeros that end the record and go on to a sector boundary (or the end
+    // of the file): the sector that held the old end of the file, written
+    // before the rest of the record reached the disk. The run starts at a
+    // sector boundary, or at the record (all of it is zeros), or is long
+    // enough that a value ending in a few zero bytes is not mistaken for it.
+    let trailing = bytes[pos..end].iter().rev().take_while(|b| **b == 0).count();
+    let lost_end = trailing > 0 && {
+        let after = bytes[end..].iter().take_while(|b| **b == 0).count();
+        let reach = end + after.min(end.next_multiple_of(SECTOR) - end);
+        let start = end - trailing;
+        (reach == bytes.len() || reach.is_multiple_of(SECTOR))
+            && (start == pos || start.is_multiple_of(SECTOR) || reach - start >= 16)
+    };
+    if lost_inside || lost_end { Damage::LostSectors } else { Damage::Damaged }
+}
 
 /// Whether any offset after `pos` holds a record that validates and comes
 /// after `last_good`: if so, the bad record at `pos` is not a torn tail.
@@ -780,18 +813,21 @@ mod tests {
         let mut seg = segment_header(id).to_vec();
         let at = seg.len();
         encode(&mut seg, id, Seq(1), &Record::Set { key: b"k", value: &[7; 5000], expires: crate::UnixMillis(0) });
-        assert!(is_incomplete(&seg[..seg.len() - 1], at), "cut short");
+        assert_eq!(damage(&seg[..seg.len() - 1], at), Damage::PastEnd, "cut short");
         let mut zeroed = seg.clone();
         zeroed[4096..].fill(0);
-        assert!(is_incomplete(&zeroed, at), "its last page never reached the disk");
+        assert_eq!(damage(&zeroed, at), Damage::LostSectors, "its last sectors never reached the disk");
+        let mut hole = seg.clone();
+        hole[1024..1536].fill(0);
+        assert_eq!(damage(&hole, at), Damage::LostSectors, "a sector in its middle never reached the disk");
         let mut flipped = seg.clone();
         flipped[at + 100] ^= 1;
-        assert!(!is_incomplete(&flipped, at), "complete but damaged");
+        assert_eq!(damage(&flipped, at), Damage::Damaged, "complete but damaged");
         // Found by the replay fuzzer: a zero length at the very end.
         let mut zero_len = segment_header(id).to_vec();
         zero_len.extend_from_slice(&[0; RECORD_HEADER_LEN]);
-        assert!(is_incomplete(&zero_len, SEGMENT_HEADER_LEN), "zeroed space");
+        assert_eq!(damage(&zero_len, SEGMENT_HEADER_LEN), Damage::LostSectors, "zeroed space");
         zero_len[SEGMENT_HEADER_LEN + 5] = 1;
-        assert!(!is_incomplete(&zero_len, SEGMENT_HEADER_LEN));
+        assert_eq!(damage(&zero_len, SEGMENT_HEADER_LEN), Damage::Damaged);
     }
 }

@@ -227,6 +227,9 @@ pub struct Faults {
     skip: AtomicU32,
     /// When not empty, decides the next writes in turn: `true` fails one.
     script: Mutex<std::collections::VecDeque<bool>>,
+    /// How much of each segment file a sync has made durable: what a power
+    /// loss would leave (the power-loss tests cut their copies there).
+    durable: Mutex<std::collections::HashMap<PathBuf, u64>>,
     writes: AtomicU32,
     syncs: AtomicU32,
     short: AtomicBool,
@@ -261,6 +264,15 @@ impl Faults {
         self.writes.load(Ordering::SeqCst) == 0
             && self.syncs.load(Ordering::SeqCst) == 0
             && self.script.lock().expect("faults lock").is_empty()
+    }
+
+    /// How many bytes of each segment file are durable (synced).
+    pub fn durable_lengths(&self) -> std::collections::HashMap<PathBuf, u64> {
+        self.durable.lock().expect("faults lock").clone()
+    }
+
+    pub(crate) fn note_durable(&self, path: &Path, len: u64) {
+        self.durable.lock().expect("faults lock").insert(path.to_path_buf(), len);
     }
 
     fn fail_next_write(&self) -> bool {
@@ -325,6 +337,9 @@ impl ActiveSegment {
             return Err(Error::io("writing segment header", &path)(e));
         }
         sync_dir(dir)?;
+        if let Some(f) = faults {
+            f.note_durable(&path, SEGMENT_HEADER_LEN as u64);
+        }
         Ok(ActiveSegment { id, path, file, len: SEGMENT_HEADER_LEN as u64, hinted: 0, faults: faults.clone() })
     }
 
@@ -342,6 +357,9 @@ impl ActiveSegment {
         if on_disk != valid_len {
             file.set_len(valid_len).map_err(Error::io("truncating torn tail of", &path))?;
             file.sync_all().map_err(Error::io("syncing", &path))?;
+        }
+        if let Some(f) = faults {
+            f.note_durable(&path, valid_len);
         }
         Ok(ActiveSegment { id, path, file, len: valid_len, hinted: valid_len, faults: faults.clone() })
     }
@@ -381,6 +399,10 @@ impl ActiveSegment {
         {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
-        self.file.sync_data()
+        self.file.sync_data()?;
+        if let Some(f) = &self.faults {
+            f.note_durable(&self.path, self.len);
+        }
+        Ok(())
     }
 }

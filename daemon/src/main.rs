@@ -103,20 +103,38 @@ fn check(dir: &std::path::Path) -> Result<(), String> {
     );
     if let Some(t) = &r.torn {
         println!(
-            "torn write at the end of {} (offset {}, {} bytes): opening cuts it off",
+            "torn write at the end of {} (offset {}, {} bytes): opening cuts it off (and saves it aside)",
             t.file.display(),
             t.offset,
             t.bytes_dropped
         );
+    }
+    for stray in &r.strays {
+        println!("ignored (not a segment name in the canonical form): {}", stray.display());
     }
     Ok(())
 }
 
 fn repair(dir: &std::path::Path) -> Result<(), String> {
     let report = cachet_storage::repair(dir).map_err(|e| e.to_string())?;
+    if !report.changed() {
+        println!("{}: the log is sound; nothing changed", dir.display());
+    }
+    if let Some(problem) = &report.manifest_rebuilt {
+        println!("rebuilt the MANIFEST from the segments present (it was wrong: {problem})");
+    }
+    for moved in &report.moved_aside {
+        println!("moved aside (not part of the log): {}", moved.display());
+    }
+    for stray in &report.strays {
+        println!("left alone (not a segment name in the canonical form): {}", stray.display());
+    }
     match report.cut {
-        None => println!("{}: the log is sound; nothing changed", dir.display()),
+        None => {}
         Some(c) => {
+            if let Some(why) = &c.in_place {
+                println!("{why}: no backup of the dropped bytes was kept");
+            }
             println!(
                 "cut {} back to offset {} (last good sequence {}), dropping {} bytes",
                 c.file.display(),

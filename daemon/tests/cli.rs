@@ -73,4 +73,23 @@ fn check_and_repair_subcommands() {
     assert!(Command::new(support::bin()).arg("check").arg(&dir).status().unwrap().success());
     d.start_again();
     assert_eq!(cachet(&d, &["get", "a"]).0, 1, "everything after the bad record was cut");
+    assert_eq!(cachet(&d, &["set", "z", "26"]).0, 0);
+    assert!(d.stop());
+
+    // A garbled MANIFEST: check and the daemon refuse and name the fix,
+    // which rebuilds it; nothing is lost.
+    std::fs::write(dir.join("MANIFEST"), b"floor 9x").unwrap();
+    let out = Command::new(support::bin()).arg("check").arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cachetd repair"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(support::bin()).arg("repair").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt the MANIFEST"));
+    assert!(Command::new(support::bin()).arg("check").arg(&dir).status().unwrap().success());
+    d.start_again();
+    assert_eq!(cachet(&d, &["get", "z"]).1.trim(), "26");
 }

@@ -88,7 +88,7 @@ fn main() {
     let lru_time = t.elapsed();
 
     let mut state = State::new(Limits { max_entries: Some(CAPACITY as u64), ..Limits::default() }, NOW);
-    let mut sink = NullSink::default();
+    let mut sink = NullSink;
     let mut hits = 0usize;
     let t = Instant::now();
     for &k in &trace {

@@ -34,7 +34,7 @@ static GLOBAL: Counting = Counting;
 fn measure(n: u64, ttl: Ttl) -> (f64, usize) {
     let before = LIVE.load(Ordering::Relaxed);
     let mut state = State::new(Limits::default(), 1_700_000_000_000);
-    let mut sink = NullSink::default();
+    let mut sink = NullSink;
     for i in 0..n {
         testing::apply(
             &mut state,

@@ -566,7 +566,18 @@ impl IntoFuture for Set {
     fn into_future(self) -> Self::IntoFuture {
         let down_is_miss = self.w.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, (), async move {
-            let (c, key, value, ttl) = self.w.prepare().await?;
+            let (cache, user_key, version) = (self.w.cache.clone(), self.w.key.clone(), self.w.version);
+            let (c, key, value, ttl) = match self.w.prepare().await {
+                Ok(prepared) => prepared,
+                // Django's memcached rule: a value refused for its size
+                // removes the old one, so a stale value is never served
+                // after a failed write.
+                Err(e @ Error::ValueTooLarge { .. }) => {
+                    Delete { cache, key: user_key, version }.await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             let node = c.node_for(&key);
             match c.op(node, Retry::Safe, Op::Set(ByteBuf::from(key.into_bytes()), value, ttl)).await? {
                 OpReply::Done => Ok(()),
@@ -756,13 +767,25 @@ impl IntoFuture for SetMany {
                 let mut failed = Vec::new();
                 let mut send = Vec::new();
                 let mut sent_keys = Vec::new();
+                let mut too_large = Vec::new();
                 for (full, (user, value)) in items {
-                    if full.len() as u64 > info.max_key_bytes || value.len() as u64 > info.max_value_bytes {
+                    if full.len() as u64 > info.max_key_bytes {
+                        failed.push(user);
+                    } else if value.len() as u64 > info.max_value_bytes {
+                        // Refused for its size: the old value goes too.
+                        too_large.push(ByteBuf::from(full.into_bytes()));
                         failed.push(user);
                     } else {
                         send.push((ByteBuf::from(full.into_bytes()), ByteBuf::from(value)));
                         sent_keys.push(user);
                     }
+                }
+                if !too_large.is_empty() {
+                    c.call(node, Retry::Safe, |cl, ctx| {
+                        let keys = too_large.clone();
+                        async move { cl.delete_many(ctx, keys).await }
+                    })
+                    .await?;
                 }
                 if !send.is_empty() {
                     let refused = c
@@ -952,18 +975,15 @@ impl IntoFuture for IncrVersion {
                 .await?;
             } else {
                 // The two versions live on different servers: copy the raw
-                // bytes, then delete, as Django does (with the default timeout:
-                // the expiry cannot be carried across servers).
+                // bytes with the time they have left, then delete, as Django
+                // does; the value keeps its expiry.
                 let fb = ByteBuf::from(from.into_bytes());
-                let value = c
-                    .call(a, Retry::Safe, |cl, ctx| {
-                        let fb = fb.clone();
-                        async move { cl.get(ctx, fb).await }
-                    })
-                    .await?
-                    .ok_or(Error::NotFound)?;
+                let (value, ttl) = match c.op(a, Retry::Safe, Op::GetWithTtl(fb.clone())).await? {
+                    OpReply::ValueWithTtl(Some(found)) => found,
+                    OpReply::ValueWithTtl(None) => return Err(Error::NotFound),
+                    r => return Err(unexpected(r)),
+                };
                 let tb = ByteBuf::from(to.into_bytes());
-                let ttl = c.ttl(Timeout::Default);
                 c.call(b, Retry::Safe, |cl, ctx| {
                     let (tb, value) = (tb.clone(), value.clone());
                     async move { cl.set(ctx, tb, value, ttl).await }

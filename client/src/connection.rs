@@ -249,23 +249,20 @@ impl Node {
             attempt += 1;
             let conn = self.conn(token, timeout).await?;
             let (tx, rx) = oneshot::channel();
-            let failed = if conn.queue.send((op.clone(), tx)).is_err() {
-                Failed::Unsent("the connection's queue is closed".into())
+            // Whether the request surely never left, and why it failed.
+            let (unsent, reason) = if conn.queue.send((op.clone(), tx)).is_err() {
+                (true, "the connection's queue is closed".to_string())
             } else {
                 match rx.await {
                     Ok(Ok(Ok(reply))) => return Ok(reply),
                     Ok(Ok(Err(e))) => return Err(e.into()),
                     Ok(Err(Failed::Timeout)) => return Err(Error::Timeout),
-                    Ok(Err(f)) => f,
-                    Err(_) => Failed::Broken("the connection closed".into()),
+                    Ok(Err(Failed::Unsent(r))) => (true, r),
+                    Ok(Err(Failed::Broken(r))) => (false, r),
+                    Err(_) => (false, "the connection closed".to_string()),
                 }
             };
             self.drop_conn(Some(&conn)).await;
-            let (unsent, reason) = match failed {
-                Failed::Unsent(r) => (true, r),
-                Failed::Broken(r) => (false, r),
-                Failed::Timeout => unreachable!("returned above"),
-            };
             if attempt >= 2 || !(unsent || retry == Retry::Safe) {
                 return Err(self.conn_error(reason));
             }

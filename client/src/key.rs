@@ -18,9 +18,15 @@ fn warn_if_unportable(key: &str) {
             "cache key is over {MEMCACHED_MAX_KEY} bytes, which memcached would refuse"
         );
     }
-    if key.chars().any(|c| c.is_control() || c == ' ') {
+    if !is_memcached_safe(key) {
         tracing::warn!(key, "cache key contains spaces or control characters, which memcached would refuse");
     }
+}
+
+/// memcached's rule, byte by byte: nothing below 33 (controls and space)
+/// and no 127 (DEL). Bytes 128-255, U+0080-U+009F included, are accepted.
+fn is_memcached_safe(key: &str) -> bool {
+    key.bytes().all(|b| b >= 33 && b != 127)
 }
 
 /// The user's part of a full key (for `get_many`'s result map).
@@ -38,5 +44,14 @@ mod tests {
         assert_eq!(make_key("", 1, "k"), ":1:k");
         assert_eq!(make_key("app", 2, "k"), "app:2:k");
         assert_eq!(user_part("app:2:k:x", "app", 2), "k:x");
+    }
+
+    #[test]
+    fn warns_exactly_where_memcached_refuses() {
+        assert!(is_memcached_safe(":1:plain-key_!~"));
+        assert!(is_memcached_safe(":1:caf\u{e9}\u{85}\u{9f}"), "U+0080-U+009F are fine for memcached");
+        for bad in [":1:a b", ":1:a\tb", ":1:a\u{7f}", ":1:\u{0}"] {
+            assert!(!is_memcached_safe(bad), "{bad:?}");
+        }
     }
 }

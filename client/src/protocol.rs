@@ -108,6 +108,8 @@ pub enum Op {
     Incr(ByteBuf, i64),
     HasKey(ByteBuf),
     Rename(ByteBuf, ByteBuf),
+    /// The value and what is left of its time to live.
+    GetWithTtl(ByteBuf),
 }
 
 /// The reply to one `Op` of a batch.
@@ -117,6 +119,8 @@ pub enum OpReply {
     Done,
     Bool(bool),
     Int(i64),
+    /// `GetWithTtl`: the value and the time it has left (`Millis` is at least 1).
+    ValueWithTtl(Option<(ByteBuf, WireTtl)>),
 }
 
 /// The MessagePack codec both sides use on the wire (rmp-serde, as

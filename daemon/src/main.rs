@@ -233,10 +233,8 @@ async fn serve(
         .into_iter()
         .map(|l| tokio::spawn(listen::accept_loop(l, shared.clone(), limits.clone(), stop_rx.clone())))
         .collect();
-    tracing::info!("ready: listening on {} ({} ms after start)", addrs.join(", "), started.elapsed().as_millis());
-    systemd::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("ready")]);
-    let heartbeat = tokio::spawn(systemd::heartbeat(engine.handle(), shared.connections_counter()));
-
+    // Handlers are in place before the ready line, so a signal sent once
+    // the daemon says it is ready is never missed.
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -255,6 +253,10 @@ async fn serve(
             );
         }
     });
+    tracing::info!("ready: listening on {} ({} ms after start)", addrs.join(", "), started.elapsed().as_millis());
+    systemd::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("ready")]);
+    let heartbeat = tokio::spawn(systemd::heartbeat(engine.handle(), shared.connections_counter()));
+
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

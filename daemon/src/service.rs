@@ -168,6 +168,7 @@ fn command(op: Op) -> Command {
         Op::Incr(k, d) => Command::Incr { key: k.into_vec(), delta: d },
         Op::HasKey(k) => Command::HasKey { key: k.into_vec() },
         Op::Rename(f, t) => Command::Rename { from: f.into_vec(), to: t.into_vec() },
+        Op::GetWithTtl(k) => Command::GetWithTtl { key: k.into_vec() },
     }
 }
 
@@ -177,6 +178,13 @@ fn op_reply(r: Reply) -> Result<OpReply, WireError> {
         Reply::Done => Ok(OpReply::Done),
         Reply::Bool(b) => Ok(OpReply::Bool(b)),
         Reply::Int(n) => Ok(OpReply::Int(n)),
+        Reply::ValueWithTtl(v) => Ok(OpReply::ValueWithTtl(v.map(|(v, t)| {
+            let t = match t {
+                Ttl::Never => WireTtl::Never,
+                Ttl::Millis(ms) => WireTtl::Millis(ms),
+            };
+            (ByteBuf::from(v), t)
+        }))),
         r => Err(unexpected(r)),
     }
 }

@@ -66,11 +66,11 @@ fn check_and_repair_subcommands() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cachetd repair") && err.contains("offset 32"), "{err}");
-    assert!(!Command::new(support::bin()).arg("check").arg(&dir).status().unwrap().success());
+    assert!(!Command::new(support::bin()).arg("check").arg(&dir).output().unwrap().status.success());
     let out = Command::new(support::bin()).arg("repair").arg(&dir).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("backup:"));
-    assert!(Command::new(support::bin()).arg("check").arg(&dir).status().unwrap().success());
+    assert!(Command::new(support::bin()).arg("check").arg(&dir).output().unwrap().status.success());
     d.start_again();
     assert_eq!(cachet(&d, &["get", "a"]).0, 1, "everything after the bad record was cut");
     assert_eq!(cachet(&d, &["set", "z", "26"]).0, 0);
@@ -89,7 +89,7 @@ fn check_and_repair_subcommands() {
     let out = Command::new(support::bin()).arg("repair").arg(&dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt the MANIFEST"));
-    assert!(Command::new(support::bin()).arg("check").arg(&dir).status().unwrap().success());
+    assert!(Command::new(support::bin()).arg("check").arg(&dir).output().unwrap().status.success());
     d.start_again();
     assert_eq!(cachet(&d, &["get", "z"]).1.trim(), "26");
 }

@@ -98,3 +98,34 @@ async fn a_dead_server_fails_fast_or_misses_and_comes_back() {
     })
     .await;
 }
+
+/// `incr_version` between two servers copies the value with the time it has
+/// left (it used to re-set it with the default timeout of 300 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn incr_version_across_servers_keeps_the_expiry() {
+    let (a, b) = (Daemon::start(&[]), Daemon::start(&[]));
+    let two = cache_over(&[&a, &b], false).await;
+    let one_a = cache_over(&[&a], false).await;
+    // Keys whose versions 1 and 2 live on different servers.
+    let mut moved = 0;
+    for k in keys(40) {
+        two.set(&k, &7u32).timeout(Duration::from_millis(1500)).await.unwrap();
+        let on_a_before = one_a.get::<u32>(&k).await.unwrap().is_some();
+        assert_eq!(two.incr_version(&k).await.unwrap(), 2);
+        let on_a_after = one_a.get::<u32>(&k).version(2).await.unwrap().is_some();
+        if on_a_before != on_a_after {
+            moved += 1;
+        }
+        assert_eq!(two.get::<u32>(&k).version(2).await.unwrap(), Some(7));
+    }
+    assert!(moved > 5, "only {moved} keys changed server");
+    support::eventually(Duration::from_secs(30), "every copied value expired", || async {
+        for k in keys(40) {
+            if two.get::<u32>(&k).version(2).await.unwrap().is_some() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}

@@ -14,13 +14,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct UnixMillis(pub u64);
 
-impl UnixMillis {
-    /// The deadline `ttl_ms` after `self`, saturating rather than wrapping.
-    pub fn after(self, ttl_ms: u64) -> UnixMillis {
-        UnixMillis(self.0.saturating_add(ttl_ms))
-    }
-}
-
 /// The source of "now" for the engine.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> UnixMillis;

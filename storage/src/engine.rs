@@ -444,7 +444,7 @@ struct Writer {
     segment_bytes: u64,
     max_batch: usize,
     expire_budget: usize,
-    /// Bytes written since the last fdatasync.
+    /// Whether bytes were written since the last fdatasync.
     dirty: bool,
     last_sync: Instant,
     log_bytes: u64,

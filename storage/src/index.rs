@@ -123,15 +123,6 @@ impl Index {
         self.blob_bytes
     }
 
-    /// Bytes held: key and value blobs, the slab, the table, counted exactly
-    /// from capacities (what a counting allocator sees, minus malloc's own
-    /// rounding).
-    pub(crate) fn memory_bytes(&self) -> usize {
-        self.blob_bytes
-            + self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.table.capacity() * (std::mem::size_of::<u32>() + 1)
-    }
-
     /// The hash the table uses for `key` (also the ghost queue's key identity).
     pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
@@ -156,7 +147,6 @@ impl Index {
         (e.blob.is_some() && e.generation() == generation).then_some(e)
     }
 
-    /// Replaces the value of an existing entry in place.
     /// Replaces the value of an existing entry in place; returns the old
     /// key+value blob (kept by the batch's undo log, else dropped).
     pub(crate) fn replace_value(&mut self, slot: u32, value: &[u8]) -> Box<[u8]> {

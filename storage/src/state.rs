@@ -70,6 +70,11 @@ pub enum Command {
     HasKey {
         key: Vec<u8>,
     },
+    /// The value and what is left of its time to live (to copy a value with
+    /// its expiry, as `incr_version` across servers does).
+    GetWithTtl {
+        key: Vec<u8>,
+    },
     /// Moves a value to another key, keeping its expiry (for `incr_version`).
     Rename {
         from: Vec<u8>,
@@ -81,13 +86,22 @@ pub enum Command {
 impl Command {
     /// Whether the command may write to the log.
     pub fn is_write(&self) -> bool {
-        !matches!(self, Command::Get { .. } | Command::GetMany { .. } | Command::HasKey { .. } | Command::Stats)
+        !matches!(
+            self,
+            Command::Get { .. }
+                | Command::GetMany { .. }
+                | Command::HasKey { .. }
+                | Command::GetWithTtl { .. }
+                | Command::Stats
+        )
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Value(Option<Vec<u8>>),
+    /// `GetWithTtl`: the value and its time left (`Millis` at least 1).
+    ValueWithTtl(Option<(Vec<u8>, Ttl)>),
     /// `GetMany`: one slot per requested key, in order.
     Values(Vec<Option<Vec<u8>>>),
     Done,
@@ -123,15 +137,13 @@ pub(crate) trait Sink {
     fn append(&mut self, rec: &Record<'_>) -> u32;
 }
 
-/// A sink that only counts, for replay-free uses of the core (tests, fuzzing).
+/// A sink that drops the records, for uses of the core without a log
+/// (tests, fuzzing).
 #[derive(Default)]
-pub struct NullSink {
-    pub records: u64,
-}
+pub struct NullSink;
 
 impl Sink for NullSink {
     fn append(&mut self, _: &Record<'_>) -> u32 {
-        self.records += 1;
         0
     }
 }
@@ -416,11 +428,6 @@ impl State {
         self.index.blob_bytes() + self.index.len() * ENTRY_OVERHEAD + self.evict.as_ref().map_or(0, S3Fifo::own_bytes)
     }
 
-    /// Heap bytes held, from capacities (what a counting allocator sees).
-    pub fn heap_bytes(&self) -> usize {
-        self.index.memory_bytes() + self.wheel.len() * std::mem::size_of::<Timer>()
-    }
-
     pub(crate) fn live_log_bytes(&self) -> u64 {
         self.live_by_segment.values().sum()
     }
@@ -456,7 +463,9 @@ impl State {
     /// Validates a command against the limits without applying it.
     pub fn validate(&self, cmd: &Command) -> Result<()> {
         match cmd {
-            Command::Get { key } | Command::Delete { key } | Command::HasKey { key } => self.check_key(key),
+            Command::Get { key } | Command::Delete { key } | Command::HasKey { key } | Command::GetWithTtl { key } => {
+                self.check_key(key)
+            }
             Command::Touch { key, .. } | Command::Incr { key, .. } => self.check_key(key),
             Command::GetMany { keys } | Command::DeleteMany { keys } => keys.iter().try_for_each(|k| self.check_key(k)),
             Command::Set { key, value, .. }
@@ -476,9 +485,26 @@ impl State {
 
     /// Applies one command at time `now` (unix ms).
     pub(crate) fn apply(&mut self, cmd: &Command, now: u64, sink: &mut impl Sink) -> Result<Reply> {
+        if let Command::Set { key, value, .. } = cmd
+            && self.check_key(key).is_ok()
+            && let Err(e) = self.check_value(value)
+        {
+            // Django's memcached rule: a value refused for its size removes
+            // the old one, so a stale value is never served after a failed
+            // write.
+            self.delete(key, now, sink);
+            return Err(e);
+        }
         self.validate(cmd)?;
         Ok(match cmd {
             Command::Get { key } => Reply::Value(self.get(key, now)?),
+            Command::GetWithTtl { key } => {
+                let value = self.get(key, now)?;
+                Reply::ValueWithTtl(value.map(|v| {
+                    let expires = self.index.find(key).map_or(0, |slot| self.index.entry(slot).expires);
+                    (v, if expires == 0 { Ttl::Never } else { Ttl::Millis(expires.saturating_sub(now).max(1)) })
+                }))
+            }
             Command::GetMany { keys } => {
                 // The reply's size is known before any of it is built (a key
                 // named 4,000 times counts 4,000 times).
@@ -500,10 +526,14 @@ impl State {
             Command::SetMany { items, ttl } => {
                 let mut failed = Vec::new();
                 for (i, (key, value)) in items.iter().enumerate() {
-                    let stored = self
-                        .check_key(key)
-                        .and_then(|()| self.check_value(value))
-                        .and_then(|()| self.set(key, value, *ttl, now, sink));
+                    let stored = self.check_key(key).and_then(|()| match self.check_value(value) {
+                        Ok(()) => self.set(key, value, *ttl, now, sink),
+                        Err(e) => {
+                            // As for `Set`: the old value goes too.
+                            self.delete(key, now, sink);
+                            Err(e)
+                        }
+                    });
                     if stored.is_err() {
                         failed.push(i);
                     }
@@ -1038,7 +1068,7 @@ mod tests {
 
     impl Core {
         fn new() -> Core {
-            Core { s: State::new(Limits::default(), 1_000_000), now: 1_000_000, sink: NullSink::default() }
+            Core { s: State::new(Limits::default(), 1_000_000), now: 1_000_000, sink: NullSink }
         }
         fn run(&mut self, cmd: Command) -> Result<Reply> {
             let r = self.s.apply(&cmd, self.now, &mut self.sink);
@@ -1176,8 +1206,15 @@ mod tests {
         let long = "k".repeat(2000);
         let e = c.run(Command::Get { key: long.clone().into() }).unwrap_err();
         assert!(e.to_string().contains("max_key_bytes"), "{e}");
+        c.set("k", b"old", Ttl::Never);
         let e = c.run(Command::Set { key: "k".into(), value: vec![0; (16 << 20) + 1], ttl: Ttl::Never }).unwrap_err();
         assert!(e.to_string().contains("--max-value-bytes"), "{e}");
+        assert_eq!(c.get("k"), None, "a set refused for its size removes the old value");
+        c.set("m", b"old", Ttl::Never);
+        let r =
+            c.run(Command::SetMany { items: vec![(b"m".to_vec(), vec![0; (16 << 20) + 1])], ttl: Ttl::Never }).unwrap();
+        assert_eq!(r, Reply::Failed(vec![0]));
+        assert_eq!(c.get("m"), None, "so does a set_many item");
         let r = c
             .run(Command::SetMany { items: vec![(long.into(), vec![]), (b"ok".to_vec(), vec![])], ttl: Ttl::Never })
             .unwrap();

@@ -11,10 +11,6 @@ pub fn apply(state: &mut State, cmd: &Command, now: u64, sink: &mut NullSink) ->
     state.apply(cmd, now, sink)
 }
 
-pub fn expire(state: &mut State, now: u64, budget: usize) -> usize {
-    state.expire(now, budget)
-}
-
 /// Replays a data directory into a fresh state at `now`.
 pub fn replay(dir: &std::path::Path, state: &mut State, now: u64) -> crate::Result<crate::ReplayReport> {
     crate::replay::replay_into(dir, state, now, |_| {})
@@ -57,6 +53,20 @@ fn deadline(ttl: Ttl, now: u64) -> Option<u64> {
 }
 
 impl Model {
+    /// Why a write of `key` and `value` is refused under the default limits;
+    /// a value refused for its size removes the old one (Django's rule).
+    fn refusal(&mut self, key: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        let limits = crate::Limits::default();
+        if key.len() > limits.max_key_bytes {
+            return Err("KeyTooLong");
+        }
+        if value.len() > limits.max_value_bytes {
+            self.map.remove(key);
+            return Err("ValueTooLarge");
+        }
+        Ok(())
+    }
+
     fn live(&self, key: &[u8], now: u64) -> Option<&(Vec<u8>, u64)> {
         self.map.get(key).filter(|(_, e)| *e == 0 || *e > now)
     }
@@ -91,14 +101,19 @@ impl Model {
                 Reply::Values(keys.iter().map(|k| self.live(k, now).map(|(v, _)| v.clone())).collect())
             }
             Command::Set { key, value, ttl } => {
+                self.refusal(key, value)?;
                 self.set(key, value, *ttl, now);
                 Reply::Done
             }
             Command::SetMany { items, ttl } => {
-                for (k, v) in items {
-                    self.set(k, v, *ttl, now);
+                let mut failed = Vec::new();
+                for (i, (k, v)) in items.iter().enumerate() {
+                    match self.refusal(k, v) {
+                        Ok(()) => self.set(k, v, *ttl, now),
+                        Err(_) => failed.push(i),
+                    }
                 }
-                Reply::Failed(vec![])
+                Reply::Failed(failed)
             }
             Command::Add { key, value, ttl } => {
                 if self.live(key, now).is_some() {
@@ -157,6 +172,9 @@ impl Model {
                 Reply::Int(next)
             }
             Command::HasKey { key } => Reply::Bool(self.live(key, now).is_some()),
+            Command::GetWithTtl { key } => Reply::ValueWithTtl(
+                self.live(key, now).map(|(v, e)| (v.clone(), if *e == 0 { Ttl::Never } else { Ttl::Millis(e - now) })),
+            ),
             Command::Rename { from, to } => {
                 let Some(entry) = self.live(from, now).cloned() else { return Err("NotFound") };
                 if from != to {
@@ -175,6 +193,8 @@ pub fn error_name(e: &Error) -> &'static str {
         Error::NotFound => "NotFound",
         Error::NotAnInteger => "NotAnInteger",
         Error::Overflow => "Overflow",
+        Error::KeyTooLong { .. } => "KeyTooLong",
+        Error::ValueTooLarge { .. } => "ValueTooLarge",
         _ => "other",
     }
 }

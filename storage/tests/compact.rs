@@ -2,15 +2,13 @@
 //! crash at that point) replays to exactly the in-memory state of that
 //! moment, and an overwrite-heavy run keeps the log near its live size.
 
-mod support;
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use cachet_storage::testing::int;
 use cachet_storage::{
     Command, Config, Engine, Hook, Limits, ManualClock, Reply, State, Stats, SyncPolicy, Ttl, UnixMillis, testing,
 };
-use support::int;
 
 type Entries = Vec<(Vec<u8>, Vec<u8>, u64)>;
 

@@ -1,8 +1,6 @@
 //! Memory bounds: S3-FIFO eviction keeps the caps, expired entries go
 //! first, `noeviction` refuses writes, and replay applies the same caps.
 
-mod support;
-
 use std::sync::Arc;
 
 use cachet_storage::{
@@ -13,18 +11,18 @@ use proptest::prelude::*;
 const NOW: u64 = 1_700_000_000_000;
 
 fn set(state: &mut State, key: &str, value: &[u8], ttl: Ttl, now: u64) -> Result<Reply, Error> {
-    testing::apply(state, &Command::Set { key: key.into(), value: value.to_vec(), ttl }, now, &mut NullSink::default())
+    testing::apply(state, &Command::Set { key: key.into(), value: value.to_vec(), ttl }, now, &mut NullSink)
 }
 
 fn get(state: &mut State, key: &str, now: u64) -> Option<Vec<u8>> {
-    match testing::apply(state, &Command::Get { key: key.into() }, now, &mut NullSink::default()).unwrap() {
+    match testing::apply(state, &Command::Get { key: key.into() }, now, &mut NullSink).unwrap() {
         Reply::Value(v) => v,
         r => panic!("{r:?}"),
     }
 }
 
 fn stats(state: &mut State) -> cachet_storage::Stats {
-    match testing::apply(state, &Command::Stats, NOW, &mut NullSink::default()).unwrap() {
+    match testing::apply(state, &Command::Stats, NOW, &mut NullSink).unwrap() {
         Reply::Stats(s) => s,
         r => panic!("{r:?}"),
     }

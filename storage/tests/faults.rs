@@ -3,13 +3,11 @@
 //! changes, and lose nothing acknowledged before; a disk that stays broken
 //! turns the engine read-only until it recovers by itself.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cachet_storage::testing::int;
 use cachet_storage::{Command, Config, Engine, Error, Faults, Handle, Reply, SyncPolicy, Ttl};
-use support::int;
 
 fn set(key: &str, value: &[u8]) -> Command {
     Command::Set { key: key.into(), value: value.to_vec(), ttl: Ttl::Never }

@@ -2,12 +2,10 @@
 //! clock advances, compared after every step, then closed, reopened (replay)
 //! and compared again.
 
-mod support;
-
+use cachet_storage::testing::{Model, error_name, int};
 use cachet_storage::{Command, Config, Engine, Limits, ManualClock, Reply, SyncPolicy, Ttl, UnixMillis};
 use proptest::prelude::*;
 use std::sync::Arc;
-use support::{Model, error_name, int};
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -17,6 +15,12 @@ enum Step {
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
     (0u8..8).prop_map(|k| vec![b'k', b'0' + k])
+}
+
+/// Mostly the usual keys, sometimes one over the default key limit, so an
+/// item refused (or accepted) by mistake shows.
+fn item_key() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![5 => key(), 1 => Just(vec![b'x'; 1025])]
 }
 
 fn value() -> impl Strategy<Value = Vec<u8>> {
@@ -32,7 +36,8 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (key(), value(), ttl()).prop_map(|(key, value, ttl)| Step::Op(Command::Set { key, value, ttl })),
         2 => key().prop_map(|key| Step::Op(Command::Get { key })),
         1 => prop::collection::vec(key(), 0..4).prop_map(|keys| Step::Op(Command::GetMany { keys })),
-        1 => (prop::collection::vec((key(), value()), 0..4), ttl()).prop_map(|(items, ttl)| Step::Op(Command::SetMany { items, ttl })),
+        1 => (prop::collection::vec((item_key(), value()), 0..4), ttl()).prop_map(|(items, ttl)| Step::Op(Command::SetMany { items, ttl })),
+        1 => (item_key(), value(), ttl()).prop_map(|(key, value, ttl)| Step::Op(Command::Set { key, value, ttl })),
         1 => (key(), value(), ttl()).prop_map(|(key, value, ttl)| Step::Op(Command::Add { key, value, ttl })),
         1 => (key(), value(), ttl()).prop_map(|(key, value, ttl)| Step::Op(Command::GetOrAdd { key, value, ttl })),
         1 => key().prop_map(|key| Step::Op(Command::Delete { key })),
@@ -40,6 +45,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (key(), ttl()).prop_map(|(key, ttl)| Step::Op(Command::Touch { key, ttl })),
         2 => (key(), -2i64..3).prop_map(|(key, delta)| Step::Op(Command::Incr { key, delta })),
         1 => key().prop_map(|key| Step::Op(Command::HasKey { key })),
+        1 => key().prop_map(|key| Step::Op(Command::GetWithTtl { key })),
         1 => (key(), key()).prop_map(|(from, to)| Step::Op(Command::Rename { from, to })),
         1 => Just(Step::Op(Command::Clear)),
         3 => (0u64..2000).prop_map(Step::Advance),
@@ -118,7 +124,8 @@ fn keys_of(cmd: &Command) -> Vec<Vec<u8>> {
         | Command::Delete { key }
         | Command::Touch { key, .. }
         | Command::Incr { key, .. }
-        | Command::HasKey { key } => vec![key.clone()],
+        | Command::HasKey { key }
+        | Command::GetWithTtl { key } => vec![key.clone()],
         Command::GetMany { keys } | Command::DeleteMany { keys } => keys.clone(),
         Command::SetMany { items, .. } => items.iter().map(|(k, _)| k.clone()).collect(),
         Command::Rename { from, to } => vec![from.clone(), to.clone()],

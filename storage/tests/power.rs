@@ -14,17 +14,15 @@
 //! syncs the directory after each before going on), and a lost MANIFEST
 //! write (it is replaced by rename after an fsync of the new one).
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cachet_storage::testing::{Model, int};
 use cachet_storage::{
     Command, Config, Engine, Faults, Hook, HookPoint, Limits, ManualClock, State, SyncPolicy, Ttl, UnixMillis, testing,
 };
-use support::{Model, int};
 
 const START: u64 = 1_700_000_000_000;
 const SECTOR: usize = 512;

@@ -3,8 +3,6 @@
 //! exhaust memory, damage that went unnoticed or was repaired wrongly, and
 //! an operator hazard. Each failed before its fix.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -5,13 +5,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use cachet::Cache;
 use cachet::protocol::CacheServiceRequest;
-use support::Daemon;
+use support::{Daemon, closed_within, frame};
 
 fn rss_kib(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -21,22 +21,6 @@ fn rss_kib(pid: i32, field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-}
-
-/// Waits until the server closes `s` (read returns 0 or an error).
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 async fn still_serves(c: &Cache, round: u32) {
@@ -51,15 +35,6 @@ fn raise_fd_limit() {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
-}
-
-/// One tarpc request frame, as the client would send it.
-fn frame(id: u64, req: CacheServiceRequest) -> Vec<u8> {
-    let msg = tarpc::ClientMessage::Request(tarpc::Request { context: tarpc::context::current(), id, message: req });
-    let body = rmp_serde::to_vec(&msg).unwrap();
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,31 +12,7 @@ use std::time::{Duration, Instant};
 use cachet::Cache;
 use cachet::protocol::{CacheServiceRequest, CacheServiceResponse, MAX_KEYS_PER_REQUEST, Op};
 use serde_bytes::ByteBuf;
-use support::Daemon;
-
-/// Whether the server closes `s` within `limit` (read returns 0 or an error).
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return true,
-        }
-    }
-    false
-}
-
-fn frame(id: u64, req: CacheServiceRequest) -> Vec<u8> {
-    let msg = tarpc::ClientMessage::Request(tarpc::Request { context: tarpc::context::current(), id, message: req });
-    let body = rmp_serde::to_vec(&msg).unwrap();
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
-}
+use support::{Daemon, closed_within, frame};
 
 /// Reads one reply frame.
 fn read_reply(s: &mut TcpStream) -> tarpc::Response<CacheServiceResponse> {

@@ -240,3 +240,26 @@ impl Recorder {
         &self.log
     }
 }
+
+/// A set of `key` to `value` that never expires.
+pub fn set(key: &str, value: &[u8]) -> Command {
+    Command::Set { key: key.into(), value: value.to_vec(), ttl: Ttl::Never }
+}
+
+/// The value of `key` through a running engine.
+pub fn get(h: &crate::Handle, key: &str) -> Option<Vec<u8>> {
+    match h.call_blocking(Command::Get { key: key.into() }).expect("get") {
+        Reply::Value(v) => v,
+        r => panic!("get replied {r:?}"),
+    }
+}
+
+/// Retries `set(key, value)` until the engine takes it (after a disk
+/// failure it recovers by itself); panics after `limit`.
+pub fn set_when_writable(h: &crate::Handle, key: &str, value: &[u8], limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while h.call_blocking(set(key, value)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "writes never worked again");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

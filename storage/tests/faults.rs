@@ -6,19 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachet_storage::testing::int;
-use cachet_storage::{Command, Config, Engine, Error, Faults, Handle, Reply, SyncPolicy, Ttl};
-
-fn set(key: &str, value: &[u8]) -> Command {
-    Command::Set { key: key.into(), value: value.to_vec(), ttl: Ttl::Never }
-}
-
-fn get(h: &Handle, key: &str) -> Option<Vec<u8>> {
-    match h.call_blocking(Command::Get { key: key.into() }).unwrap() {
-        Reply::Value(v) => v,
-        r => panic!("{r:?}"),
-    }
-}
+use cachet_storage::testing::{get, int, set, set_when_writable};
+use cachet_storage::{Command, Config, Engine, Error, Faults, SyncPolicy, Ttl};
 
 /// Acknowledged state, a failing batch, and what must hold afterwards.
 fn check_fault(sync: SyncPolicy, arm: impl Fn(&Faults), cause: &str) {
@@ -105,11 +94,7 @@ fn a_disk_that_stays_broken_turns_read_only_then_recovers() {
     assert!(matches!(e, Error::Unavailable(_)) && e.to_string().contains("No space left"), "{e}");
     assert_eq!(get(&h, "a").as_deref(), Some(&b"1"[..]), "reads are served while read-only");
     // The engine retries with backoff and comes back by itself.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while h.call_blocking(set("c", b"3")).is_err() {
-        assert!(Instant::now() < deadline, "never recovered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    set_when_writable(&h, "c", b"3", Duration::from_secs(20));
     drop(h);
     engine.shutdown().unwrap();
     let engine = Engine::open(Config::new(dir.path())).unwrap();
@@ -181,11 +166,7 @@ fn real_disk_full_on_tmpfs() {
     };
     assert!(segments() <= 2, "{} segment files after failed rewrites", segments());
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while h.call_blocking(set("after", b"ok")).is_err() {
-        assert!(Instant::now() < deadline, "never recovered after space was freed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    set_when_writable(&h, "after", b"ok", Duration::from_secs(40));
     drop(h);
     engine.shutdown().unwrap();
     let engine = Engine::open(Config::new(&data)).unwrap();
@@ -250,11 +231,7 @@ fn failed_rewrites_leave_nothing_behind() {
         assert!(Instant::now() < deadline, "the rewrite was never retried");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while h.call_blocking(set("after", b"a")).is_err() {
-        assert!(Instant::now() < deadline, "never recovered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    set_when_writable(&h, "after", b"a", Duration::from_secs(20));
     drop(h);
     engine.shutdown().unwrap();
     let engine = Engine::open(Config::new(dir.path())).unwrap();

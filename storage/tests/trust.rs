@@ -6,18 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cachet_storage::testing::{get, set};
 use cachet_storage::{Command, Config, Engine, Error, Eviction, Handle, Limits, ManualClock, Reply, SyncPolicy, Ttl};
-
-fn set(key: &str, value: &[u8]) -> Command {
-    Command::Set { key: key.into(), value: value.to_vec(), ttl: Ttl::Never }
-}
-
-fn get(h: &Handle, key: &str) -> Option<Vec<u8>> {
-    match h.call_blocking(Command::Get { key: key.into() }).unwrap() {
-        Reply::Value(v) => v,
-        r => panic!("{r:?}"),
-    }
-}
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)

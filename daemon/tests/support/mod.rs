@@ -183,3 +183,30 @@ pub fn token_file(dir: &Path, token: &str) -> PathBuf {
     std::fs::write(&path, format!("{token}\n")).unwrap();
     path
 }
+
+/// Whether the server closes `s` within `limit` (a read returns 0 or an
+/// error).
+pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// One tarpc request frame, as the client would send it.
+pub fn frame(id: u64, req: cachet::protocol::CacheServiceRequest) -> Vec<u8> {
+    let msg = tarpc::ClientMessage::Request(tarpc::Request { context: tarpc::context::current(), id, message: req });
+    let body = rmp_serde::to_vec(&msg).unwrap();
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend(body);
+    out
+}

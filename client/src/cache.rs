@@ -968,11 +968,10 @@ impl IntoFuture for IncrVersion {
             let (a, b) = (c.node_for(&from), c.node_for(&to));
             if std::ptr::eq(a, b) {
                 let (fb, tb) = (ByteBuf::from(from.into_bytes()), ByteBuf::from(to.into_bytes()));
-                c.call(a, Retry::OnlyIfUnsent, |cl, ctx| {
-                    let (fb, tb) = (fb.clone(), tb.clone());
-                    async move { cl.rename(ctx, fb, tb).await }
-                })
-                .await?;
+                match c.op(a, Retry::OnlyIfUnsent, Op::Rename(fb, tb)).await? {
+                    OpReply::Done => {}
+                    r => return Err(unexpected(r)),
+                }
             } else {
                 // The two versions live on different servers: copy the raw
                 // bytes with the time they have left, then delete, as Django
@@ -984,16 +983,14 @@ impl IntoFuture for IncrVersion {
                     r => return Err(unexpected(r)),
                 };
                 let tb = ByteBuf::from(to.into_bytes());
-                c.call(b, Retry::Safe, |cl, ctx| {
-                    let (tb, value) = (tb.clone(), value.clone());
-                    async move { cl.set(ctx, tb, value, ttl).await }
-                })
-                .await?;
-                c.call(a, Retry::Safe, |cl, ctx| {
-                    let fb = fb.clone();
-                    async move { cl.delete(ctx, fb).await }
-                })
-                .await?;
+                match c.op(b, Retry::Safe, Op::Set(tb, value, ttl)).await? {
+                    OpReply::Done => {}
+                    r => return Err(unexpected(r)),
+                }
+                match c.op(a, Retry::Safe, Op::Delete(fb)).await? {
+                    OpReply::Bool(_) => {}
+                    r => return Err(unexpected(r)),
+                }
             }
             Ok(new_version)
         })

@@ -72,27 +72,17 @@ pub trait CacheService {
     /// Starts a session: checks the token (when the server requires one) and
     /// reports the server's limits.
     async fn hello(token: Option<String>) -> Result<ServerInfo, WireError>;
-    async fn get(key: ByteBuf) -> Result<Option<ByteBuf>, WireError>;
     /// One slot per key, in order.
     async fn get_many(keys: Vec<ByteBuf>) -> Result<Vec<Option<ByteBuf>>, WireError>;
-    async fn set(key: ByteBuf, value: ByteBuf, ttl: WireTtl) -> Result<(), WireError>;
     /// Returns the positions of the items that were refused.
     async fn set_many(items: Vec<(ByteBuf, ByteBuf)>, ttl: WireTtl) -> Result<Vec<u32>, WireError>;
-    async fn add(key: ByteBuf, value: ByteBuf, ttl: WireTtl) -> Result<bool, WireError>;
-    /// Stores `value` unless the key holds one; returns what is held afterwards.
-    async fn get_or_add(key: ByteBuf, value: ByteBuf, ttl: WireTtl) -> Result<ByteBuf, WireError>;
-    async fn delete(key: ByteBuf) -> Result<bool, WireError>;
     async fn delete_many(keys: Vec<ByteBuf>) -> Result<(), WireError>;
     async fn clear() -> Result<(), WireError>;
-    async fn touch(key: ByteBuf, ttl: WireTtl) -> Result<bool, WireError>;
-    async fn incr(key: ByteBuf, delta: i64) -> Result<i64, WireError>;
-    async fn has_key(key: ByteBuf) -> Result<bool, WireError>;
-    /// Moves a value to another key keeping its expiry (for `incr_version`).
-    async fn rename(from: ByteBuf, to: ByteBuf) -> Result<(), WireError>;
     async fn stats() -> Result<WireStats, WireError>;
     /// Several single-key operations in one request, applied back to back;
-    /// one reply per operation, in order. The client coalesces concurrent
-    /// calls into batches, so per-request overhead is paid once per batch.
+    /// one reply per operation, in order. Every single-key call goes this
+    /// way: the client coalesces concurrent calls into batches, so
+    /// per-request overhead is paid once per batch.
     async fn batch(ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError>;
 }
 
@@ -107,6 +97,7 @@ pub enum Op {
     Touch(ByteBuf, WireTtl),
     Incr(ByteBuf, i64),
     HasKey(ByteBuf),
+    /// Moves a value to another key keeping its expiry (for `incr_version`).
     Rename(ByteBuf, ByteBuf),
     /// The value and what is left of its time to live.
     GetWithTtl(ByteBuf),
@@ -277,7 +268,7 @@ mod tests {
         let msg = tarpc::ClientMessage::Request(tarpc::Request {
             context: tarpc::context::current(),
             id: 7,
-            message: CacheServiceRequest::Get { key: ByteBuf::from(b"k".to_vec()) },
+            message: CacheServiceRequest::Batch { ops: vec![Op::Get(ByteBuf::from(b"k".to_vec()))] },
         });
         let bytes = rmp_serde::to_vec(&msg).unwrap();
         match decode_frame::<tarpc::ClientMessage<CacheServiceRequest>>(&bytes).unwrap() {

@@ -18,7 +18,8 @@ use tokio::sync::{Semaphore, watch};
 
 use cachet_storage::ReplyBudget;
 
-use crate::service::{Session, Shared};
+use crate::front::tarpc::Session;
+use crate::shared::Shared;
 
 pub enum Listener {
     Tcp(tokio::net::TcpListener),

@@ -9,8 +9,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
+mod front;
 mod listen;
-mod service;
+mod shared;
 mod systemd;
 
 use std::process::ExitCode;
@@ -24,7 +25,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use config::{Cli, Settings, Sub};
 use listen::{Limits, Listener};
-use service::Shared;
+use shared::Shared;
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CACHET_LOG").unwrap_or_else(|_| "info".into());

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use cachet::Cache;
-use cachet::protocol::{CacheServiceRequest, CacheServiceResponse, MAX_KEYS_PER_REQUEST, Op};
+use cachet::protocol::{CacheServiceRequest, CacheServiceResponse, MAX_KEYS_PER_REQUEST, Op, OpReply};
 use serde_bytes::ByteBuf;
 use support::{Daemon, closed_within, frame};
 
@@ -79,7 +79,8 @@ fn unread_replies_are_bounded_per_connection() {
     let mut greedy = TcpStream::connect(&d.addr).unwrap();
     let n = 400u64;
     for id in 0..n {
-        greedy.write_all(&frame(id, CacheServiceRequest::Get { key: ByteBuf::from(b":1:big".to_vec()) })).unwrap();
+        let ops = vec![Op::Get(ByteBuf::from(b":1:big".to_vec()))];
+        greedy.write_all(&frame(id, CacheServiceRequest::Batch { ops })).unwrap();
     }
     // Give the engine time to answer everything before reading anything.
     rt.block_on(support::eventually(Duration::from_secs(30), "all requests answered", || async {
@@ -90,9 +91,13 @@ fn unread_replies_are_bounded_per_connection() {
     greedy.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let (mut served, mut refused) = (0, 0);
     for _ in 0..n {
-        match read_reply(&mut greedy).message {
-            Ok(CacheServiceResponse::Get(Ok(Some(_)))) => served += 1,
-            Ok(CacheServiceResponse::Get(Err(e))) => {
+        let reply = match read_reply(&mut greedy).message {
+            Ok(CacheServiceResponse::Batch(Ok(mut replies))) if replies.len() == 1 => replies.remove(0),
+            other => panic!("{other:?}"),
+        };
+        match reply {
+            Ok(OpReply::Value(Some(_))) => served += 1,
+            Err(e) => {
                 assert!(format!("{e:?}").contains("read replies"), "{e:?}");
                 refused += 1;
             }

@@ -2,7 +2,7 @@
 //! written by the engine, request frames and replies as the wire carries them.
 //! `cargo run --manifest-path fuzz/Cargo.toml --example make_seeds`
 
-use cachet::protocol::{CacheServiceRequest, CacheServiceResponse, WireError, WireTtl};
+use cachet::protocol::{CacheServiceRequest, CacheServiceResponse, Op, OpReply, WireError, WireTtl};
 use cachet_storage::{Command, Config, Engine, SyncPolicy, Ttl};
 use serde_bytes::ByteBuf;
 
@@ -51,11 +51,13 @@ fn main() {
 
     // Request frames as the client sends them.
     let reqs = [
-        CacheServiceRequest::Get { key: ByteBuf::from(b":1:k".to_vec()) },
-        CacheServiceRequest::Set {
-            key: ByteBuf::from(b":1:k".to_vec()),
-            value: ByteBuf::from(vec![0xa3, b'a', b'b', b'c']),
-            ttl: WireTtl::Millis(300_000),
+        CacheServiceRequest::Batch { ops: vec![Op::Get(ByteBuf::from(b":1:k".to_vec()))] },
+        CacheServiceRequest::Batch {
+            ops: vec![Op::Set(
+                ByteBuf::from(b":1:k".to_vec()),
+                ByteBuf::from(vec![0xa3, b'a', b'b', b'c']),
+                WireTtl::Millis(300_000),
+            )],
         },
         CacheServiceRequest::Hello { token: Some("t".into()) },
     ];
@@ -73,8 +75,10 @@ fn main() {
 
     // Replies as the server sends them.
     let resps = [
-        CacheServiceResponse::Get(Ok(Some(ByteBuf::from(vec![0x05])))),
-        CacheServiceResponse::Incr(Err(WireError::NotAnInteger)),
+        CacheServiceResponse::Batch(Ok(vec![
+            Ok(OpReply::Value(Some(ByteBuf::from(vec![0x05])))),
+            Err(WireError::NotAnInteger),
+        ])),
         CacheServiceResponse::GetMany(Ok(vec![None, Some(ByteBuf::from(b"x".to_vec()))])),
     ];
     for (i, r) in resps.into_iter().enumerate() {

@@ -1,0 +1,168 @@
+//! The tarpc front end: each connection gets a `Session` that checks the
+//! auth token and the request's size, turns the request into storage
+//! `Command`s (the conversions are `convert`, the one place where wire types
+//! meet the engine's), sends them to the engine and maps the replies back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use cachet::protocol::{CacheService, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, WireError, WireStats, WireTtl};
+use cachet_storage::{Command, Error as StoreError, Reply, ReplyBudget};
+use serde_bytes::ByteBuf;
+use tarpc::context::Context;
+
+use crate::shared::Shared;
+
+mod convert;
+use convert::{command, op_reply, ttl, unexpected};
+
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+    authed: Arc<AtomicBool>,
+    /// The connection's unread replies (credited as they are written).
+    budget: Arc<ReplyBudget>,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, budget: Arc<ReplyBudget>) -> Session {
+        let open = shared.token.is_none();
+        Session { shared, authed: Arc::new(AtomicBool::new(open)), budget }
+    }
+
+    /// Whether the connection has authenticated (true when no token is set).
+    pub fn authed(&self) -> Arc<AtomicBool> {
+        self.authed.clone()
+    }
+
+    /// Refuses a request naming more keys (or operations) than one request
+    /// may, before anything is queued.
+    fn check_count(&self, what: &str, n: usize) -> Result<(), WireError> {
+        if n > MAX_KEYS_PER_REQUEST {
+            let msg = format!(
+                "a {what} of {n} is over the limit of {MAX_KEYS_PER_REQUEST} per request; split it into smaller requests"
+            );
+            self.shared.note("too_many_keys", &msg);
+            return Err(WireError::Server(msg));
+        }
+        Ok(())
+    }
+
+    /// Lets an authenticated request through to the engine, counted as in
+    /// flight until it finishes or is cancelled (shutdown waits for zero).
+    async fn admit<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, WireError> {
+        if !self.authed.load(Ordering::Acquire) {
+            self.shared.note("unauthorized", "a client sent a request without a valid auth token");
+            return Err(WireError::Unauthorized);
+        }
+        struct InFlight<'a>(&'a AtomicU64);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _counted = InFlight(&self.shared.in_flight);
+        Ok(work.await)
+    }
+
+    async fn run(&self, cmd: Command) -> Result<Reply, WireError> {
+        let budget = Some(self.budget.clone());
+        self.admit(self.shared.engine.call_with(cmd, budget)).await?.map_err(|e| self.wire_error(e))
+    }
+
+    async fn run_many(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply, WireError>>, WireError> {
+        let budget = Some(self.budget.clone());
+        let replies =
+            self.admit(self.shared.engine.call_many_with(cmds, budget)).await?.map_err(|e| self.wire_error(e))?;
+        Ok(replies.into_iter().map(|r| r.map_err(|e| self.wire_error(e))).collect())
+    }
+
+    /// The wire's form of an engine error; refusals are logged (rate-limited).
+    fn wire_error(&self, e: StoreError) -> WireError {
+        let (wire, refusal) = convert::wire_error(e);
+        if let Some((class, msg)) = refusal {
+            self.shared.note(class, &msg);
+        }
+        wire
+    }
+}
+
+impl CacheService for Session {
+    async fn hello(self, _: Context, token: Option<String>) -> Result<ServerInfo, WireError> {
+        if let Some(want) = &self.shared.token {
+            // Constant time: the comparison must not tell how much matched.
+            let offered = token.as_deref().unwrap_or("").as_bytes();
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(offered, want.as_bytes())) {
+                self.shared.note("unauthorized", "a client offered a wrong or no auth token");
+                return Err(WireError::Unauthorized);
+            }
+            self.authed.store(true, Ordering::Release);
+        }
+        Ok(ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            max_key_bytes: self.shared.max_key_bytes as u64,
+            max_value_bytes: self.shared.max_value_bytes as u64,
+        })
+    }
+
+    async fn get_many(self, _: Context, keys: Vec<ByteBuf>) -> Result<Vec<Option<ByteBuf>>, WireError> {
+        self.check_count("get_many", keys.len())?;
+        let keys = keys.into_iter().map(ByteBuf::into_vec).collect();
+        match self.run(Command::GetMany { keys }).await? {
+            Reply::Values(vs) => Ok(vs.into_iter().map(|v| v.map(ByteBuf::from)).collect()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn set_many(self, _: Context, items: Vec<(ByteBuf, ByteBuf)>, t: WireTtl) -> Result<Vec<u32>, WireError> {
+        self.check_count("set_many", items.len())?;
+        let items = items.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect();
+        match self.run(Command::SetMany { items, ttl: ttl(t) }).await? {
+            Reply::Failed(f) => Ok(f.into_iter().map(|i| i as u32).collect()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn delete_many(self, _: Context, keys: Vec<ByteBuf>) -> Result<(), WireError> {
+        self.check_count("delete_many", keys.len())?;
+        let keys = keys.into_iter().map(ByteBuf::into_vec).collect();
+        match self.run(Command::DeleteMany { keys }).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn clear(self, _: Context) -> Result<(), WireError> {
+        match self.run(Command::Clear).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn batch(self, _: Context, ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError> {
+        self.check_count("batch", ops.len())?;
+        let replies = self.run_many(ops.into_iter().map(command).collect()).await?;
+        Ok(replies.into_iter().map(|r| r.and_then(op_reply)).collect())
+    }
+
+    async fn stats(self, _: Context) -> Result<WireStats, WireError> {
+        match self.run(Command::Stats).await? {
+            Reply::Stats(s) => Ok(WireStats {
+                entries: s.entries,
+                memory_bytes: s.memory_bytes,
+                hits: s.hits,
+                misses: s.misses,
+                sets: s.sets,
+                deletes: s.deletes,
+                expired: s.expired,
+                evicted: s.evicted,
+                log_bytes: s.log_bytes,
+                log_live_bytes: s.log_live_bytes,
+                uptime_secs: self.shared.started.elapsed().as_secs(),
+                connections: self.shared.connections.load(Ordering::Relaxed),
+            }),
+            r => Err(unexpected(r)),
+        }
+    }
+}

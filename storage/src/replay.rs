@@ -79,8 +79,12 @@ pub(crate) enum Event<'a> {
     Presize(usize),
     Record(SegmentId, Record<'a>),
     Progress(Progress),
-    /// Every record of the `n`th segment read has been handed over.
-    SegmentDone(usize),
+    /// Every record in the first `end` bytes of the `map`th segment read
+    /// has been handed over (sent every few MiB and at each segment's end).
+    Applied {
+        map: usize,
+        end: usize,
+    },
 }
 
 type Map = (SegmentId, PathBuf, Data);
@@ -241,7 +245,7 @@ fn scan_maps(
         let checker = s.spawn(move || {
             let mut chunk = Vec::with_capacity(CHUNK);
             let result = verify(maps, first_seq, |ev| {
-                let flush = chunk.len() + 1 == CHUNK || matches!(ev, Event::SegmentDone(_));
+                let flush = chunk.len() + 1 == CHUNK || matches!(ev, Event::Applied { .. });
                 chunk.push(ev);
                 if flush {
                     let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
@@ -250,15 +254,24 @@ fn scan_maps(
             let _ = tx.send(chunk);
             result
         });
+        // How much of each map has been given back to the kernel.
+        let mut dropped = vec![0usize; maps.len()];
         for chunk in rx {
             for ev in chunk {
-                if let Event::SegmentDone(n) = ev {
-                    if let Data::Mapped(map) = &maps[n].2 {
-                        // SAFETY: every record borrowed from this map has been
-                        // applied (copied into the index) and dropped; the
-                        // checker is past it. DONTNEED on a read-only file
-                        // mapping only drops pages; a later read refaults them.
-                        let _ = unsafe { map.unchecked_advise(UncheckedAdvice::DontNeed) };
+                if let Event::Applied { map: n, end } = ev {
+                    let end = if end == maps[n].2.bytes().len() { end } else { end / PAGE * PAGE };
+                    if let Data::Mapped(map) = &maps[n].2
+                        && end > dropped[n]
+                    {
+                        // SAFETY: every record borrowed from this range has
+                        // been applied (copied into the index) and dropped;
+                        // the checker is past it. DONTNEED on a read-only
+                        // file mapping only drops pages; a later read
+                        // refaults them from the file.
+                        let _ = unsafe {
+                            map.unchecked_advise_range(UncheckedAdvice::DontNeed, dropped[n], end - dropped[n])
+                        };
+                        dropped[n] = end;
                     }
                     continue;
                 }
@@ -298,7 +311,7 @@ pub(crate) fn replay_in_memory(files: &[(&str, &[u8])], state: &mut State, now: 
     let verified = verify(&maps, plan.first_seq, |event| match event {
         Event::Presize(n) => state.reserve(n),
         Event::Record(seg, rec) => state.replay(&rec, seg.0 as u32, now),
-        Event::Progress(_) | Event::SegmentDone(_) => {}
+        Event::Progress(_) | Event::Applied { .. } => {}
     });
     match verified {
         Ok(report) => {
@@ -339,6 +352,7 @@ fn verify<'a>(
             return Err(BadSpot { segment: *id, offset: 0, reason: e.into(), last_good_seq: last_good });
         }
         let mut pos = SEGMENT_HEADER_LEN;
+        let mut applied = 0;
         while pos < bytes.len() {
             match record::decode(&bytes[pos..], *id) {
                 Ok((seq, rec, used)) => {
@@ -357,6 +371,10 @@ fn verify<'a>(
                     last_seq = Some(seq.0);
                     records += 1;
                     pos += used;
+                    if pos - applied >= APPLIED_EVERY {
+                        emit(Event::Applied { map: n, end: pos });
+                        applied = pos;
+                    }
                     if records.is_multiple_of(1_000_000) {
                         emit(Event::Progress(Progress { bytes_done: bytes_done + pos as u64, bytes_total, records }));
                     }
@@ -389,7 +407,7 @@ fn verify<'a>(
         report.segments += 1;
         report.newest = Some((*id, pos.min(bytes.len()) as u64));
         bytes_done += bytes.len() as u64;
-        emit(Event::SegmentDone(n));
+        emit(Event::Applied { map: n, end: bytes.len() });
     }
     emit(Event::Progress(Progress { bytes_done: bytes_total, bytes_total, records }));
     report.records = records;
@@ -423,6 +441,14 @@ enum Damage {
 
 /// The unit in which a power loss can drop written data.
 const SECTOR: usize = 512;
+
+/// A memory page: what DONTNEED drops.
+const PAGE: usize = 4096;
+
+/// How often (in bytes of a segment) replay tells the applying thread how
+/// far it may drop the mapping's pages: this bounds the mapped log held in
+/// memory during replay to a few times this much.
+const APPLIED_EVERY: usize = 4 << 20;
 
 /// Classifies the bad record at `pos`.
 fn damage(bytes: &[u8], pos: usize) -> Damage {
@@ -522,7 +548,7 @@ pub(crate) fn replay_observed(
             observe(state);
         }
         Event::Progress(p) => progress(p),
-        Event::SegmentDone(_) => {}
+        Event::Applied { .. } => {}
     })?;
     match scanned {
         Ok(report) => {

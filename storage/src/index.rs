@@ -32,13 +32,13 @@ impl Entry {
     pub(crate) fn key(&self) -> &[u8] {
         let b = self.blob.as_deref().expect("live entry has a blob");
         let klen = u16::from_le_bytes([b[0], b[1]]) as usize;
-        &b[2..2 + klen]
+        &b[KEY_LEN_BYTES..KEY_LEN_BYTES + klen]
     }
 
     pub(crate) fn value(&self) -> &[u8] {
         let b = self.blob.as_deref().expect("live entry has a blob");
         let klen = u16::from_le_bytes([b[0], b[1]]) as usize;
-        &b[2 + klen..]
+        &b[KEY_LEN_BYTES + klen..]
     }
 
     pub(crate) fn generation(&self) -> u32 {
@@ -75,9 +75,23 @@ impl Entry {
     }
 }
 
+/// Bytes before the key in a blob: its length, in two bytes.
+const KEY_LEN_BYTES: usize = 2;
+
+/// The size of the one allocation that holds an entry's key and value:
+/// `key_len: u16 LE | key | value`.
+pub(crate) fn blob_len(key: &[u8], value: &[u8]) -> usize {
+    KEY_LEN_BYTES + key.len() + value.len()
+}
+
+/// Key and value bytes in a blob (what their set record carries).
+pub(crate) fn payload_len(blob: &[u8]) -> usize {
+    blob.len() - KEY_LEN_BYTES
+}
+
 fn make_blob(key: &[u8], value: &[u8]) -> Box<[u8]> {
     debug_assert!(key.len() <= MAX_KEY_LEN);
-    let mut v = Vec::with_capacity(2 + key.len() + value.len());
+    let mut v = Vec::with_capacity(blob_len(key, value));
     v.extend_from_slice(&(key.len() as u16).to_le_bytes());
     v.extend_from_slice(key);
     v.extend_from_slice(value);
@@ -165,7 +179,7 @@ impl Index {
     /// Inserts an absent key from a blob kept by the undo log.
     pub(crate) fn insert_blob(&mut self, blob: Box<[u8]>, expires: u64, segment: u32) -> u32 {
         let klen = u16::from_le_bytes([blob[0], blob[1]]) as usize;
-        let (slot, inserted) = self.find_or_insert(&blob[2..2 + klen], &[], expires, segment);
+        let (slot, inserted) = self.find_or_insert(&blob[KEY_LEN_BYTES..KEY_LEN_BYTES + klen], &[], expires, segment);
         debug_assert!(inserted, "undo reinserts only removed keys");
         self.swap_blob(slot, blob);
         slot

@@ -32,9 +32,39 @@ pub struct Seq(pub u64);
 pub const MAGIC: [u8; 8] = *b"CACHETLG";
 /// Bumped on any change to the layout below; replay refuses other versions.
 pub const FORMAT_VERSION: u32 = 1;
-pub const SEGMENT_HEADER_LEN: usize = 32;
-/// `length: u32 | crc32: u32`, then `length` bytes of `type | payload`.
-pub const RECORD_HEADER_LEN: usize = 8;
+
+// The segment header, field by field (FORMAT.md): magic, version, reserved,
+// segment number, reserved, CRC of everything before it.
+const HEADER_VERSION: usize = MAGIC.len();
+const HEADER_SEGMENT: usize = HEADER_VERSION + 4 + 4;
+const HEADER_CRC: usize = HEADER_SEGMENT + 8 + 4;
+pub const SEGMENT_HEADER_LEN: usize = HEADER_CRC + 4;
+
+// A record: `length: u32 | crc32: u32`, then `length` bytes of `type | payload`.
+const RECORD_LENGTH: usize = 0;
+const RECORD_CRC: usize = RECORD_LENGTH + 4;
+pub const RECORD_HEADER_LEN: usize = RECORD_CRC + 4;
+/// The type byte, first of the body (the bytes `length` counts).
+pub const RECORD_TYPE: usize = RECORD_HEADER_LEN;
+
+// Payload fields, as offsets after the type byte. Every payload starts with
+// `seq`; then, by type:
+const SEQ: usize = 0;
+const AFTER_SEQ: usize = SEQ + 8;
+/// set: `expires: u64 | key_len: u32 | value_len: u32 | key | value`.
+const SET_EXPIRES: usize = AFTER_SEQ;
+const SET_KEY_LEN: usize = SET_EXPIRES + 8;
+const SET_VALUE_LEN: usize = SET_KEY_LEN + 4;
+const SET_FIXED: usize = SET_VALUE_LEN + 4;
+/// delete: `key_len: u32 | key`.
+const DELETE_KEY_LEN: usize = AFTER_SEQ;
+const DELETE_FIXED: usize = DELETE_KEY_LEN + 4;
+/// touch: `expires: u64 | key_len: u32 | key`.
+const TOUCH_EXPIRES: usize = AFTER_SEQ;
+const TOUCH_KEY_LEN: usize = TOUCH_EXPIRES + 8;
+const TOUCH_FIXED: usize = TOUCH_KEY_LEN + 4;
+/// clear: nothing after `seq`.
+const CLEAR_FIXED: usize = AFTER_SEQ;
 /// The largest `length` replay accepts: a 64 KiB key, a 1 GiB value and the
 /// fixed fields. Checked before anything else about a record is believed.
 pub const MAX_RECORD_LEN: u32 = (1 << 30) + (1 << 16) + 64;
@@ -89,13 +119,11 @@ fn crc_seed(seg: SegmentId) -> u32 {
 
 pub fn segment_header(seg: SegmentId) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
-    h[0..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    // 12..16 reserved (zero)
-    h[16..24].copy_from_slice(&seg.0.to_le_bytes());
-    // 24..28 reserved (zero)
-    let crc = crc32fast::hash(&h[0..28]);
-    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h[..HEADER_VERSION].copy_from_slice(&MAGIC);
+    h[HEADER_VERSION..HEADER_VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[HEADER_SEGMENT..HEADER_SEGMENT + 8].copy_from_slice(&seg.0.to_le_bytes());
+    let crc = crc32fast::hash(&h[..HEADER_CRC]);
+    h[HEADER_CRC..].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
@@ -103,17 +131,17 @@ pub fn check_segment_header(bytes: &[u8], expected: SegmentId) -> Result<(), Hea
     if bytes.len() < SEGMENT_HEADER_LEN {
         return Err(HeaderError::Short(bytes.len()));
     }
-    if bytes[0..8] != MAGIC {
+    if bytes[..HEADER_VERSION] != MAGIC {
         return Err(HeaderError::Magic);
     }
-    let version = u32_at(bytes, 8);
+    let version = u32_at(bytes, HEADER_VERSION);
     if version != FORMAT_VERSION {
         return Err(HeaderError::Version { found: version });
     }
-    if crc32fast::hash(&bytes[0..28]) != u32_at(bytes, 28) {
+    if crc32fast::hash(&bytes[..HEADER_CRC]) != u32_at(bytes, HEADER_CRC) {
         return Err(HeaderError::Crc);
     }
-    let found = u64_at(bytes, 16);
+    let found = u64_at(bytes, HEADER_SEGMENT);
     if found != expected.0 {
         return Err(HeaderError::WrongSegment { found, expected: expected.0 });
     }
@@ -157,14 +185,14 @@ pub fn encode(buf: &mut Vec<u8>, seg: SegmentId, seq: Seq, rec: &Record<'_>) -> 
     let mut crc = crc32fast::Hasher::new_with_initial(crc_seed(seg));
     crc.update(&buf[body..]);
     let crc = crc.finalize();
-    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    buf[start + RECORD_LENGTH..start + RECORD_CRC].copy_from_slice(&len.to_le_bytes());
+    buf[start + RECORD_CRC..start + RECORD_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     buf.len() - start
 }
 
 /// The encoded size of a set record, without encoding it.
 pub fn set_record_len(key_len: usize, value_len: usize) -> usize {
-    RECORD_HEADER_LEN + 1 + 24 + key_len + value_len
+    RECORD_HEADER_LEN + 1 + SET_FIXED + key_len + value_len
 }
 
 /// Decodes the record at the start of `buf`; returns it with its sequence
@@ -173,7 +201,7 @@ pub fn decode(buf: &[u8], seg: SegmentId) -> Result<(Seq, Record<'_>, usize), Re
     if buf.len() < RECORD_HEADER_LEN {
         return Err(RecordError::Truncated);
     }
-    let len = u32_at(buf, 0);
+    let len = u32_at(buf, RECORD_LENGTH);
     let available = buf.len() - RECORD_HEADER_LEN;
     if len == 0 || len > MAX_RECORD_LEN || len as usize > available {
         return Err(RecordError::BadLength(len));
@@ -181,7 +209,7 @@ pub fn decode(buf: &[u8], seg: SegmentId) -> Result<(Seq, Record<'_>, usize), Re
     let body = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len as usize];
     let mut crc = crc32fast::Hasher::new_with_initial(crc_seed(seg));
     crc.update(body);
-    if crc.finalize() != u32_at(buf, 4) {
+    if crc.finalize() != u32_at(buf, RECORD_CRC) {
         return Err(RecordError::BadCrc);
     }
     let (seq, rec) = decode_body(body)?;
@@ -196,7 +224,7 @@ pub fn plausible_seq(buf: &[u8]) -> Option<u64> {
     if buf.len() < RECORD_HEADER_LEN {
         return None;
     }
-    let len = u32_at(buf, 0);
+    let len = u32_at(buf, RECORD_LENGTH);
     if len == 0 || len > MAX_RECORD_LEN || len as usize > buf.len() - RECORD_HEADER_LEN {
         return None;
     }
@@ -204,7 +232,18 @@ pub fn plausible_seq(buf: &[u8]) -> Option<u64> {
 }
 
 /// The smallest encoded record (a `clear`): header, type and sequence.
-pub const MIN_RECORD_LEN: usize = RECORD_HEADER_LEN + 1 + 8;
+pub const MIN_RECORD_LEN: usize = RECORD_HEADER_LEN + 1 + CLEAR_FIXED;
+
+/// Whether a record's type byte says `set` (counted to size the index).
+pub fn is_set(type_byte: u8) -> bool {
+    type_byte == TYPE_SET
+}
+
+/// The length field of the record at the start of `buf` (which holds at
+/// least a record header).
+pub fn length_field(buf: &[u8]) -> usize {
+    u32_at(buf, RECORD_LENGTH) as usize
+}
 
 fn decode_body(body: &[u8]) -> Result<(Seq, Record<'_>), RecordError> {
     let kind = body[0];
@@ -214,45 +253,44 @@ fn decode_body(body: &[u8]) -> Result<(Seq, Record<'_>), RecordError> {
     };
     match kind {
         TYPE_SET => {
-            need(24)?;
-            let seq = Seq(u64_at(p, 0));
-            let expires = UnixMillis(u64_at(p, 8));
-            let klen = u32_at(p, 16) as usize;
-            let vlen = u32_at(p, 20) as usize;
-            if p.len() - 24 != klen.saturating_add(vlen) {
+            need(SET_FIXED)?;
+            let expires = UnixMillis(u64_at(p, SET_EXPIRES));
+            let klen = u32_at(p, SET_KEY_LEN) as usize;
+            let vlen = u32_at(p, SET_VALUE_LEN) as usize;
+            if p.len() - SET_FIXED != klen.saturating_add(vlen) {
                 return Err(RecordError::BadPayload("set lengths disagree with record length"));
             }
-            let key = &p[24..24 + klen];
-            let value = &p[24 + klen..];
-            Ok((seq, Record::Set { key, value, expires }))
+            let (key, value) = p[SET_FIXED..].split_at(klen);
+            Ok((seq(p), Record::Set { key, value, expires }))
         }
         TYPE_DELETE => {
-            need(12)?;
-            let seq = Seq(u64_at(p, 0));
-            let klen = u32_at(p, 8) as usize;
-            if p.len() - 12 != klen {
+            need(DELETE_FIXED)?;
+            if p.len() - DELETE_FIXED != u32_at(p, DELETE_KEY_LEN) as usize {
                 return Err(RecordError::BadPayload("delete key length disagrees with record length"));
             }
-            Ok((seq, Record::Delete { key: &p[12..] }))
+            Ok((seq(p), Record::Delete { key: &p[DELETE_FIXED..] }))
         }
         TYPE_TOUCH => {
-            need(20)?;
-            let seq = Seq(u64_at(p, 0));
-            let expires = UnixMillis(u64_at(p, 8));
-            let klen = u32_at(p, 16) as usize;
-            if p.len() - 20 != klen {
+            need(TOUCH_FIXED)?;
+            let expires = UnixMillis(u64_at(p, TOUCH_EXPIRES));
+            if p.len() - TOUCH_FIXED != u32_at(p, TOUCH_KEY_LEN) as usize {
                 return Err(RecordError::BadPayload("touch key length disagrees with record length"));
             }
-            Ok((seq, Record::Touch { key: &p[20..], expires }))
+            Ok((seq(p), Record::Touch { key: &p[TOUCH_FIXED..], expires }))
         }
         TYPE_CLEAR => {
-            if p.len() != 8 {
+            if p.len() != CLEAR_FIXED {
                 return Err(RecordError::BadPayload("clear record has the wrong length"));
             }
-            Ok((Seq(u64_at(p, 0)), Record::Clear))
+            Ok((seq(p), Record::Clear))
         }
         other => Err(RecordError::BadType(other)),
     }
+}
+
+/// The sequence number of a payload whose fixed fields were checked.
+fn seq(payload: &[u8]) -> Seq {
+    Seq(u64_at(payload, SEQ))
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

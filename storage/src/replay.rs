@@ -456,7 +456,7 @@ fn damage(bytes: &[u8], pos: usize) -> Damage {
     if tail.len() < RECORD_HEADER_LEN {
         return Damage::PastEnd;
     }
-    let len = u32::from_le_bytes(tail[0..4].try_into().expect("4 bytes")) as usize;
+    let len = record::length_field(tail);
     if len > tail.len() - RECORD_HEADER_LEN {
         return Damage::PastEnd;
     }
@@ -511,11 +511,11 @@ fn count_set_records(maps: &[Map]) -> usize {
         let bytes: &[u8] = map.bytes();
         let mut pos = SEGMENT_HEADER_LEN;
         while pos + RECORD_HEADER_LEN < bytes.len() {
-            let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+            let len = record::length_field(&bytes[pos..]);
             if len == 0 || pos + RECORD_HEADER_LEN + len > bytes.len() {
                 break;
             }
-            sets += (bytes[pos + RECORD_HEADER_LEN] == 1) as usize;
+            sets += record::is_set(bytes[pos + record::RECORD_TYPE]) as usize;
             pos += RECORD_HEADER_LEN + len;
         }
     }

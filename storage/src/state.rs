@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::{Error, Result};
 use crate::evict::{ENTRY_OVERHEAD, S3Fifo};
-use crate::index::{Index, MAX_KEY_LEN};
+use crate::index::{Index, MAX_KEY_LEN, blob_len, payload_len};
 use crate::record::{Record, set_record_len};
 use crate::wheel::Wheel;
 
@@ -335,7 +335,7 @@ impl State {
                     let e = self.index.entry(slot);
                     let (cur_len, cur_segment, cur_blob) =
                         (set_record_len(e.key().len(), e.value().len()), e.segment, e.blob_len());
-                    let old_len = set_record_len(0, blob.len() - 2);
+                    let old_len = set_record_len(0, payload_len(&blob));
                     if let Some(ev) = &mut self.evict {
                         ev.on_resize(&self.index, slot, cur_blob, blob.len());
                     }
@@ -348,7 +348,7 @@ impl State {
                     self.arm(slot, 0, expires);
                 }
                 Undo::Reinsert { blob, expires, segment } => {
-                    let len = set_record_len(0, blob.len() - 2);
+                    let len = set_record_len(0, payload_len(&blob));
                     let slot = self.index.insert_blob(blob, expires, segment);
                     *self.live_by_segment.entry(segment).or_default() += len as u64;
                     self.arm(slot, 0, expires);
@@ -639,7 +639,7 @@ impl State {
                 }
             }
             Some(expires) => {
-                self.make_room(key, 2 + key.len() + value.len(), now)?;
+                self.make_room(key, blob_len(key, value), now)?;
                 let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires) });
                 self.put(key, value, expires, segment, now);
                 self.stats.sets += 1;
@@ -699,7 +699,7 @@ impl State {
             let old_blob = e.blob_len();
             if let Some(ev) = &mut self.evict {
                 if was_live {
-                    ev.on_resize(&self.index, slot, old_blob, 2 + key.len() + value.len());
+                    ev.on_resize(&self.index, slot, old_blob, blob_len(key, value));
                     S3Fifo::on_access(&mut self.index, slot);
                 } else {
                     ev.on_remove(&self.index, slot);
@@ -850,7 +850,7 @@ impl State {
         }
         let e = self.index.entry(slot);
         let (value, expires) = (e.value().to_vec(), e.expires);
-        self.make_room(to, 2 + to.len() + value.len(), now)?;
+        self.make_room(to, blob_len(to, &value), now)?;
         if self.index.find(from).is_none() {
             // Making room evicted the value being moved.
             return Err(Error::NotFound);
@@ -934,7 +934,7 @@ impl State {
             let e = self.index.entry(slot);
             let (old_segment, old_len) = (e.segment, set_record_len(key.len(), e.value().len()));
             if let Some(ev) = &mut self.evict {
-                ev.on_resize(&self.index, slot, e.blob_len(), 2 + key.len() + value.len());
+                ev.on_resize(&self.index, slot, e.blob_len(), blob_len(key, value));
             }
             self.index.replace_value(slot, value);
             self.unaccount(old_segment, old_len);

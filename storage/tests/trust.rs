@@ -359,3 +359,24 @@ fn in_memory_replay_matches_replay_from_files() {
     let mut state = cachet_storage::State::new(Limits::default(), now);
     assert!(matches!(cachet_storage::testing::replay_files(&wrong, &mut state, now), Err(Error::Manifest { .. })));
 }
+
+/// FORMAT.md rule 1: segments below a floor the segments agree with are
+/// dead, ignored by replay and removed on open (what an interrupted
+/// compaction leaves).
+#[test]
+fn segments_below_the_floor_are_ignored_and_removed_on_open() {
+    let dir = written(500, 4096);
+    let segs = segments(dir.path());
+    assert!(segs.len() > 3);
+    let floor_seg = &segs[2];
+    let bytes = std::fs::read(floor_seg).unwrap();
+    // The first record's sequence number: after the 32-byte segment header,
+    // the 8-byte record header and the type byte.
+    let first_seq = u64::from_le_bytes(bytes[41..49].try_into().unwrap());
+    let last: u64 = segs.last().unwrap().file_name().unwrap().to_str().unwrap()[4..20].parse().unwrap();
+    std::fs::write(dir.path().join("MANIFEST"), manifest_bytes(3, first_seq, last)).unwrap();
+    let engine = Engine::open(Config::new(dir.path())).unwrap();
+    assert_eq!(engine.replay_report().segments as usize, segs.len() - 2);
+    assert!(!segs[0].exists() && !segs[1].exists(), "dead segments left behind");
+    assert!(floor_seg.exists());
+}

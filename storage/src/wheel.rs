@@ -57,7 +57,8 @@ impl<T> Wheel<T> {
             return;
         }
         let level = level_for(self.elapsed, when_ms);
-        let slot = ((when_ms >> (level as u32 * SLOT_BITS)) & (SLOTS as u64 - 1)) as usize;
+        let slot = slot_for(when_ms, level);
+        debug_assert!(level < LEVELS && slot < SLOTS);
         let lvl = &mut self.levels[level];
         lvl.slots[slot].push(item);
         lvl.occupied |= 1 << slot;
@@ -109,26 +110,46 @@ impl<T> Wheel<T> {
         if lvl.occupied == 0 {
             return None;
         }
-        let shift = level as u32 * SLOT_BITS;
-        let now_slot = ((self.elapsed >> shift) & (SLOTS as u64 - 1)) as u32;
+        let now_slot = slot_for(self.elapsed, level) as u32;
+        // The first occupied slot at or after `now_slot`, going round.
         let slot = ((lvl.occupied.rotate_right(now_slot).trailing_zeros() + now_slot) % SLOTS as u32) as usize;
-        let slot_range = 1u64 << shift;
-        let level_range = slot_range << SLOT_BITS;
-        let level_start = self.elapsed & !(level_range - 1);
-        let mut deadline = level_start + slot as u64 * slot_range;
+        let level_start = self.elapsed & !(level_range(level) - 1);
+        let mut deadline = level_start + slot as u64 * slot_range(level);
         if deadline <= self.elapsed {
             // Only the top level wraps: its slots hold deadlines more than one
             // turn away, which come round again a turn later.
-            deadline += level_range;
+            debug_assert_eq!(level, LEVELS - 1, "a lower level's occupied slot lies behind `elapsed`");
+            deadline += level_range(level);
         }
         Some((slot, deadline))
     }
 }
 
+/// The level a deadline `when` goes to, seen from `elapsed`: the level of
+/// the highest 6-bit digit in which the two differ. Deadlines in the same
+/// 64 ms window as `elapsed` (only the lowest digit differs, or none) go to
+/// level 0; beyond the top level's span they go to the top level (and come
+/// round again when their slot does).
 fn level_for(elapsed: u64, when: u64) -> usize {
+    // Or-ing in the lowest digit makes "no difference" land on level 0.
     let masked = ((elapsed ^ when) | (SLOTS as u64 - 1)).min(MAX_SPAN - 1);
     let significant = 63 - masked.leading_zeros();
     (significant / SLOT_BITS) as usize
+}
+
+/// The slot of time `t` at `level`: its 6-bit digit at that level.
+fn slot_for(t: u64, level: usize) -> usize {
+    ((t >> (level as u32 * SLOT_BITS)) & (SLOTS as u64 - 1)) as usize
+}
+
+/// How many ms one slot of `level` covers: `64^level`.
+fn slot_range(level: usize) -> u64 {
+    1 << (level as u32 * SLOT_BITS)
+}
+
+/// How many ms all 64 slots of `level` cover: `64^(level + 1)`.
+fn level_range(level: usize) -> u64 {
+    slot_range(level) << SLOT_BITS
 }
 
 #[cfg(test)]
@@ -136,6 +157,36 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn levels_at_their_boundaries() {
+        // From 0: within the first 64 ms is level 0; 64 ms starts level 1;
+        // 64^2 starts level 2; and so on; past the top level's span it stays
+        // at the top level.
+        assert_eq!(level_for(0, 0), 0);
+        assert_eq!(level_for(0, 63), 0);
+        assert_eq!(level_for(0, 64), 1);
+        assert_eq!(level_for(0, 64 * 64 - 1), 1);
+        assert_eq!(level_for(0, 64 * 64), 2);
+        assert_eq!(level_for(0, MAX_SPAN - 1), LEVELS - 1);
+        assert_eq!(level_for(0, MAX_SPAN * 7), LEVELS - 1);
+        // It is the highest differing digit that counts, not the distance:
+        // 63 -> 64 is 1 ms but crosses a level-0 window.
+        assert_eq!(level_for(63, 64), 1);
+        assert_eq!(level_for(64, 127), 0);
+    }
+
+    #[test]
+    fn slots_and_ranges() {
+        assert_eq!((slot_range(0), level_range(0)), (1, 64));
+        assert_eq!((slot_range(1), level_range(1)), (64, 64 * 64));
+        assert_eq!(level_range(LEVELS - 1), MAX_SPAN);
+        assert_eq!(slot_for(63, 0), 63);
+        assert_eq!(slot_for(64, 0), 0);
+        assert_eq!(slot_for(64, 1), 1);
+        assert_eq!(slot_for(64 * 64 * 5 + 64 * 3 + 2, 1), 3);
+        assert_eq!(slot_for(64 * 64 * 5 + 64 * 3 + 2, 2), 5);
+    }
 
     #[test]
     fn fires_at_the_deadline_not_before() {

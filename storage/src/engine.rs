@@ -76,9 +76,11 @@ pub struct Config {
     /// this size.
     pub compact_min_bytes: u64,
     /// Called at named points inside the writer (tests use it to copy the
-    /// data directory at every step of a compaction).
+    /// data directory at every step of a compaction). Feature `testing`.
+    #[cfg(feature = "testing")]
     pub hook: Option<Hook>,
-    /// Injected I/O faults (tests).
+    /// Injected I/O faults (tests). Feature `testing`.
+    #[cfg(feature = "testing")]
     pub faults: Option<Arc<Faults>>,
 }
 
@@ -93,6 +95,7 @@ impl std::fmt::Debug for Hook {
 }
 
 /// Where the writer is, with its state, when a [`Hook`] is called.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub struct HookPoint<'a> {
     pub point: &'static str,
     pub dir: &'a Path,
@@ -101,6 +104,15 @@ pub struct HookPoint<'a> {
 }
 
 impl Config {
+    /// The test hooks, when the `testing` feature is on; production builds
+    /// have none.
+    fn test_hooks(&self) -> (Option<Hook>, Option<Arc<Faults>>) {
+        #[cfg(feature = "testing")]
+        return (self.hook.clone(), self.faults.clone());
+        #[cfg(not(feature = "testing"))]
+        return (None, None);
+    }
+
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
@@ -111,7 +123,9 @@ impl Config {
             queue_capacity: 4096,
             expire_budget: 1000,
             compact_min_bytes: 64 << 20,
+            #[cfg(feature = "testing")]
             hook: None,
+            #[cfg(feature = "testing")]
             faults: None,
         }
     }
@@ -168,6 +182,7 @@ impl Engine {
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir).map_err(Error::io("creating data directory", &dir))?;
         let lock = lock_dir(&dir)?;
+        let (hook, faults) = config.test_hooks();
         let now = clock.now().0;
         let mut state = State::new(config.limits, now);
         let report = replay_into(&dir, &mut state, now, progress)?;
@@ -191,7 +206,7 @@ impl Engine {
         }
         let last_id = report.plan.ids.last().copied();
         let active = match (report.newest, &report.torn) {
-            (Some((id, valid)), _) if Some(id) == last_id => ActiveSegment::reopen(&dir, id, valid, &config.faults)?,
+            (Some((id, valid)), _) if Some(id) == last_id => ActiveSegment::reopen(&dir, id, valid, &faults)?,
             _ => {
                 let next = match last_id {
                     // A crash while creating the newest segment left its
@@ -205,7 +220,7 @@ impl Engine {
                     Some(id) => id.next()?,
                     None => report.plan.floor.max(SegmentId(1)),
                 };
-                ActiveSegment::create(&dir, next, &config.faults)?
+                ActiveSegment::create(&dir, next, &faults)?
             }
         };
         let floor = report.plan.ids.first().copied().filter(|f| *f <= active.id).unwrap_or(active.id);
@@ -242,8 +257,8 @@ impl Engine {
             compactions: 0,
             max_pause_us: 0,
             max_slice_cpu_us: 0,
-            hook: config.hook.clone(),
-            faults: config.faults.clone(),
+            hook,
+            faults,
             manifest,
             _lock: lock,
         };

@@ -19,14 +19,20 @@ mod wheel;
 
 pub use budget::ReplyBudget;
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
-pub use engine::{Config, Engine, Handle, Hook, HookPoint, SyncPolicy};
+pub use engine::{Config, Engine, Handle, SyncPolicy};
+#[cfg(feature = "testing")]
+pub use engine::{Hook, HookPoint};
 pub use error::{CorruptReason, Error, Result};
 pub use evict::ENTRY_OVERHEAD;
 pub use index::MAX_KEY_LEN;
 pub use replay::{CheckReport, Cut, Progress, RepairReport, ReplayReport, TornTail, check, repair};
+#[cfg(feature = "testing")]
 pub use segment::Faults;
 pub use state::{Command, Eviction, Limits, NullSink, Reply, State, Stats, Ttl};
 pub use wheel::Wheel;
 
+/// The model, in-memory replay and helpers for tests, fuzzers and benches
+/// (feature `testing`).
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;

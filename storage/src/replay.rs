@@ -90,6 +90,7 @@ pub(crate) enum Event<'a> {
 type Map = (SegmentId, PathBuf, Data);
 
 /// A segment's bytes: mapped from its file, or (for fuzzing) in memory.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) enum Data {
     Empty,
     Mapped(Mmap),
@@ -285,6 +286,7 @@ fn scan_maps(
 /// Replays segment files held in memory, named as in a data directory
 /// (`seg-…log`, `MANIFEST`), with the same rules as `replay_into`: no files
 /// and no threads, so a fuzzer runs it tens of thousands of times a second.
+#[cfg(feature = "testing")]
 pub(crate) fn replay_in_memory(files: &[(&str, &[u8])], state: &mut State, now: u64) -> Result<ReplayReport> {
     let dir = Path::new("(in memory)");
     let mut listing = Listing::default();

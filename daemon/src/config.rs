@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use cachet_storage::SyncPolicy;
 use clap::{Parser, Subcommand};
+
+use crate::error::Error;
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7311";
@@ -178,7 +180,13 @@ fn in_range<T: PartialOrd + std::fmt::Display>(name: &str, value: T, lo: T, hi: 
 }
 
 impl Settings {
-    pub fn resolve(config: Option<&PathBuf>, o: Options) -> Result<Settings, String> {
+    /// The settings from the config file, the environment and the flags,
+    /// every value checked.
+    pub fn resolve(config: Option<&PathBuf>, o: Options) -> Result<Settings, Error> {
+        Settings::resolve_checked(config, o).map_err(Error::Config)
+    }
+
+    fn resolve_checked(config: Option<&PathBuf>, o: Options) -> Result<Settings, String> {
         let file: FileOptions = match config {
             Some(path) => {
                 let text =
@@ -354,7 +362,7 @@ mod tests {
             Settings::resolve(Some(&path), Options { sync: Some(SyncPolicy::Never), ..Options::default() }).unwrap();
         assert_eq!(s.sync, SyncPolicy::Never);
         std::fs::write(&path, "bogus = 1\n").unwrap();
-        assert!(Settings::resolve(Some(&path), Options::default()).unwrap_err().contains("bogus"));
+        assert!(Settings::resolve(Some(&path), Options::default()).unwrap_err().to_string().contains("bogus"));
     }
 
     /// Every number from the command line is range-checked, with an error
@@ -377,7 +385,7 @@ mod tests {
         for o in bad {
             let shown = format!("{o:?}");
             let e = Settings::resolve(None, o).unwrap_err();
-            assert!(e.contains("between"), "{shown}: {e}");
+            assert!(e.to_string().contains("between"), "{shown}: {e}");
         }
         let ok = Settings::resolve(None, Options { read_timeout: Some(86_400.0), ..Options::default() }).unwrap();
         assert_eq!(ok.read_timeout, std::time::Duration::from_secs(86_400));

@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, watch};
 
 use cachet_storage::ReplyBudget;
 
+use crate::error::{Error, Result};
 use crate::front::tarpc::Session;
 use crate::shared::Shared;
 
@@ -38,7 +39,11 @@ pub struct UnixPerms {
 impl Listener {
     /// Binds `addr` (`HOST:PORT` or `unix:/path`). A unix socket file left by
     /// a process that is gone is replaced; one still served is an error.
-    pub async fn bind(addr: &str, perms: &UnixPerms) -> Result<Listener, String> {
+    pub async fn bind(addr: &str, perms: &UnixPerms) -> Result<Listener> {
+        Self::bind_unchecked(addr, perms).await.map_err(Error::Listen)
+    }
+
+    async fn bind_unchecked(addr: &str, perms: &UnixPerms) -> std::result::Result<Listener, String> {
         if let Some(path) = addr.strip_prefix("unix:") {
             let path = PathBuf::from(path);
             if let Ok(meta) = std::fs::symlink_metadata(&path) {

@@ -9,6 +9,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
+mod error;
 mod front;
 mod listen;
 mod shared;
@@ -24,6 +25,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use config::{Cli, Settings, Sub};
+use error::{Error, Result};
 use listen::{Limits, Listener};
 use shared::Shared;
 
@@ -77,6 +79,10 @@ fn main() -> ExitCode {
 /// operator's `systemctl reload` or `kill -HUP` would drop the cache without a
 /// clean shutdown). They are ignored from the first instruction, through the
 /// replay; once serving, they are logged (see `serve`).
+fn signal_error(e: std::io::Error) -> Error {
+    Error::Runtime(format!("installing a signal handler: {e}"))
+}
+
 fn ignore_reload_signals() {
     for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
         // SAFETY: setting a signal's disposition to SIG_IGN installs no
@@ -87,8 +93,8 @@ fn ignore_reload_signals() {
     }
 }
 
-fn check(dir: &std::path::Path) -> Result<(), String> {
-    let report = cachet_storage::check(dir).map_err(|e| e.to_string())?;
+fn check(dir: &std::path::Path) -> Result<()> {
+    let report = cachet_storage::check(dir)?;
     let r = &report.replay;
     println!(
         "{}: sound: {} segments, {} records, {} bytes ({} live, {} dead), last sequence {}, {} live entries, {} expired",
@@ -116,8 +122,8 @@ fn check(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn repair(dir: &std::path::Path) -> Result<(), String> {
-    let report = cachet_storage::repair(dir).map_err(|e| e.to_string())?;
+fn repair(dir: &std::path::Path) -> Result<()> {
+    let report = cachet_storage::repair(dir)?;
     if !report.changed() {
         println!("{}: the log is sound; nothing changed", dir.display());
     }
@@ -151,7 +157,7 @@ fn repair(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn run(s: Settings) -> Result<(), String> {
+fn run(s: Settings) -> Result<()> {
     let started = Instant::now();
     let engine_config = EngineConfig {
         sync: s.sync,
@@ -177,30 +183,24 @@ fn run(s: Settings) -> Result<(), String> {
         let pct = (p.bytes_done * 100).checked_div(p.bytes_total).unwrap_or(100);
         tracing::info!(records = p.records, "replay {pct}%");
         systemd::notify(&[sd_notify::NotifyState::Status(&format!("replay {pct}%, {} records", p.records))]);
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let r = engine.replay_report();
     tracing::info!(segments = r.segments, records = r.records, bytes = r.bytes, ms = r.elapsed_ms, "replay done");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting runtime: {e}"))?;
+        .map_err(|e| Error::Runtime(format!("starting the async runtime: {e}")))?;
     let outcome = rt.block_on(serve(&s, &engine, started, activated));
     drop(rt);
-    let synced = engine.shutdown().map_err(|e| format!("final sync failed: {e}"));
+    let synced = engine.shutdown();
     outcome?;
     synced?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-async fn serve(
-    s: &Settings,
-    engine: &Engine,
-    started: Instant,
-    activated: Vec<systemd::Activated>,
-) -> Result<(), String> {
+async fn serve(s: &Settings, engine: &Engine, started: Instant, activated: Vec<systemd::Activated>) -> Result<()> {
     let shared = Arc::new(Shared::new(engine.handle(), s.auth_token.clone(), s.max_key_bytes, s.max_value_bytes));
     let mut listeners = activated.into_iter().map(systemd::Activated::into_listener).collect::<Result<Vec<_>, _>>()?;
     if listeners.is_empty() {
@@ -236,11 +236,11 @@ async fn serve(
         .collect();
     // Handlers are in place before the ready line, so a signal sent once
     // the daemon says it is ready is never missed.
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
-    let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(signal_error)?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(signal_error)?;
     let ignored = tokio::spawn(async move {
         loop {
             let name = tokio::select! {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use cachet_storage::{Command, Handle, Reply};
 use sd_notify::NotifyState;
 
+use crate::error::Error;
 use crate::listen::Listener;
 
 /// A listening socket passed by systemd, before the runtime adopts it.
@@ -18,31 +19,33 @@ pub enum Activated {
 
 impl Activated {
     /// Registers the socket with the runtime (call inside it).
-    pub fn into_listener(self) -> Result<Listener, String> {
+    pub fn into_listener(self) -> Result<Listener, Error> {
+        let registering = |e: std::io::Error| Error::Systemd(format!("registering an activated socket: {e}"));
         Ok(match self {
-            Activated::Tcp(l) => Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?),
+            Activated::Tcp(l) => Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(registering)?),
             // systemd created the socket file and removes it: not ours to delete.
             Activated::Unix(l, path) => {
-                Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(|e| e.to_string())?, path, false)
+                Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(registering)?, path, false)
             }
         })
     }
 }
 
 /// Listeners passed by systemd (`LISTEN_FDS`), if any: TCP and unix sockets.
-pub fn activated_listeners() -> Result<Vec<Activated>, String> {
+pub fn activated_listeners() -> Result<Vec<Activated>, Error> {
     let fds: Vec<(RawFd, String)> = match sd_notify::listen_fds_with_names() {
         Ok(fds) => fds.collect(),
-        Err(_) => {
-            sd_notify::listen_fds().map_err(|e| format!("LISTEN_FDS: {e}"))?.map(|fd| (fd, String::new())).collect()
-        }
+        Err(_) => sd_notify::listen_fds()
+            .map_err(|e| Error::Systemd(format!("LISTEN_FDS: {e}")))?
+            .map(|fd| (fd, String::new()))
+            .collect(),
     };
     // The variables are for us alone, not for anything we might start.
     for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
         // SAFETY: called before the runtime and any other thread start.
         unsafe { std::env::remove_var(var) };
     }
-    fds.into_iter().map(|(fd, name)| from_fd(fd, &name)).collect()
+    fds.into_iter().map(|(fd, name)| from_fd(fd, &name).map_err(Error::Systemd)).collect()
 }
 
 fn from_fd(fd: RawFd, name: &str) -> Result<Activated, String> {

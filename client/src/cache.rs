@@ -25,42 +25,18 @@ use crate::timeout::Timeout;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// Counters and sizes from the server (summed over all servers), with the
-/// figures of each server in `per_server`.
+/// Counters and sizes summed over all servers (read them as fields:
+/// `stats.entries`), with each server's own in `per_server`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    pub entries: u64,
-    pub memory_bytes: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub sets: u64,
-    pub deletes: u64,
-    pub expired: u64,
-    pub evicted: u64,
-    pub log_bytes: u64,
-    pub log_live_bytes: u64,
-    pub uptime_secs: u64,
-    pub connections: u64,
-    pub per_server: Vec<(String, Stats)>,
+    pub total: WireStats,
+    pub per_server: Vec<(String, WireStats)>,
 }
 
-impl From<WireStats> for Stats {
-    fn from(w: WireStats) -> Stats {
-        Stats {
-            entries: w.entries,
-            memory_bytes: w.memory_bytes,
-            hits: w.hits,
-            misses: w.misses,
-            sets: w.sets,
-            deletes: w.deletes,
-            expired: w.expired,
-            evicted: w.evicted,
-            log_bytes: w.log_bytes,
-            log_live_bytes: w.log_live_bytes,
-            uptime_secs: w.uptime_secs,
-            connections: w.connections,
-            per_server: Vec::new(),
-        }
+impl std::ops::Deref for Stats {
+    type Target = WireStats;
+    fn deref(&self) -> &WireStats {
+        &self.total
     }
 }
 
@@ -384,26 +360,14 @@ impl Cache {
                     c.stats(ctx).await
                 })
                 .await?;
-            Ok::<_, Error>((node.addr.clone(), Stats::from(s)))
+            Ok::<_, Error>((node.addr.clone(), s))
         });
-        let all = futures::future::try_join_all(calls).await?;
-        let mut total = Stats::default();
-        for (_, s) in &all {
-            total.entries += s.entries;
-            total.memory_bytes += s.memory_bytes;
-            total.hits += s.hits;
-            total.misses += s.misses;
-            total.sets += s.sets;
-            total.deletes += s.deletes;
-            total.expired += s.expired;
-            total.evicted += s.evicted;
-            total.log_bytes += s.log_bytes;
-            total.log_live_bytes += s.log_live_bytes;
-            total.uptime_secs = total.uptime_secs.max(s.uptime_secs);
-            total.connections += s.connections;
+        let per_server = futures::future::try_join_all(calls).await?;
+        let mut total = WireStats::default();
+        for (_, s) in &per_server {
+            total.merge(s);
         }
-        total.per_server = all;
-        Ok(total)
+        Ok(Stats { total, per_server })
     }
 
     /// Drops the connections; a later call reconnects.

@@ -126,20 +126,7 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<u8, String> {
         Cmd::Clear => cache.clear().await.map_err(e)?,
         Cmd::Stats => {
             let s = cache.stats().await.map_err(e)?;
-            for (name, v) in [
-                ("entries", s.entries),
-                ("memory_bytes", s.memory_bytes),
-                ("hits", s.hits),
-                ("misses", s.misses),
-                ("sets", s.sets),
-                ("deletes", s.deletes),
-                ("expired", s.expired),
-                ("evicted", s.evicted),
-                ("log_bytes", s.log_bytes),
-                ("log_live_bytes", s.log_live_bytes),
-                ("uptime_secs", s.uptime_secs),
-                ("connections", s.connections),
-            ] {
+            for (name, v) in s.fields() {
                 say(out, format!("{name} {v}"))?;
             }
         }

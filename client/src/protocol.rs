@@ -35,20 +35,60 @@ pub struct ServerInfo {
     pub max_value_bytes: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireStats {
-    pub entries: u64,
-    pub memory_bytes: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub sets: u64,
-    pub deletes: u64,
-    pub expired: u64,
-    pub evicted: u64,
-    pub log_bytes: u64,
-    pub log_live_bytes: u64,
-    pub uptime_secs: u64,
-    pub connections: u64,
+/// Declares the stats counters once: the struct, their names in order, and
+/// how two servers' figures combine (`sum`, or `max` for uptime, the longest
+/// pause and the read-only flag).
+macro_rules! wire_stats {
+    ($($(#[doc = $doc:literal])* $name:ident: $merge:ident,)*) => {
+        /// A server's counters and sizes, as `stats` returns them.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct WireStats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl WireStats {
+            /// Every counter with its name, in declaration order (for
+            /// printing and exporting).
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name)),*]
+            }
+
+            /// Adds another server's figures to these.
+            pub fn merge(&mut self, other: &WireStats) {
+                $(wire_stats!(@$merge self.$name, other.$name);)*
+            }
+        }
+    };
+    (@sum $a:expr, $b:expr) => { $a += $b };
+    (@max $a:expr, $b:expr) => { $a = $a.max($b) };
+}
+
+wire_stats! {
+    /// Entries held.
+    entries: sum,
+    /// Memory as `--max-memory` counts it.
+    memory_bytes: sum,
+    hits: sum,
+    misses: sum,
+    sets: sum,
+    deletes: sum,
+    /// Entries removed because their time ran out.
+    expired: sum,
+    /// Entries removed to stay under the memory or entry cap.
+    evicted: sum,
+    log_bytes: sum,
+    /// Bytes of the log that hold live entries.
+    log_live_bytes: sum,
+    /// Segment files in the log.
+    segments: sum,
+    /// Compactions finished since start.
+    compactions: sum,
+    /// The longest a compaction slice held the engine, in µs.
+    compaction_max_pause_us: max,
+    /// 1 while the log cannot be written (writes refused, reads served).
+    read_only: max,
+    uptime_secs: max,
+    connections: sum,
 }
 
 /// Most keys (or operations, for `batch`) one request may carry: the server

@@ -82,6 +82,12 @@ async fn basic_rows() {
     let stats = c.stats().await.unwrap();
     assert!(stats.entries >= 4 && stats.hits > 0 && stats.sets > 0 && stats.connections >= 1, "{stats:?}");
     assert!(stats.log_bytes > 0 && stats.memory_bytes > 0);
+    // Every counter the engine keeps reaches the client.
+    assert!(stats.segments >= 1 && stats.read_only == 0, "{stats:?}");
+    let names: Vec<&str> = stats.fields().into_iter().map(|(n, _)| n).collect();
+    for name in ["segments", "compactions", "compaction_max_pause_us", "read_only", "evicted", "expired"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
 
     c.clear().await.unwrap();
     assert_eq!(c.get::<String>("s").await.unwrap(), None);

@@ -423,6 +423,7 @@ impl Step<'_, '_> {
             stats.compactions = e.compactions;
             stats.compaction_max_pause_us = e.max_pause_us;
             stats.compaction_max_slice_cpu_us = e.max_slice_cpu_us;
+            stats.read_only = self.unavailable.is_some();
         }
         (write || after_write, reply)
     }

@@ -129,6 +129,8 @@ pub struct Stats {
     pub compactions: u64,
     pub compaction_max_pause_us: u64,
     pub compaction_max_slice_cpu_us: u64,
+    /// The log cannot be written: writes are refused, reads served.
+    pub read_only: bool,
 }
 
 /// Where the core reports the records its changes need; returns the segment

@@ -148,20 +148,11 @@ impl CacheService for Session {
 
     async fn stats(self, _: Context) -> Result<WireStats, WireError> {
         match self.run(Command::Stats).await? {
-            Reply::Stats(s) => Ok(WireStats {
-                entries: s.entries,
-                memory_bytes: s.memory_bytes,
-                hits: s.hits,
-                misses: s.misses,
-                sets: s.sets,
-                deletes: s.deletes,
-                expired: s.expired,
-                evicted: s.evicted,
-                log_bytes: s.log_bytes,
-                log_live_bytes: s.log_live_bytes,
-                uptime_secs: self.shared.started.elapsed().as_secs(),
-                connections: self.shared.connections.load(Ordering::Relaxed),
-            }),
+            Reply::Stats(s) => Ok(convert::stats(
+                s,
+                self.shared.started.elapsed().as_secs(),
+                self.shared.connections.load(Ordering::Relaxed),
+            )),
             r => Err(unexpected(r)),
         }
     }

@@ -2,8 +2,8 @@
 //! the one place the two vocabularies meet. A second protocol gets a
 //! sibling of this module and nothing else in the daemon changes.
 
-use cachet::protocol::{Op, OpReply, WireError, WireTtl};
-use cachet_storage::{Command, Error as StoreError, Reply, Ttl};
+use cachet::protocol::{Op, OpReply, WireError, WireStats, WireTtl};
+use cachet_storage::{Command, Error as StoreError, Reply, Stats, Ttl};
 use serde_bytes::ByteBuf;
 
 pub(super) fn ttl(t: WireTtl) -> Ttl {
@@ -73,5 +73,28 @@ fn classify(e: StoreError, msg: String) -> (WireError, Option<&'static str>) {
             (WireError::Unavailable(msg), Some("unavailable"))
         }
         _ => (WireError::Server(msg), Some("server")),
+    }
+}
+
+/// The engine's counters with the daemon's own (uptime, connections), as
+/// the wire carries them.
+pub(super) fn stats(s: Stats, uptime_secs: u64, connections: u64) -> WireStats {
+    WireStats {
+        entries: s.entries,
+        memory_bytes: s.memory_bytes,
+        hits: s.hits,
+        misses: s.misses,
+        sets: s.sets,
+        deletes: s.deletes,
+        expired: s.expired,
+        evicted: s.evicted,
+        log_bytes: s.log_bytes,
+        log_live_bytes: s.log_live_bytes,
+        segments: s.segments,
+        compactions: s.compactions,
+        compaction_max_pause_us: s.compaction_max_pause_us,
+        read_only: u64::from(s.read_only),
+        uptime_secs,
+        connections,
     }
 }

@@ -1,6 +1,9 @@
-//! Segment files on disk: their names, creation (header, file and directory
-//! synced), appending, and the small manifest that records the first live
-//! segment after compaction or `clear`.
+//! Segment files on disk: their canonical names, creation (header, file and
+//! directory synced), appending, and the checksummed MANIFEST that says what
+//! the log must contain (its first segment and sequence number, its newest
+//! segment), which replay checks against the segments present. Also the
+//! injectable I/O faults and durable-length tracking the fault and
+//! power-loss tests use.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

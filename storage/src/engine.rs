@@ -387,7 +387,6 @@ impl Handle {
 #[derive(Clone, Copy)]
 struct EngineStats {
     log_bytes: u64,
-    segments: u64,
     compactions: u64,
     max_pause_us: u64,
     max_slice_cpu_us: u64,
@@ -400,6 +399,8 @@ struct Step<'a, 'b> {
     now: u64,
     unavailable: &'a Option<String>,
     engine_stats: EngineStats,
+    /// Read only for a `stats` reply (its lock stays off the hot path).
+    manifest: &'a SharedManifest,
 }
 
 impl Step<'_, '_> {
@@ -419,7 +420,8 @@ impl Step<'_, '_> {
         if let Ok(Reply::Stats(stats)) = &mut reply {
             let e = self.engine_stats;
             stats.log_bytes = e.log_bytes;
-            stats.segments = e.segments;
+            let m = self.manifest.get();
+            stats.segments = m.newest.0.saturating_sub(m.floor.0) + 1;
             stats.compactions = e.compactions;
             stats.compaction_max_pause_us = e.max_pause_us;
             stats.compaction_max_slice_cpu_us = e.max_slice_cpu_us;
@@ -587,17 +589,15 @@ impl Writer {
         let unavailable = self.unavailable.as_ref().map(|u| u.cause.clone());
         let engine_stats = EngineStats {
             log_bytes: self.log_bytes,
-            segments: {
-                let m = self.manifest.get();
-                m.newest.0.saturating_sub(m.floor.0) + 1
-            },
             compactions: self.compactions,
             max_pause_us: self.max_pause_us,
             max_slice_cpu_us: self.max_slice_cpu_us,
         };
         let max_reply = self.state.limits().max_reply_bytes;
         let room = |budget: &Option<Arc<ReplyBudget>>| budget.as_deref().map_or(max_reply, ReplyBudget::available);
-        let mut step = Step { state: &mut self.state, sink: &mut sink, now, unavailable: &unavailable, engine_stats };
+        let manifest = &self.manifest;
+        let mut step =
+            Step { state: &mut self.state, sink: &mut sink, now, unavailable: &unavailable, engine_stats, manifest };
         for msg in msgs.drain(..) {
             match msg {
                 Msg::One(cmd, budget, tx) => {

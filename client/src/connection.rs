@@ -235,19 +235,26 @@ impl Node {
 }
 
 impl Node {
-    /// Runs one single-key operation through the coalescer, reconnecting
-    /// once when that is safe.
+    /// Runs one single-key operation through the coalescer of `conn` (this
+    /// node's connection, already resolved by the caller), reconnecting once
+    /// when that is safe. A retry resends the same `Op`: its keys and values
+    /// are `Bytes`, so keeping it costs reference counts, not copies.
     pub(crate) async fn op(
         &self,
+        conn: Arc<Conn>,
         token: &Option<String>,
         timeout: Duration,
         retry: Retry,
         op: Op,
     ) -> Result<OpReply, Error> {
         let mut attempt = 0;
+        let mut conn = Some(conn);
         loop {
             attempt += 1;
-            let conn = self.conn(token, timeout).await?;
+            let conn = match conn.take() {
+                Some(c) => c,
+                None => self.conn(token, timeout).await?,
+            };
             let (tx, rx) = oneshot::channel();
             // Whether the request surely never left, and why it failed.
             let (unsent, reason) = if conn.queue.send((op.clone(), tx)).is_err() {

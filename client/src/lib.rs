@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod builder;
 mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -22,12 +23,14 @@ mod connection;
 mod error;
 mod key;
 pub mod protocol;
+mod request;
 mod shard;
 mod timeout;
 
-pub use cache::{
-    Add, Builder, Cache, Delete, DeleteMany, Get, GetMany, GetOrSet, GetOrSetWith, HasKey, Incr, IncrVersion, Set,
-    SetMany, Stats, Touch,
-};
+pub use builder::Builder;
+pub use cache::{Cache, Stats};
 pub use error::Error;
+pub use request::{
+    Add, Delete, DeleteMany, Get, GetMany, GetOrSet, GetOrSetWith, HasKey, Incr, IncrVersion, Set, SetMany, Touch,
+};
 pub use timeout::Timeout;

@@ -1,17 +1,11 @@
 //! The wire protocol shared by the client and `cachetd`: a tarpc service over
 //! length-delimited frames of MessagePack (rmp-serde). Keys and values travel
-//! as MessagePack binary (`serde_bytes`), never as arrays of integers.
+//! as MessagePack binary (`Bytes`, whose serde form is a byte string), never
+//! as arrays of integers; a copy kept for a retry costs a reference count.
 
+pub use bytes::Bytes;
+pub use cachet_types::Ttl;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
-
-/// A TTL as the server applies it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WireTtl {
-    Never,
-    /// Milliseconds from now; 0 stores nothing and removes any old value.
-    Millis(u64),
-}
 
 /// Errors as they cross the wire; the client maps them to [`crate::Error`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,10 +107,10 @@ pub trait CacheService {
     /// reports the server's limits.
     async fn hello(token: Option<String>) -> Result<ServerInfo, WireError>;
     /// One slot per key, in order.
-    async fn get_many(keys: Vec<ByteBuf>) -> Result<Vec<Option<ByteBuf>>, WireError>;
+    async fn get_many(keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>, WireError>;
     /// Returns the positions of the items that were refused.
-    async fn set_many(items: Vec<(ByteBuf, ByteBuf)>, ttl: WireTtl) -> Result<Vec<u32>, WireError>;
-    async fn delete_many(keys: Vec<ByteBuf>) -> Result<(), WireError>;
+    async fn set_many(items: Vec<(Bytes, Bytes)>, ttl: Ttl) -> Result<Vec<u32>, WireError>;
+    async fn delete_many(keys: Vec<Bytes>) -> Result<(), WireError>;
     async fn clear() -> Result<(), WireError>;
     async fn stats() -> Result<WireStats, WireError>;
     /// Several single-key operations in one request, applied back to back;
@@ -129,29 +123,29 @@ pub trait CacheService {
 /// One operation inside a `batch` request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Get(ByteBuf),
-    Set(ByteBuf, ByteBuf, WireTtl),
-    Add(ByteBuf, ByteBuf, WireTtl),
-    GetOrAdd(ByteBuf, ByteBuf, WireTtl),
-    Delete(ByteBuf),
-    Touch(ByteBuf, WireTtl),
-    Incr(ByteBuf, i64),
-    HasKey(ByteBuf),
+    Get(Bytes),
+    Set(Bytes, Bytes, Ttl),
+    Add(Bytes, Bytes, Ttl),
+    GetOrAdd(Bytes, Bytes, Ttl),
+    Delete(Bytes),
+    Touch(Bytes, Ttl),
+    Incr(Bytes, i64),
+    HasKey(Bytes),
     /// Moves a value to another key keeping its expiry (for `incr_version`).
-    Rename(ByteBuf, ByteBuf),
+    Rename(Bytes, Bytes),
     /// The value and what is left of its time to live.
-    GetWithTtl(ByteBuf),
+    GetWithTtl(Bytes),
 }
 
 /// The reply to one `Op` of a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpReply {
-    Value(Option<ByteBuf>),
+    Value(Option<Bytes>),
     Done,
     Bool(bool),
     Int(i64),
     /// `GetWithTtl`: the value and the time it has left (`Millis` is at least 1).
-    ValueWithTtl(Option<(ByteBuf, WireTtl)>),
+    ValueWithTtl(Option<(Bytes, Ttl)>),
 }
 
 /// The MessagePack codec both sides use on the wire (rmp-serde, as
@@ -308,7 +302,7 @@ mod tests {
         let msg = tarpc::ClientMessage::Request(tarpc::Request {
             context: tarpc::context::current(),
             id: 7,
-            message: CacheServiceRequest::Batch { ops: vec![Op::Get(ByteBuf::from(b"k".to_vec()))] },
+            message: CacheServiceRequest::Batch { ops: vec![Op::Get(Bytes::from(b"k".to_vec()))] },
         });
         let bytes = rmp_serde::to_vec(&msg).unwrap();
         match decode_frame::<tarpc::ClientMessage<CacheServiceRequest>>(&bytes).unwrap() {

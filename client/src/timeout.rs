@@ -1,8 +1,8 @@
 use std::time::Duration;
 
-use crate::protocol::WireTtl;
+use cachet_types::Ttl;
 
-/// Django's `timeout` argument.
+/// Django's `timeout` argument: a [`Ttl`], or "the client's default".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Timeout {
     /// The client's `default_timeout` (300 s unless set).
@@ -22,14 +22,13 @@ impl From<Duration> for Timeout {
 }
 
 impl Timeout {
-    /// The one place a `Timeout` becomes a TTL. Sub-millisecond durations
-    /// round up, so a non-zero timeout never turns into "expire now".
-    pub(crate) fn to_wire(self, default: Duration) -> WireTtl {
+    /// The one place a `Timeout` becomes the [`Ttl`] that the wire and the
+    /// engine carry.
+    pub(crate) fn resolve(self, default: Duration) -> Ttl {
         match self {
-            Timeout::Never => WireTtl::Never,
-            Timeout::Default => Timeout::After(default).to_wire(default),
-            Timeout::After(d) if d.is_zero() => WireTtl::Millis(0),
-            Timeout::After(d) => WireTtl::Millis(d.as_nanos().div_ceil(1_000_000).min(u64::MAX as u128) as u64),
+            Timeout::Never => Ttl::Never,
+            Timeout::Default => Ttl::after(default),
+            Timeout::After(d) => Ttl::after(d),
         }
     }
 }
@@ -41,10 +40,10 @@ mod tests {
     #[test]
     fn resolves_like_django() {
         let d = Duration::from_secs(300);
-        assert_eq!(Timeout::Default.to_wire(d), WireTtl::Millis(300_000));
-        assert_eq!(Timeout::Never.to_wire(d), WireTtl::Never);
-        assert_eq!(Timeout::After(Duration::ZERO).to_wire(d), WireTtl::Millis(0));
-        assert_eq!(Timeout::from(Duration::from_millis(1500)).to_wire(d), WireTtl::Millis(1500));
-        assert_eq!(Timeout::After(Duration::from_nanos(1)).to_wire(d), WireTtl::Millis(1));
+        assert_eq!(Timeout::Default.resolve(d), Ttl::Millis(300_000));
+        assert_eq!(Timeout::Never.resolve(d), Ttl::Never);
+        assert_eq!(Timeout::After(Duration::ZERO).resolve(d), Ttl::Millis(0));
+        assert_eq!(Timeout::from(Duration::from_millis(1500)).resolve(d), Ttl::Millis(1500));
+        assert_eq!(Timeout::After(Duration::from_nanos(1)).resolve(d), Ttl::Millis(1));
     }
 }

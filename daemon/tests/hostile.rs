@@ -94,7 +94,7 @@ async fn hostile_clients_do_not_hurt_good_ones() {
     greedy.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut sent = 0;
     for id in 0..5000u64 {
-        let ops = vec![cachet::protocol::Op::Get(serde_bytes::ByteBuf::from(b":1:big".to_vec()))];
+        let ops = vec![cachet::protocol::Op::Get(cachet::protocol::Bytes::from_static(b":1:big"))];
         let req = CacheServiceRequest::Batch { ops };
         if greedy.write_all(&frame(id, req)).is_err() {
             break; // the server stopped reading: backpressure reached us

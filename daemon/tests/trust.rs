@@ -79,7 +79,7 @@ fn unread_replies_are_bounded_per_connection() {
     let mut greedy = TcpStream::connect(&d.addr).unwrap();
     let n = 400u64;
     for id in 0..n {
-        let ops = vec![Op::Get(ByteBuf::from(b":1:big".to_vec()))];
+        let ops = vec![Op::Get(cachet::protocol::Bytes::from_static(b":1:big"))];
         greedy.write_all(&frame(id, CacheServiceRequest::Batch { ops })).unwrap();
     }
     // Give the engine time to answer everything before reading anything.
@@ -117,7 +117,7 @@ fn unread_replies_are_bounded_per_connection() {
 async fn a_huge_batch_is_refused_and_the_client_splits_multi_key_calls() {
     let d = Daemon::start(&[]);
     let mut s = TcpStream::connect(&d.addr).unwrap();
-    let ops = vec![Op::Get(ByteBuf::from(b"k".to_vec())); MAX_KEYS_PER_REQUEST + 1];
+    let ops = vec![Op::Get(cachet::protocol::Bytes::from_static(b"k")); MAX_KEYS_PER_REQUEST + 1];
     s.write_all(&frame(1, CacheServiceRequest::Batch { ops })).unwrap();
     match read_reply(&mut s).message {
         Ok(CacheServiceResponse::Batch(Err(e))) => assert!(format!("{e:?}").contains("split"), "{e:?}"),

@@ -2,9 +2,8 @@
 //! written by the engine, request frames and replies as the wire carries them.
 //! `cargo run --manifest-path fuzz/Cargo.toml --example make_seeds`
 
-use cachet::protocol::{CacheServiceRequest, CacheServiceResponse, Op, OpReply, WireError, WireTtl};
-use cachet_storage::{Command, Config, Engine, SyncPolicy, Ttl};
-use serde_bytes::ByteBuf;
+use cachet::protocol::{Bytes, CacheServiceRequest, CacheServiceResponse, Op, OpReply, Ttl, WireError};
+use cachet_storage::{Command, Config, Engine, SyncPolicy};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
@@ -51,12 +50,12 @@ fn main() {
 
     // Request frames as the client sends them.
     let reqs = [
-        CacheServiceRequest::Batch { ops: vec![Op::Get(ByteBuf::from(b":1:k".to_vec()))] },
+        CacheServiceRequest::Batch { ops: vec![Op::Get(Bytes::from(b":1:k".to_vec()))] },
         CacheServiceRequest::Batch {
             ops: vec![Op::Set(
-                ByteBuf::from(b":1:k".to_vec()),
-                ByteBuf::from(vec![0xa3, b'a', b'b', b'c']),
-                WireTtl::Millis(300_000),
+                Bytes::from(b":1:k".to_vec()),
+                Bytes::from(vec![0xa3, b'a', b'b', b'c']),
+                Ttl::Millis(300_000),
             )],
         },
         CacheServiceRequest::Hello { token: Some("t".into()) },
@@ -76,10 +75,10 @@ fn main() {
     // Replies as the server sends them.
     let resps = [
         CacheServiceResponse::Batch(Ok(vec![
-            Ok(OpReply::Value(Some(ByteBuf::from(vec![0x05])))),
+            Ok(OpReply::Value(Some(Bytes::from(vec![0x05])))),
             Err(WireError::NotAnInteger),
         ])),
-        CacheServiceResponse::GetMany(Ok(vec![None, Some(ByteBuf::from(b"x".to_vec()))])),
+        CacheServiceResponse::GetMany(Ok(vec![None, Some(Bytes::from(b"x".to_vec()))])),
     ];
     for (i, r) in resps.into_iter().enumerate() {
         let msg = tarpc::Response { request_id: i as u64, message: Ok(r) };

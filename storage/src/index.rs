@@ -12,20 +12,22 @@
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 
+use crate::record::SegmentId;
+
 /// Keys are at most this long: their length is stored in two bytes.
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 
 pub(crate) struct Entry {
     /// `key_len: u16 LE | key | value`; `None` marks a free slot.
     blob: Option<Box<[u8]>>,
-    /// Absolute expiry in unix ms; 0 means never.
+    /// Absolute expiry in unix ms; 0 means never. For a free slot: the
+    /// next free slot, or `NO_SLOT`.
     pub(crate) expires: u64,
     /// Low 28 bits: the slot's generation. Bits 28-29: S3-FIFO access
     /// frequency (0-3). Bit 30: in S3-FIFO's main queue (else the small one).
     meta: u32,
-    /// The segment holding this entry's set record (for a free slot: the
-    /// next free slot, or `u32::MAX`).
-    pub(crate) segment: u32,
+    /// The segment holding this entry's set record.
+    pub(crate) segment: SegmentId,
 }
 
 impl Entry {
@@ -177,7 +179,7 @@ impl Index {
     }
 
     /// Inserts an absent key from a blob kept by the undo log.
-    pub(crate) fn insert_blob(&mut self, blob: Box<[u8]>, expires: u64, segment: u32) -> u32 {
+    pub(crate) fn insert_blob(&mut self, blob: Box<[u8]>, expires: u64, segment: SegmentId) -> u32 {
         let klen = u16::from_le_bytes([blob[0], blob[1]]) as usize;
         let (slot, inserted) = self.find_or_insert(&blob[KEY_LEN_BYTES..KEY_LEN_BYTES + klen], &[], expires, segment);
         debug_assert!(inserted, "undo reinserts only removed keys");
@@ -188,7 +190,7 @@ impl Index {
     /// The slot of `key`, inserting it with `value` if absent (one hash, one
     /// probe). Returns the slot and whether it was inserted; an existing
     /// entry is left unchanged.
-    pub(crate) fn find_or_insert(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32) -> (u32, bool) {
+    pub(crate) fn find_or_insert(&mut self, key: &[u8], value: &[u8], expires: u64, segment: SegmentId) -> (u32, bool) {
         let hash = self.hasher.hash_one(key);
         let entries = &self.entries;
         let hasher = &self.hasher;
@@ -212,13 +214,13 @@ impl Index {
     }
 
     /// Puts an entry into `slot` (the free list's head or one past the end).
-    fn fill_slot(&mut self, slot: u32, key: &[u8], value: &[u8], expires: u64, segment: u32) {
+    fn fill_slot(&mut self, slot: u32, key: &[u8], value: &[u8], expires: u64, segment: SegmentId) {
         let blob = make_blob(key, value);
         self.blob_bytes += blob.len();
         self.len += 1;
         if slot == self.free_head {
             let e = &mut self.entries[slot as usize];
-            self.free_head = e.segment;
+            self.free_head = u32::try_from(e.expires).expect("a free slot's link is a slot number");
             e.blob = Some(blob);
             e.expires = expires;
             e.new_generation();
@@ -230,7 +232,7 @@ impl Index {
 
     /// Inserts a key known to be absent; returns its slot.
     #[cfg(test)]
-    pub(crate) fn insert_new(&mut self, key: &[u8], value: &[u8], expires: u64, segment: u32) -> u32 {
+    pub(crate) fn insert_new(&mut self, key: &[u8], value: &[u8], expires: u64, segment: SegmentId) -> u32 {
         let (slot, inserted) = self.find_or_insert(key, value, expires, segment);
         assert!(inserted);
         slot
@@ -248,8 +250,7 @@ impl Index {
         let e = &mut self.entries[slot as usize];
         self.blob_bytes -= e.blob_len();
         let blob = e.blob.take().expect("occupied slot");
-        e.expires = 0;
-        e.segment = self.free_head;
+        e.expires = u64::from(self.free_head);
         e.new_generation();
         self.free_head = slot;
         self.len -= 1;
@@ -279,8 +280,8 @@ mod tests {
     #[test]
     fn insert_find_replace_remove_reuse() {
         let mut ix = Index::new();
-        let a = ix.insert_new(b"a", b"1", 0, 1);
-        let b = ix.insert_new(b"bb", b"22", 5, 1);
+        let a = ix.insert_new(b"a", b"1", 0, SegmentId(1));
+        let b = ix.insert_new(b"bb", b"22", 5, SegmentId(1));
         assert_eq!(ix.find(b"a"), Some(a));
         assert_eq!(ix.entry(b).value(), b"22");
         ix.replace_value(a, b"one");
@@ -290,7 +291,7 @@ mod tests {
         ix.remove_slot(a);
         assert_eq!(ix.find(b"a"), None);
         assert!(ix.get_gen(a, g).is_none());
-        let c = ix.insert_new(b"c", b"", 0, 2);
+        let c = ix.insert_new(b"c", b"", 0, SegmentId(2));
         assert_eq!(c, a, "free slot reused");
         assert_ne!(ix.entry(c).generation(), g);
         assert_eq!(ix.len(), 2);

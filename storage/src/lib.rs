@@ -18,6 +18,7 @@ mod state;
 mod wheel;
 
 pub use budget::ReplyBudget;
+pub use cachet_types::Ttl;
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use engine::{Config, Engine, Handle, SyncPolicy};
 #[cfg(feature = "testing")]
@@ -28,7 +29,7 @@ pub use index::MAX_KEY_LEN;
 pub use replay::{CheckReport, Cut, Progress, RepairReport, ReplayReport, TornTail, check, repair};
 #[cfg(feature = "testing")]
 pub use segment::Faults;
-pub use state::{Command, Eviction, Limits, NullSink, Reply, State, Stats, Ttl};
+pub use state::{Command, Eviction, Limits, NullSink, Reply, State, Stats};
 pub use wheel::Wheel;
 
 /// The model, in-memory replay and helpers for tests, fuzzers and benches

@@ -7,21 +7,42 @@
 
 use crate::clock::UnixMillis;
 
-/// Identifies a segment file; numbers grow and are never reused.
+/// Identifies a segment file; numbers grow and are never reused. The same
+/// type names a segment on disk (file names, headers and the MANIFEST, which
+/// store it in 64 bits) and in memory (each entry records the segment of its
+/// set record in these 32 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct SegmentId(pub u64);
+pub struct SegmentId(pub u32);
 
 impl SegmentId {
-    /// The largest segment number: entries in memory record their segment
-    /// in 32 bits. Numbers never wrap; past this the log refuses to grow.
-    pub const MAX: SegmentId = SegmentId(u32::MAX as u64);
+    /// The largest segment number. Numbers never wrap; past this the log
+    /// refuses to grow.
+    pub const MAX: SegmentId = SegmentId(u32::MAX);
 
     /// The next segment's number, or an error once numbers run out.
     pub fn next(self) -> crate::Result<SegmentId> {
-        match self.0.checked_add(1) {
-            Some(n) if n <= Self::MAX.0 => Ok(SegmentId(n)),
-            _ => Err(crate::Error::SegmentsExhausted),
-        }
+        self.0.checked_add(1).map(SegmentId).ok_or(crate::Error::SegmentsExhausted)
+    }
+
+    /// The number as the on-disk fields (header, MANIFEST) store it.
+    pub fn to_disk(self) -> u64 {
+        u64::from(self.0)
+    }
+
+    /// A number read from disk; `None` if it is past [`SegmentId::MAX`].
+    pub fn from_disk(n: u64) -> Option<SegmentId> {
+        u32::try_from(n).ok().map(SegmentId)
+    }
+
+    /// How many segments run from `self` to `last`, both included.
+    pub fn count_to(self, last: SegmentId) -> u64 {
+        u64::from(last.0.saturating_sub(self.0)) + 1
+    }
+}
+
+impl std::fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -114,14 +135,16 @@ pub enum HeaderError {
 /// The CRC is seeded with the segment number so that a record copied from
 /// another segment (a stale block, a misdirected write) does not validate.
 fn crc_seed(seg: SegmentId) -> u32 {
-    (seg.0 ^ (seg.0 >> 32)) as u32 ^ 0x5a5a_5a5a
+    // (Identical, for every number up to SegmentId::MAX, to the first
+    // version's fold of a 64-bit number: its high half is zero.)
+    seg.0 ^ 0x5a5a_5a5a
 }
 
 pub fn segment_header(seg: SegmentId) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..HEADER_VERSION].copy_from_slice(&MAGIC);
     h[HEADER_VERSION..HEADER_VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h[HEADER_SEGMENT..HEADER_SEGMENT + 8].copy_from_slice(&seg.0.to_le_bytes());
+    h[HEADER_SEGMENT..HEADER_SEGMENT + 8].copy_from_slice(&seg.to_disk().to_le_bytes());
     let crc = crc32fast::hash(&h[..HEADER_CRC]);
     h[HEADER_CRC..].copy_from_slice(&crc.to_le_bytes());
     h
@@ -142,8 +165,8 @@ pub fn check_segment_header(bytes: &[u8], expected: SegmentId) -> Result<(), Hea
         return Err(HeaderError::Crc);
     }
     let found = u64_at(bytes, HEADER_SEGMENT);
-    if found != expected.0 {
-        return Err(HeaderError::WrongSegment { found, expected: expected.0 });
+    if found != expected.to_disk() {
+        return Err(HeaderError::WrongSegment { found, expected: expected.to_disk() });
     }
     Ok(())
 }

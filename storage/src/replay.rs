@@ -312,7 +312,7 @@ pub(crate) fn replay_in_memory(files: &[(&str, &[u8])], state: &mut State, now: 
         .collect();
     let verified = verify(&maps, plan.first_seq, |event| match event {
         Event::Presize(n) => state.reserve(n),
-        Event::Record(seg, rec) => state.replay(&rec, seg.0 as u32, now),
+        Event::Record(seg, rec) => state.replay(&rec, seg, now),
         Event::Progress(_) | Event::Applied { .. } => {}
     });
     match verified {
@@ -546,7 +546,7 @@ pub(crate) fn replay_observed(
     let scanned = scan(dir, plan, |event| match event {
         Event::Presize(n) => state.reserve(n),
         Event::Record(seg, rec) => {
-            state.replay(&rec, seg.0 as u32, now);
+            state.replay(&rec, seg, now);
             observe(state);
         }
         Event::Progress(p) => progress(p),
@@ -655,7 +655,7 @@ impl RepairReport {
 ///
 /// Run only while no daemon uses the directory (the lock is taken).
 pub fn repair(dir: &Path) -> Result<RepairReport> {
-    let _lock = crate::engine::lock_dir(dir)?;
+    let _lock = crate::segment::lock_dir(dir)?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let aside = |p: &Path, why: &str| PathBuf::from(format!("{}.{why}-{stamp}", p.display()));
     let mut report = RepairReport::default();

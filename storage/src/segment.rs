@@ -36,8 +36,8 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<SegmentId> {
     if !num.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let id = SegmentId(num.parse::<u64>().ok()?);
-    (segment_name(id) == name && id <= SegmentId::MAX).then_some(id)
+    let id = SegmentId::from_disk(num.parse::<u64>().ok()?)?;
+    (segment_name(id) == name).then_some(id)
 }
 
 /// What the data directory holds: segment ids (ascending) and the names of
@@ -69,6 +69,21 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
 /// Segment ids present in `dir`, ascending (canonical names only).
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentId>> {
     Ok(list_dir(dir)?.segments)
+}
+
+/// Locks the data directory itself (`flock` on the directory), so two
+/// processes never write one log. A lock on a file inside it could be
+/// defeated by unlinking the file while the daemon runs (a second daemon
+/// would create a new one and lock that); the directory cannot be unlinked
+/// while it holds segments, and a new directory at the same path holds
+/// none of these files. The lock goes with the process, however it ends.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
+    let file = File::open(dir).map_err(Error::io("opening data directory", dir))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { dir: dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking", dir)(e)),
+    }
 }
 
 /// The durable description of what the log must contain (FORMAT.md,
@@ -113,9 +128,9 @@ impl Manifest {
         let mut b = [0u8; MANIFEST_LEN];
         b[0..8].copy_from_slice(&MANIFEST_MAGIC);
         b[8..12].copy_from_slice(&MANIFEST_VERSION.to_le_bytes());
-        b[MANIFEST_FLOOR..MANIFEST_FLOOR + 8].copy_from_slice(&self.floor.0.to_le_bytes());
+        b[MANIFEST_FLOOR..MANIFEST_FLOOR + 8].copy_from_slice(&self.floor.to_disk().to_le_bytes());
         b[MANIFEST_FIRST_SEQ..MANIFEST_FIRST_SEQ + 8].copy_from_slice(&self.first_seq.to_le_bytes());
-        b[MANIFEST_NEWEST..MANIFEST_NEWEST + 8].copy_from_slice(&self.newest.0.to_le_bytes());
+        b[MANIFEST_NEWEST..MANIFEST_NEWEST + 8].copy_from_slice(&self.newest.to_disk().to_le_bytes());
         let crc = crc32fast::hash(&b[..MANIFEST_CRC]);
         b[MANIFEST_CRC..].copy_from_slice(&crc.to_le_bytes());
         b
@@ -130,8 +145,9 @@ impl Manifest {
                 .ok()
                 .and_then(|t| t.trim().strip_prefix("floor "))
                 .and_then(|n| n.parse::<u64>().ok())
+                .and_then(SegmentId::from_disk)
             {
-                return ManifestState::Legacy { floor: SegmentId(floor) };
+                return ManifestState::Legacy { floor };
             }
             return ManifestState::Malformed("not a cachet MANIFEST (bad magic)".into());
         }
@@ -149,17 +165,15 @@ impl Manifest {
         if crc32fast::hash(&bytes[..MANIFEST_CRC]) != crc {
             return ManifestState::Malformed("checksum mismatch".into());
         }
-        let m = Manifest {
-            floor: SegmentId(u64_at(MANIFEST_FLOOR)),
-            first_seq: u64_at(MANIFEST_FIRST_SEQ),
-            newest: SegmentId(u64_at(MANIFEST_NEWEST)),
+        let (floor, first_seq, newest) = (u64_at(MANIFEST_FLOOR), u64_at(MANIFEST_FIRST_SEQ), u64_at(MANIFEST_NEWEST));
+        let m = match (SegmentId::from_disk(floor), SegmentId::from_disk(newest)) {
+            (Some(floor), Some(newest)) if floor <= newest && first_seq != 0 => Manifest { floor, first_seq, newest },
+            _ => {
+                return ManifestState::Malformed(format!(
+                    "its fields disagree (floor {floor}, newest {newest}, first sequence {first_seq})"
+                ));
+            }
         };
-        if m.floor > m.newest || m.newest > SegmentId::MAX || m.first_seq == 0 {
-            return ManifestState::Malformed(format!(
-                "its fields disagree (floor {}, newest {}, first sequence {})",
-                m.floor.0, m.newest.0, m.first_seq
-            ));
-        }
         ManifestState::Valid(m)
     }
 

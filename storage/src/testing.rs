@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use crate::Error;
-use crate::state::{Command, NullSink, Reply, State, Ttl};
+use crate::Ttl;
+use crate::state::{Command, NullSink, Reply, State};
 
 pub fn apply(state: &mut State, cmd: &Command, now: u64, sink: &mut NullSink) -> crate::Result<Reply> {
     state.apply(cmd, now, sink)
@@ -214,10 +215,10 @@ struct VecSink<'a> {
 }
 
 impl crate::state::Sink for VecSink<'_> {
-    fn append(&mut self, rec: &crate::record::Record<'_>) -> u32 {
+    fn append(&mut self, rec: &crate::record::Record<'_>) -> crate::record::SegmentId {
         *self.seq += 1;
         crate::record::encode(self.log, crate::record::SegmentId(1), crate::record::Seq(*self.seq), rec);
-        1
+        crate::record::SegmentId(1)
     }
 }
 

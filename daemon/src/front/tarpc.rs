@@ -6,15 +6,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use cachet::protocol::{CacheService, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, WireError, WireStats, WireTtl};
+use cachet::protocol::{Bytes, CacheService, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, Ttl, WireError, WireStats};
 use cachet_storage::{Command, Error as StoreError, Reply, ReplyBudget};
-use serde_bytes::ByteBuf;
 use tarpc::context::Context;
 
 use crate::shared::Shared;
 
 mod convert;
-use convert::{command, op_reply, ttl, unexpected};
+use convert::{command, op_reply, unexpected};
 
 #[derive(Clone)]
 pub struct Session {
@@ -106,38 +105,23 @@ impl CacheService for Session {
         })
     }
 
-    async fn get_many(self, _: Context, keys: Vec<ByteBuf>) -> Result<Vec<Option<ByteBuf>>, WireError> {
+    async fn get_many(self, _: Context, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>, WireError> {
         self.check_count("get_many", keys.len())?;
-        let keys = keys.into_iter().map(ByteBuf::into_vec).collect();
-        match self.run(Command::GetMany { keys }).await? {
-            Reply::Values(vs) => Ok(vs.into_iter().map(|v| v.map(ByteBuf::from)).collect()),
-            r => Err(unexpected(r)),
-        }
+        convert::values(self.run(convert::get_many(keys)).await?)
     }
 
-    async fn set_many(self, _: Context, items: Vec<(ByteBuf, ByteBuf)>, t: WireTtl) -> Result<Vec<u32>, WireError> {
+    async fn set_many(self, _: Context, items: Vec<(Bytes, Bytes)>, ttl: Ttl) -> Result<Vec<u32>, WireError> {
         self.check_count("set_many", items.len())?;
-        let items = items.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect();
-        match self.run(Command::SetMany { items, ttl: ttl(t) }).await? {
-            Reply::Failed(f) => Ok(f.into_iter().map(|i| i as u32).collect()),
-            r => Err(unexpected(r)),
-        }
+        convert::failed(self.run(convert::set_many(items, ttl)).await?)
     }
 
-    async fn delete_many(self, _: Context, keys: Vec<ByteBuf>) -> Result<(), WireError> {
+    async fn delete_many(self, _: Context, keys: Vec<Bytes>) -> Result<(), WireError> {
         self.check_count("delete_many", keys.len())?;
-        let keys = keys.into_iter().map(ByteBuf::into_vec).collect();
-        match self.run(Command::DeleteMany { keys }).await? {
-            Reply::Done => Ok(()),
-            r => Err(unexpected(r)),
-        }
+        convert::done(self.run(convert::delete_many(keys)).await?)
     }
 
     async fn clear(self, _: Context) -> Result<(), WireError> {
-        match self.run(Command::Clear).await? {
-            Reply::Done => Ok(()),
-            r => Err(unexpected(r)),
-        }
+        convert::done(self.run(Command::Clear).await?)
     }
 
     async fn batch(self, _: Context, ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError> {

@@ -2,45 +2,76 @@
 //! the one place the two vocabularies meet. A second protocol gets a
 //! sibling of this module and nothing else in the daemon changes.
 
-use cachet::protocol::{Op, OpReply, WireError, WireStats, WireTtl};
-use cachet_storage::{Command, Error as StoreError, Reply, Stats, Ttl};
-use serde_bytes::ByteBuf;
+use cachet::protocol::{Bytes, Op, OpReply, WireError, WireStats};
+use cachet_storage::{Command, Error as StoreError, Reply, Stats};
 
-pub(super) fn ttl(t: WireTtl) -> Ttl {
-    match t {
-        WireTtl::Never => Ttl::Never,
-        WireTtl::Millis(ms) => Ttl::Millis(ms),
-    }
+/// Wire bytes as the engine takes them (no copy when the buffer is not
+/// shared, as a decoded request's is not).
+fn vec(b: Bytes) -> Vec<u8> {
+    Vec::from(b)
 }
 
 pub(super) fn command(op: Op) -> Command {
     match op {
-        Op::Get(k) => Command::Get { key: k.into_vec() },
-        Op::Set(k, v, t) => Command::Set { key: k.into_vec(), value: v.into_vec(), ttl: ttl(t) },
-        Op::Add(k, v, t) => Command::Add { key: k.into_vec(), value: v.into_vec(), ttl: ttl(t) },
-        Op::GetOrAdd(k, v, t) => Command::GetOrAdd { key: k.into_vec(), value: v.into_vec(), ttl: ttl(t) },
-        Op::Delete(k) => Command::Delete { key: k.into_vec() },
-        Op::Touch(k, t) => Command::Touch { key: k.into_vec(), ttl: ttl(t) },
-        Op::Incr(k, d) => Command::Incr { key: k.into_vec(), delta: d },
-        Op::HasKey(k) => Command::HasKey { key: k.into_vec() },
-        Op::Rename(f, t) => Command::Rename { from: f.into_vec(), to: t.into_vec() },
-        Op::GetWithTtl(k) => Command::GetWithTtl { key: k.into_vec() },
+        Op::Get(k) => Command::Get { key: vec(k) },
+        Op::Set(k, v, ttl) => Command::Set { key: vec(k), value: vec(v), ttl },
+        Op::Add(k, v, ttl) => Command::Add { key: vec(k), value: vec(v), ttl },
+        Op::GetOrAdd(k, v, ttl) => Command::GetOrAdd { key: vec(k), value: vec(v), ttl },
+        Op::Delete(k) => Command::Delete { key: vec(k) },
+        Op::Touch(k, ttl) => Command::Touch { key: vec(k), ttl },
+        Op::Incr(k, delta) => Command::Incr { key: vec(k), delta },
+        Op::HasKey(k) => Command::HasKey { key: vec(k) },
+        Op::Rename(f, t) => Command::Rename { from: vec(f), to: vec(t) },
+        Op::GetWithTtl(k) => Command::GetWithTtl { key: vec(k) },
     }
+}
+
+pub(super) fn get_many(keys: Vec<Bytes>) -> Command {
+    Command::GetMany { keys: keys.into_iter().map(vec).collect() }
+}
+
+pub(super) fn set_many(items: Vec<(Bytes, Bytes)>, ttl: cachet_storage::Ttl) -> Command {
+    Command::SetMany { items: items.into_iter().map(|(k, v)| (vec(k), vec(v))).collect(), ttl }
+}
+
+pub(super) fn delete_many(keys: Vec<Bytes>) -> Command {
+    Command::DeleteMany { keys: keys.into_iter().map(vec).collect() }
 }
 
 pub(super) fn op_reply(r: Reply) -> Result<OpReply, WireError> {
     match r {
-        Reply::Value(v) => Ok(OpReply::Value(v.map(ByteBuf::from))),
+        Reply::Value(v) => Ok(OpReply::Value(v.map(Bytes::from))),
         Reply::Done => Ok(OpReply::Done),
         Reply::Bool(b) => Ok(OpReply::Bool(b)),
         Reply::Int(n) => Ok(OpReply::Int(n)),
-        Reply::ValueWithTtl(v) => Ok(OpReply::ValueWithTtl(v.map(|(v, t)| {
-            let t = match t {
-                Ttl::Never => WireTtl::Never,
-                Ttl::Millis(ms) => WireTtl::Millis(ms),
-            };
-            (ByteBuf::from(v), t)
-        }))),
+        Reply::ValueWithTtl(v) => Ok(OpReply::ValueWithTtl(v.map(|(v, t)| (Bytes::from(v), t)))),
+        r => Err(unexpected(r)),
+    }
+}
+
+/// `get_many`'s reply: one slot per key.
+pub(super) fn values(r: Reply) -> Result<Vec<Option<Bytes>>, WireError> {
+    match r {
+        Reply::Values(vs) => Ok(vs.into_iter().map(|v| v.map(Bytes::from)).collect()),
+        r => Err(unexpected(r)),
+    }
+}
+
+/// `set_many`'s reply: the positions of the refused items.
+pub(super) fn failed(r: Reply) -> Result<Vec<u32>, WireError> {
+    match r {
+        Reply::Failed(f) => f
+            .into_iter()
+            .map(|i| u32::try_from(i).map_err(|_| WireError::Server("set_many position past u32".into())))
+            .collect(),
+        r => Err(unexpected(r)),
+    }
+}
+
+/// The reply of a call that answers nothing but success.
+pub(super) fn done(r: Reply) -> Result<(), WireError> {
+    match r {
+        Reply::Done => Ok(()),
         r => Err(unexpected(r)),
     }
 }

@@ -1,0 +1,125 @@
+//! [`Builder`]: the settings of a [`Cache`] (Django's `CACHES` entry) and
+//! the first connection to its servers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::cache::{Cache, Inner};
+use crate::connection::Node;
+use crate::error::Error;
+
+/// Configures a [`Cache`]; see [`Cache::builder`].
+#[derive(Clone, Debug)]
+pub struct Builder {
+    servers: Vec<String>,
+    prefix: String,
+    version: i64,
+    default_timeout: Duration,
+    request_timeout: Duration,
+    token: Option<String>,
+    down_is_miss: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            servers: Vec::new(),
+            prefix: String::new(),
+            version: 1,
+            default_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(5),
+            token: None,
+            down_is_miss: false,
+        }
+    }
+}
+
+impl Builder {
+    /// Adds a server, `HOST:PORT` or `unix:/path`. With several, keys are
+    /// spread over them by rendezvous hashing.
+    pub fn server(mut self, addr: impl Into<String>) -> Self {
+        self.servers.push(addr.into());
+        self
+    }
+
+    /// Django's `KEY_PREFIX`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Django's `VERSION`.
+    pub fn version(mut self, version: i64) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Django's `TIMEOUT`: used by `Timeout::Default`.
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// How long one request may take before `Error::Timeout`.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// With several servers: when one is down, reads of its keys are misses
+    /// and writes to it are dropped (`set_many` reports them as failed), as
+    /// Django's memcached backend behaves. By default such calls fail fast
+    /// with `Error::Connection` naming the server.
+    pub fn down_is_miss(mut self, yes: bool) -> Self {
+        self.down_is_miss = yes;
+        self
+    }
+
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Connects to every server, so a wrong address or token shows up now.
+    /// With several servers it is enough that one answers (the others are
+    /// retried by later calls); a wrong token is always an error.
+    pub async fn connect(self) -> Result<Cache, Error> {
+        if self.servers.is_empty() {
+            return Err(Error::Connection {
+                server: String::new(),
+                reason: "no server given; call .server(addr)".into(),
+            });
+        }
+        let cache = Cache {
+            inner: Arc::new(Inner {
+                nodes: self.servers.iter().cloned().map(Node::new).collect(),
+                addrs: self.servers,
+                prefix: self.prefix,
+                version: self.version,
+                default_timeout: self.default_timeout,
+                request_timeout: self.request_timeout,
+                token: self.token,
+                down_is_miss: self.down_is_miss,
+                computing: Mutex::new(HashMap::new()),
+            }),
+        };
+        let tries = cache.inner.nodes.iter().map(|n| n.conn(&cache.inner.token, cache.inner.request_timeout));
+        let mut first_error = None;
+        let mut up = 0;
+        for r in futures::future::join_all(tries).await {
+            match r {
+                Ok(_) => up += 1,
+                Err(Error::Connection { server, reason }) => {
+                    tracing::warn!(server, reason, "cachet server not reachable; calls for its keys fail until it is");
+                    first_error.get_or_insert(Error::Connection { server, reason });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first_error {
+            Some(e) if up == 0 => Err(e),
+            _ => Ok(cache),
+        }
+    }
+}

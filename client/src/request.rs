@@ -1,0 +1,539 @@
+//! The request values `Cache`'s methods return: each is refined with
+//! `.version(…)`, `.timeout(…)` or `.delta(…)` and awaited. Every request
+//! carries its per-call options in one [`Opts`], and one macro
+//! (`options!`) gives each the setters it takes.
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::{Cache, check, decode, unexpected};
+use crate::connection::Retry;
+use crate::error::Error;
+use crate::key::user_part;
+use crate::protocol::{Bytes, Op, OpReply, Ttl};
+use crate::timeout::Timeout;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Django's per-call arguments: `version=` and, for writes, `timeout=`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Opts {
+    pub(crate) version: Option<i64>,
+    pub(crate) timeout: Timeout,
+}
+
+/// Gives a request the option setters it takes; each writes to the
+/// request's `Opts` (the field `opts`, or the path given in brackets).
+macro_rules! options {
+    ($t:ident $(<$($g:ident),+>)? [$($path:ident).+]: $($opt:ident),+) => {
+        impl$(<$($g),+>)? $t$(<$($g),+>)? {
+            fn opts_mut(&mut self) -> &mut Opts {
+                &mut self.$($path).+
+            }
+            $(options!(@$opt);)+
+        }
+    };
+    ($t:ident $(<$($g:ident),+>)?: $($opt:ident),+) => {
+        options!($t $(<$($g),+>)? [opts]: $($opt),+);
+    };
+    (@version) => {
+        /// Django's `version=` for this call (default: the client's `version`).
+        pub fn version(mut self, v: i64) -> Self {
+            self.opts_mut().version = Some(v);
+            self
+        }
+    };
+    (@timeout) => {
+        /// Django's `timeout=` for this call: a `Duration`, `Timeout::Never`,
+        /// or `Duration::ZERO` to store nothing and remove the old value.
+        pub fn timeout(mut self, t: impl Into<Timeout>) -> Self {
+            self.opts_mut().timeout = t.into();
+            self
+        }
+    };
+}
+
+/// Under `down_is_miss`, a server that cannot be reached yields `miss`.
+fn miss_if_down<T: Send + 'static>(
+    down_is_miss: bool,
+    miss: T,
+    fut: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> BoxFuture<Result<T, Error>> {
+    Box::pin(async move {
+        match fut.await {
+            Err(Error::Connection { .. }) if down_is_miss => Ok(miss),
+            r => r,
+        }
+    })
+}
+
+pub struct Get<T> {
+    pub(crate) cache: Cache,
+    pub(crate) key: String,
+    pub(crate) opts: Opts,
+    pub(crate) _t: PhantomData<fn() -> T>,
+}
+options!(Get<T>: version);
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for Get<T> {
+    type Output = Result<Option<T>, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, None, async move {
+            match self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::Get).await? {
+                OpReply::Value(v) => v.map(|b| decode(&b)).transpose(),
+                r => Err(unexpected(r)),
+            }
+        })
+    }
+}
+
+/// The shared part of the single-key writes: the value, encoded once.
+pub(crate) struct Write {
+    cache: Cache,
+    key: String,
+    value: Result<Bytes, Error>,
+    opts: Opts,
+}
+
+impl Write {
+    pub(crate) fn new(cache: &Cache, key: &str, value: Result<Bytes, Error>) -> Write {
+        Write { cache: cache.clone(), key: key.to_owned(), value, opts: Opts::default() }
+    }
+
+    /// Resolves the target (key, server, connection; limits checked) and
+    /// sends `make(key, value, ttl)` to it.
+    async fn send(&mut self, retry: Retry, make: fn(Bytes, Bytes, Ttl) -> Op) -> Result<OpReply, Error> {
+        let value = std::mem::replace(&mut self.value, Ok(Bytes::new()))?;
+        let c = &self.cache;
+        let t = c.target(&self.key, self.opts.version, Some(&value)).await?;
+        let op = make(Bytes::from(t.key.clone().into_bytes()), value, c.ttl(self.opts.timeout));
+        c.op(&t, retry, op).await
+    }
+}
+
+pub struct Set {
+    pub(crate) w: Write,
+}
+options!(Set[w.opts]: version, timeout);
+
+impl IntoFuture for Set {
+    type Output = Result<(), Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        let down_is_miss = self.w.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, (), async move {
+            let mut w = self.w;
+            match w.send(Retry::Safe, Op::Set).await {
+                Ok(OpReply::Done) => Ok(()),
+                Ok(r) => Err(unexpected(r)),
+                // Django's memcached rule: a value refused for its size
+                // removes the old one, so a stale value is never served
+                // after a failed write.
+                Err(e @ Error::ValueTooLarge { .. }) => {
+                    Delete { cache: w.cache.clone(), key: w.key.clone(), opts: w.opts }.await?;
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+pub struct Add {
+    pub(crate) w: Write,
+}
+options!(Add[w.opts]: version, timeout);
+
+impl IntoFuture for Add {
+    type Output = Result<bool, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        let down_is_miss = self.w.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, false, async move {
+            let mut w = self.w;
+            match w.send(Retry::OnlyIfUnsent, Op::Add).await? {
+                OpReply::Bool(b) => Ok(b),
+                r => Err(unexpected(r)),
+            }
+        })
+    }
+}
+
+pub struct GetOrSet<T> {
+    pub(crate) w: Write,
+    pub(crate) _t: PhantomData<fn() -> T>,
+}
+options!(GetOrSet<T>[w.opts]: version, timeout);
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetOrSet<T> {
+    type Output = Result<T, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let mut w = self.w;
+            match w.send(Retry::Safe, Op::GetOrAdd).await? {
+                OpReply::Value(Some(held)) => decode(&held),
+                r => Err(unexpected(r)),
+            }
+        })
+    }
+}
+
+pub struct GetOrSetWith<T, F> {
+    pub(crate) cache: Cache,
+    pub(crate) key: String,
+    pub(crate) f: F,
+    pub(crate) opts: Opts,
+    pub(crate) _t: PhantomData<fn() -> T>,
+}
+options!(GetOrSetWith<T, F>: version, timeout);
+
+impl<T, F, Fut> IntoFuture for GetOrSetWith<T, F>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    type Output = Result<T, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = self.cache;
+            let version = c.version(&self.opts);
+            let get = |c: &Cache| c.get::<T>(&self.key).version(version);
+            if let Some(v) = get(&c).await? {
+                return Ok(v);
+            }
+            let full = c.key(&self.key, Some(version));
+            let gate = c.inner.computing.lock().expect("lock poisoned").entry(full.clone()).or_default().clone();
+            let result = async {
+                let _turn = gate.lock().await;
+                // Whoever held the gate before us may have filled the key.
+                if let Some(v) = get(&c).await? {
+                    return Ok(v);
+                }
+                let value = (self.f)().await;
+                c.get_or_set(&self.key, &value).version(version).timeout(self.opts.timeout).await
+            }
+            .await;
+            let mut computing = c.inner.computing.lock().expect("lock poisoned");
+            if Arc::strong_count(&gate) == 2 {
+                computing.remove(&full);
+            }
+            result
+        })
+    }
+}
+
+pub struct GetMany<T> {
+    pub(crate) cache: Cache,
+    pub(crate) keys: Vec<String>,
+    pub(crate) opts: Opts,
+    pub(crate) _t: PhantomData<fn() -> T>,
+}
+options!(GetMany<T>: version);
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetMany<T> {
+    type Output = Result<HashMap<String, T>, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let version = c.version(&self.opts);
+            let full = self.keys.iter().map(|k| (c.key(k, Some(version)), ()));
+            let calls = c.by_node(full).into_iter().map(|(n, keys)| async move {
+                let node = &c.inner.nodes[n];
+                let fetched = async {
+                    let conn = c.conn(node).await?;
+                    for (k, _) in &keys {
+                        check(&conn.info, k, None)?;
+                    }
+                    let kbs: Vec<Bytes> = keys.iter().map(|(k, _)| Bytes::from(k.clone().into_bytes())).collect();
+                    c.call(node, Retry::Safe, |cl, ctx| {
+                        let kbs = kbs.clone();
+                        async move { cl.get_many(ctx, kbs).await }
+                    })
+                    .await
+                };
+                let vals = match fetched.await {
+                    Err(Error::Connection { .. }) if c.inner.down_is_miss => vec![None; keys.len()],
+                    r => r?,
+                };
+                Ok::<_, Error>(keys.into_iter().zip(vals).collect::<Vec<_>>())
+            });
+            let mut out = HashMap::new();
+            for group in futures::future::try_join_all(calls).await? {
+                for ((k, _), v) in group {
+                    if let Some(v) = v {
+                        out.insert(user_part(&k, &c.inner.prefix, version).to_owned(), decode(&v)?);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+pub struct SetMany {
+    pub(crate) cache: Cache,
+    pub(crate) items: Vec<(String, Result<Bytes, Error>)>,
+    pub(crate) opts: Opts,
+}
+options!(SetMany: version, timeout);
+
+impl IntoFuture for SetMany {
+    type Output = Result<Vec<String>, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let ttl = c.ttl(self.opts.timeout);
+            let mut items = Vec::with_capacity(self.items.len());
+            for (k, v) in self.items {
+                items.push((c.key(&k, self.opts.version), (k, v?)));
+            }
+            let calls = c.by_node(items).into_iter().map(|(n, items)| async move {
+                let node = &c.inner.nodes[n];
+                let conn = match c.conn(node).await {
+                    Err(Error::Connection { .. }) if c.inner.down_is_miss => {
+                        return Ok(items.into_iter().map(|(_, (user, _))| user).collect());
+                    }
+                    r => r?,
+                };
+                let info = &conn.info;
+                let mut failed = Vec::new();
+                let mut send = Vec::new();
+                let mut sent_keys = Vec::new();
+                let mut too_large = Vec::new();
+                for (full, (user, value)) in items {
+                    if full.len() as u64 > info.max_key_bytes {
+                        failed.push(user);
+                    } else if value.len() as u64 > info.max_value_bytes {
+                        // Refused for its size: the old value goes too.
+                        too_large.push(Bytes::from(full.into_bytes()));
+                        failed.push(user);
+                    } else {
+                        send.push((Bytes::from(full.into_bytes()), value));
+                        sent_keys.push(user);
+                    }
+                }
+                if !too_large.is_empty() {
+                    c.call(node, Retry::Safe, |cl, ctx| {
+                        let keys = too_large.clone();
+                        async move { cl.delete_many(ctx, keys).await }
+                    })
+                    .await?;
+                }
+                if !send.is_empty() {
+                    let refused = c
+                        .call(node, Retry::Safe, |cl, ctx| {
+                            let send = send.clone();
+                            async move { cl.set_many(ctx, send, ttl).await }
+                        })
+                        .await;
+                    match refused {
+                        Ok(refused) => {
+                            failed.extend(refused.into_iter().filter_map(|i| sent_keys.get(i as usize).cloned()))
+                        }
+                        Err(Error::Connection { .. }) if c.inner.down_is_miss => failed.extend(sent_keys),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok::<_, Error>(failed)
+            });
+            Ok(futures::future::try_join_all(calls).await?.into_iter().flatten().collect())
+        })
+    }
+}
+
+pub struct Delete {
+    pub(crate) cache: Cache,
+    pub(crate) key: String,
+    pub(crate) opts: Opts,
+}
+options!(Delete: version);
+
+impl IntoFuture for Delete {
+    type Output = Result<bool, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, false, async move {
+            match self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::Delete).await? {
+                OpReply::Bool(b) => Ok(b),
+                r => Err(unexpected(r)),
+            }
+        })
+    }
+}
+
+pub struct DeleteMany {
+    pub(crate) cache: Cache,
+    pub(crate) keys: Vec<String>,
+    pub(crate) opts: Opts,
+}
+options!(DeleteMany: version);
+
+impl IntoFuture for DeleteMany {
+    type Output = Result<(), Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, (), async move {
+            let c = &self.cache;
+            let full = self.keys.iter().map(|k| (c.key(k, self.opts.version), ()));
+            let calls = c.by_node(full).into_iter().map(|(n, keys)| async move {
+                let node = &c.inner.nodes[n];
+                let kbs: Vec<Bytes> = keys.into_iter().map(|(k, _)| Bytes::from(k.into_bytes())).collect();
+                c.call(node, Retry::Safe, |cl, ctx| {
+                    let kbs = kbs.clone();
+                    async move { cl.delete_many(ctx, kbs).await }
+                })
+                .await
+            });
+            futures::future::try_join_all(calls).await.map(|_| ())
+        })
+    }
+}
+
+pub struct Touch {
+    pub(crate) cache: Cache,
+    pub(crate) key: String,
+    pub(crate) opts: Opts,
+}
+options!(Touch: version, timeout);
+
+impl IntoFuture for Touch {
+    type Output = Result<bool, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, false, async move {
+            let c = &self.cache;
+            let ttl = c.ttl(self.opts.timeout);
+            match c.keyed(&self.key, self.opts.version, Retry::Safe, |k| Op::Touch(k, ttl)).await? {
+                OpReply::Bool(b) => Ok(b),
+                r => Err(unexpected(r)),
+            }
+        })
+    }
+}
+
+pub struct Incr {
+    pub(crate) cache: Cache,
+    pub(crate) key: String,
+    pub(crate) delta: i64,
+    pub(crate) sign: i64,
+    pub(crate) opts: Opts,
+}
+options!(Incr: version);
+
+impl Incr {
+    /// Django's `delta=` (default 1).
+    pub fn delta(mut self, d: i64) -> Self {
+        self.delta = d;
+        self
+    }
+}
+
+impl IntoFuture for Incr {
+    type Output = Result<i64, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let delta = self.delta.checked_mul(self.sign).ok_or(Error::Overflow)?;
+            match c.keyed(&self.key, self.opts.version, Retry::OnlyIfUnsent, |k| Op::Incr(k, delta)).await? {
+                OpReply::Int(n) => Ok(n),
+                r => Err(unexpected(r)),
+            }
+        })
+    }
+}
+
+pub struct HasKey {
+    pub(crate) cache: Cache,
+    pub(crate) key: String,
+    pub(crate) opts: Opts,
+}
+options!(HasKey: version);
+
+impl IntoFuture for HasKey {
+    type Output = Result<bool, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, false, async move {
+            match self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::HasKey).await? {
+                OpReply::Bool(b) => Ok(b),
+                r => Err(unexpected(r)),
+            }
+        })
+    }
+}
+
+pub struct IncrVersion {
+    pub(crate) cache: Cache,
+    pub(crate) key: String,
+    pub(crate) delta: i64,
+    pub(crate) sign: i64,
+    pub(crate) opts: Opts,
+}
+options!(IncrVersion: version);
+
+impl IncrVersion {
+    /// Django's `delta=` (default 1).
+    pub fn delta(mut self, d: i64) -> Self {
+        self.delta = d;
+        self
+    }
+}
+
+impl IntoFuture for IncrVersion {
+    type Output = Result<i64, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = &self.cache;
+            let version = c.version(&self.opts);
+            let delta = self.delta.checked_mul(self.sign).ok_or(Error::Overflow)?;
+            let new_version = version.checked_add(delta).ok_or(Error::Overflow)?;
+            let from = c.target(&self.key, Some(version), None).await?;
+            let to_key = c.key(&self.key, Some(new_version));
+            let (fb, tb) = (Bytes::from(from.key.clone().into_bytes()), Bytes::from(to_key.clone().into_bytes()));
+            if std::ptr::eq(from.node, c.node_for(&to_key)) {
+                match c.op(&from, Retry::OnlyIfUnsent, Op::Rename(fb, tb)).await? {
+                    OpReply::Done => {}
+                    r => return Err(unexpected(r)),
+                }
+            } else {
+                // The two versions live on different servers: copy the raw
+                // bytes with the time they have left, then delete, as Django
+                // does; the value keeps its expiry.
+                let (value, ttl) = match c.op(&from, Retry::Safe, Op::GetWithTtl(fb.clone())).await? {
+                    OpReply::ValueWithTtl(Some(found)) => found,
+                    OpReply::ValueWithTtl(None) => return Err(Error::NotFound),
+                    r => return Err(unexpected(r)),
+                };
+                let to = c.target(&self.key, Some(new_version), Some(&value)).await?;
+                match c.op(&to, Retry::Safe, Op::Set(tb, value, ttl)).await? {
+                    OpReply::Done => {}
+                    r => return Err(unexpected(r)),
+                }
+                match c.op(&from, Retry::Safe, Op::Delete(fb)).await? {
+                    OpReply::Bool(_) => {}
+                    r => return Err(unexpected(r)),
+                }
+            }
+            Ok(new_version)
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! The handle through which callers send commands to the writer.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::budget::ReplyBudget;
+use crate::error::{Error, Result};
+use crate::state::{Command, Reply};
+
+pub(super) enum Msg {
+    One(Command, Option<Arc<ReplyBudget>>, oneshot::Sender<Result<Reply>>),
+    Many(Vec<Command>, Option<Arc<ReplyBudget>>, oneshot::Sender<Vec<Result<Reply>>>),
+    Shutdown(oneshot::Sender<Result<()>>),
+}
+
+/// A cheap, cloneable way to send commands to the engine.
+#[derive(Clone)]
+pub struct Handle {
+    pub(super) tx: Sender<Msg>,
+}
+
+impl Handle {
+    fn send(&self, msg: Msg) -> Result<()> {
+        // The channel is bounded for backpressure. A full queue is rare (the
+        // daemon bounds requests in flight), and blocking here is the
+        // backpressure; the writer never waits on the caller, so it cannot
+        // deadlock.
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(msg)) => self.tx.send(msg).map_err(|_| Error::Closed),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
+        }
+    }
+
+    /// Queues a command and returns its reply slot without waiting, so a
+    /// caller can keep many commands in flight (they share batches).
+    pub fn submit(&self, cmd: Command) -> Result<oneshot::Receiver<Result<Reply>>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::One(cmd, None, tx))?;
+        Ok(rx)
+    }
+
+    pub async fn call(&self, cmd: Command) -> Result<Reply> {
+        self.call_with(cmd, None).await
+    }
+
+    /// A command whose reply counts against `budget` (a connection's unread
+    /// replies): it may return no more than the budget has left.
+    pub async fn call_with(&self, cmd: Command, budget: Option<Arc<ReplyBudget>>) -> Result<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::One(cmd, budget, tx))?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    pub fn call_blocking(&self, cmd: Command) -> Result<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::One(cmd, None, tx))?;
+        rx.blocking_recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Several commands as one message: applied back to back in one batch.
+    pub async fn call_many(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply>>> {
+        self.call_many_with(cmds, None).await
+    }
+
+    /// `call_many` whose replies together count against `budget`.
+    pub async fn call_many_with(
+        &self,
+        cmds: Vec<Command>,
+        budget: Option<Arc<ReplyBudget>>,
+    ) -> Result<Vec<Result<Reply>>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Many(cmds, budget, tx))?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    pub fn call_many_blocking(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply>>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Many(cmds, None, tx))?;
+        rx.blocking_recv().map_err(|_| Error::Closed)
+    }
+}

@@ -1,0 +1,248 @@
+//! The semantics of each command: `apply` and the operations it is built
+//! from (get, set, delete, touch, incr, rename, clear).
+
+use super::undo::{Cleared, Undo};
+use super::{Command, Reply, Sink, State, Timers, decode_int};
+use crate::Ttl;
+use crate::error::{Error, Result};
+use crate::evict::S3Fifo;
+use crate::index::{Index, blob_len};
+use crate::record::Record;
+use crate::wheel::Wheel;
+
+impl State {
+    /// Applies one command at time `now` (unix ms).
+    pub(crate) fn apply(&mut self, cmd: &Command, now: u64, sink: &mut impl Sink) -> Result<Reply> {
+        if let Command::Set { key, value, .. } = cmd
+            && self.check_key(key).is_ok()
+            && let Err(e) = self.check_value(value)
+        {
+            // Django's memcached rule: a value refused for its size removes
+            // the old one, so a stale value is never served after a failed
+            // write.
+            self.delete(key, now, sink);
+            return Err(e);
+        }
+        self.validate(cmd)?;
+        Ok(match cmd {
+            Command::Get { key } => Reply::Value(self.get(key, now)?),
+            Command::GetWithTtl { key } => {
+                let value = self.get(key, now)?;
+                Reply::ValueWithTtl(value.map(|v| {
+                    let expires = self.index.find(key).map_or(0, |slot| self.index.entry(slot).expires);
+                    (v, Ttl::remaining(expires, now))
+                }))
+            }
+            Command::GetMany { keys } => {
+                // The reply's size is known before any of it is built (a key
+                // named 4,000 times counts 4,000 times).
+                let mut size = 0usize;
+                for key in keys {
+                    if let Some(slot) = self.live(key, now) {
+                        size = size.saturating_add(self.index.entry(slot).value().len());
+                    }
+                }
+                if size > self.reply_room {
+                    return Err(Error::ReplyTooLarge { size, max: self.reply_room });
+                }
+                Reply::Values(keys.iter().map(|k| self.get(k, now)).collect::<Result<_>>()?)
+            }
+            Command::Set { key, value, ttl } => {
+                self.set(key, value, *ttl, now, sink)?;
+                Reply::Done
+            }
+            Command::SetMany { items, ttl } => {
+                let mut failed = Vec::new();
+                for (i, (key, value)) in items.iter().enumerate() {
+                    let stored = self.check_key(key).and_then(|()| match self.check_value(value) {
+                        Ok(()) => self.set(key, value, *ttl, now, sink),
+                        Err(e) => {
+                            // As for `Set`: the old value goes too.
+                            self.delete(key, now, sink);
+                            Err(e)
+                        }
+                    });
+                    if stored.is_err() {
+                        failed.push(i);
+                    }
+                }
+                Reply::Failed(failed)
+            }
+            Command::Add { key, value, ttl } => {
+                if self.live(key, now).is_some() {
+                    Reply::Bool(false)
+                } else {
+                    self.set(key, value, *ttl, now, sink)?;
+                    Reply::Bool(true)
+                }
+            }
+            Command::GetOrAdd { key, value, ttl } => match self.live(key, now) {
+                Some(slot) => {
+                    self.take_reply_room(self.index.entry(slot).value().len())?;
+                    self.stats.hits += 1;
+                    if self.evict.is_some() {
+                        S3Fifo::on_access(&mut self.index, slot);
+                    }
+                    Reply::Value(Some(self.index.entry(slot).value().to_vec()))
+                }
+                None => {
+                    self.take_reply_room(value.len())?;
+                    self.stats.misses += 1;
+                    self.set(key, value, *ttl, now, sink)?;
+                    Reply::Value(Some(value.clone()))
+                }
+            },
+            Command::Delete { key } => Reply::Bool(self.delete(key, now, sink)),
+            Command::DeleteMany { keys } => {
+                for key in keys {
+                    self.delete(key, now, sink);
+                }
+                Reply::Done
+            }
+            Command::Clear => {
+                sink.append(&Record::Clear);
+                self.clear(now);
+                Reply::Done
+            }
+            Command::Touch { key, ttl } => Reply::Bool(self.touch(key, *ttl, now, sink)),
+            Command::Incr { key, delta } => Reply::Int(self.incr(key, *delta, now, sink)?),
+            Command::HasKey { key } => Reply::Bool(self.live(key, now).is_some()),
+            Command::Rename { from, to } => {
+                self.rename(from, to, now, sink)?;
+                Reply::Done
+            }
+            Command::Stats => Reply::Stats(self.stats()),
+        })
+    }
+
+    pub(super) fn get(&mut self, key: &[u8], now: u64) -> Result<Option<Vec<u8>>> {
+        match self.live(key, now) {
+            Some(slot) => {
+                self.take_reply_room(self.index.entry(slot).value().len())?;
+                self.stats.hits += 1;
+                if self.evict.is_some() {
+                    S3Fifo::on_access(&mut self.index, slot);
+                }
+                Ok(Some(self.index.entry(slot).value().to_vec()))
+            }
+            None => {
+                self.stats.misses += 1;
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) fn set(&mut self, key: &[u8], value: &[u8], ttl: Ttl, now: u64, sink: &mut impl Sink) -> Result<()> {
+        match ttl.deadline(now) {
+            None => {
+                // Django: a zero timeout stores nothing and drops the old value.
+                if let Some(slot) = self.live(key, now) {
+                    sink.append(&Record::Delete { key });
+                    self.remove_logged(slot);
+                } else if self.may_hold_evicted() {
+                    sink.append(&Record::Delete { key });
+                }
+            }
+            Some(expires) => {
+                self.make_room(key, blob_len(key, value), now)?;
+                let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires) });
+                self.put(key, value, expires, segment, Timers::Arm { now });
+                self.stats.sets += 1;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn delete(&mut self, key: &[u8], now: u64, sink: &mut impl Sink) -> bool {
+        match self.live(key, now) {
+            Some(slot) => {
+                sink.append(&Record::Delete { key });
+                self.remove_logged(slot);
+                self.stats.deletes += 1;
+                true
+            }
+            None => {
+                // The key may have been evicted with its set record still in
+                // the log: the delete must be on record, or a restart would
+                // bring the old value back.
+                if self.may_hold_evicted() {
+                    sink.append(&Record::Delete { key });
+                }
+                false
+            }
+        }
+    }
+
+    pub(super) fn clear(&mut self, now: u64) {
+        // Every record before a clear is void, evicted ones included.
+        self.evicted_in.clear();
+        let fresh_evict = self.evict.as_ref().map(|_| S3Fifo::default());
+        let before = Cleared {
+            index: std::mem::replace(&mut self.index, Index::new()),
+            wheel: std::mem::replace(&mut self.wheel, Wheel::new(now)),
+            due: std::mem::take(&mut self.due),
+            live_by_segment: std::mem::take(&mut self.live_by_segment),
+            evict: std::mem::replace(&mut self.evict, fresh_evict),
+        };
+        if self.undo.is_some() {
+            self.log_undo(Undo::Clear(Box::new(before)));
+        }
+    }
+
+    pub(super) fn touch(&mut self, key: &[u8], ttl: Ttl, now: u64, sink: &mut impl Sink) -> bool {
+        let Some(slot) = self.live(key, now) else { return false };
+        match ttl.deadline(now) {
+            None => {
+                sink.append(&Record::Delete { key });
+                self.remove_logged(slot);
+            }
+            Some(expires) => {
+                sink.append(&Record::Touch { key, expires: crate::UnixMillis(expires) });
+                self.set_expiry(slot, expires);
+            }
+        }
+        true
+    }
+
+    pub(super) fn set_expiry(&mut self, slot: u32, expires: u64) {
+        let e = self.index.entry_mut(slot);
+        let old = std::mem::replace(&mut e.expires, expires);
+        self.log_undo(Undo::Expiry { slot, expires: old });
+        self.arm(slot, old, expires);
+    }
+
+    pub(super) fn incr(&mut self, key: &[u8], delta: i64, now: u64, sink: &mut impl Sink) -> Result<i64> {
+        let slot = self.live(key, now).ok_or(Error::NotFound)?;
+        let e = self.index.entry(slot);
+        let current = decode_int(e.value())?;
+        let next = current.checked_add(delta).ok_or(Error::Overflow)?;
+        let mut value = Vec::with_capacity(9);
+        rmp::encode::write_sint(&mut value, next).expect("writing to a Vec cannot fail");
+        let expires = e.expires;
+        let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires) });
+        self.put(key, &value, expires, segment, Timers::Arm { now });
+        Ok(next)
+    }
+
+    pub(super) fn rename(&mut self, from: &[u8], to: &[u8], now: u64, sink: &mut impl Sink) -> Result<()> {
+        let slot = self.live(from, now).ok_or(Error::NotFound)?;
+        if from == to {
+            return Ok(());
+        }
+        let e = self.index.entry(slot);
+        let (value, expires) = (e.value().to_vec(), e.expires);
+        self.make_room(to, blob_len(to, &value), now)?;
+        if self.index.find(from).is_none() {
+            // Making room evicted the value being moved.
+            return Err(Error::NotFound);
+        }
+        // The new key is written before the old one is deleted: a torn batch
+        // then leaves a duplicate, never a loss.
+        let segment = sink.append(&Record::Set { key: to, value: &value, expires: crate::UnixMillis(expires) });
+        self.put(to, &value, expires, segment, Timers::Arm { now });
+        sink.append(&Record::Delete { key: from });
+        let slot = self.index.find(from).expect("renamed key still present");
+        self.remove_logged(slot);
+        Ok(())
+    }
+}

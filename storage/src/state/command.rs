@@ -1,0 +1,135 @@
+//! What the engine is asked and what it answers: commands, replies, the
+//! stats counters, and the sink through which the core reports the log
+//! records a command implies.
+
+use crate::Ttl;
+use crate::record::{Record, SegmentId};
+
+/// One operation on the cache. Keys and values are plain bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Get {
+        key: Vec<u8>,
+    },
+    GetMany {
+        keys: Vec<Vec<u8>>,
+    },
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Ttl,
+    },
+    SetMany {
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        ttl: Ttl,
+    },
+    /// Stores only if the key is absent or expired.
+    Add {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Ttl,
+    },
+    /// Like `Add`, but replies with the value held afterwards.
+    GetOrAdd {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Ttl,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    DeleteMany {
+        keys: Vec<Vec<u8>>,
+    },
+    Clear,
+    Touch {
+        key: Vec<u8>,
+        ttl: Ttl,
+    },
+    /// Adds `delta` to a MessagePack integer value, keeping its expiry.
+    Incr {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    HasKey {
+        key: Vec<u8>,
+    },
+    /// The value and what is left of its time to live (to copy a value with
+    /// its expiry, as `incr_version` across servers does).
+    GetWithTtl {
+        key: Vec<u8>,
+    },
+    /// Moves a value to another key, keeping its expiry (for `incr_version`).
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Stats,
+}
+
+impl Command {
+    /// Whether the command may write to the log.
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Command::Get { .. }
+                | Command::GetMany { .. }
+                | Command::HasKey { .. }
+                | Command::GetWithTtl { .. }
+                | Command::Stats
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Value(Option<Vec<u8>>),
+    /// `GetWithTtl`: the value and its time left (`Millis` at least 1).
+    ValueWithTtl(Option<(Vec<u8>, Ttl)>),
+    /// `GetMany`: one slot per requested key, in order.
+    Values(Vec<Option<Vec<u8>>>),
+    Done,
+    Bool(bool),
+    Int(i64),
+    /// `SetMany`: positions of the items that were refused.
+    Failed(Vec<usize>),
+    Stats(Stats),
+}
+
+/// Counters and sizes, as reported by `stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub entries: u64,
+    pub memory_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub sets: u64,
+    pub deletes: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub log_bytes: u64,
+    pub log_live_bytes: u64,
+    pub segments: u64,
+    pub compactions: u64,
+    pub compaction_max_pause_us: u64,
+    pub compaction_max_slice_cpu_us: u64,
+    /// The log cannot be written: writes are refused, reads served.
+    pub read_only: bool,
+}
+
+/// Where the core reports the records its changes need; returns the segment
+/// the record goes to.
+pub(crate) trait Sink {
+    fn append(&mut self, rec: &Record<'_>) -> SegmentId;
+}
+
+/// A sink that drops the records, for uses of the core without a log
+/// (tests, fuzzing).
+#[derive(Default)]
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn append(&mut self, _: &Record<'_>) -> SegmentId {
+        SegmentId(0)
+    }
+}

@@ -1,0 +1,487 @@
+//! The engine's pure core: the index, the timer wheel and the counters, with
+//! one method that applies a command at a given time and reports, through a
+//! [`Sink`], the log records it implies. No threads, files or clocks here, so
+//! the core is tested and fuzzed directly; `engine` wraps it with the writer
+//! thread and `replay` feeds it records from the log.
+//!
+//! By concern: `command` (what is asked and answered), `limits` (sizes,
+//! reply room and the caps eviction keeps), `apply` (each command's
+//! semantics), `undo` (taking back a batch whose write failed),
+//! `replay` (records from the log at start-up) and `compact`
+//! (compaction slices). This file holds the state and the primitives they
+//! share: finding a live entry, storing, removing, arming timers, expiring.
+
+mod apply;
+mod command;
+mod compact;
+mod limits;
+mod replay;
+mod undo;
+
+use std::collections::{BTreeMap, VecDeque};
+
+pub(crate) use command::Sink;
+pub use command::{Command, NullSink, Reply, Stats};
+pub use limits::{Eviction, Limits};
+
+use crate::error::{Error, Result};
+use crate::evict::{ENTRY_OVERHEAD, S3Fifo};
+use crate::index::{Index, blob_len};
+use crate::record::{SegmentId, set_record_len};
+use crate::wheel::Wheel;
+use undo::Undo;
+
+/// A timer: an entry's slot and generation (a stale generation cancels it).
+type Timer = (u32, u32);
+
+/// Whether `put` arms the entry's timer now (a live write at time `now`) or
+/// leaves all timers to the end of replay.
+#[derive(Clone, Copy)]
+enum Timers {
+    Arm { now: u64 },
+    Deferred,
+}
+
+pub struct State {
+    index: Index,
+    wheel: Wheel<Timer>,
+    /// Timers found due but not yet processed (expiry work is bounded per loop).
+    due: VecDeque<Timer>,
+    /// Bytes of live set records per segment, for `log_live_bytes` and compaction.
+    live_by_segment: BTreeMap<SegmentId, u64>,
+    limits: Limits,
+    stats: Stats,
+    /// S3-FIFO queues, when a cap is set and the policy evicts.
+    evict: Option<S3Fifo>,
+    /// While a batch is open: how to take back each change it made, should
+    /// its write fail.
+    undo: Option<Vec<Undo>>,
+    /// Evicted entries per segment that holds their (now stale) set record.
+    /// While any such segment is in the log, a delete of a key that is not in
+    /// memory is still logged: the key may be one of them, and without the
+    /// record a restart would bring its old value back.
+    evicted_in: BTreeMap<SegmentId, u64>,
+    /// Bytes of values the current request may still return, and what it
+    /// could at the start (for the error message).
+    reply_room: usize,
+    reply_limit: usize,
+}
+
+impl State {
+    pub fn new(limits: Limits, now: u64) -> State {
+        State {
+            index: Index::new(),
+            wheel: Wheel::new(now),
+            due: VecDeque::new(),
+            live_by_segment: BTreeMap::new(),
+            evict: ((limits.max_memory.is_some() || limits.max_entries.is_some())
+                && limits.eviction == Eviction::S3Fifo)
+                .then(S3Fifo::default),
+            limits,
+            stats: Stats::default(),
+            undo: None,
+            evicted_in: BTreeMap::new(),
+            reply_room: limits.max_reply_bytes,
+            reply_limit: limits.max_reply_bytes,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.len() == 0
+    }
+
+    /// Memory as `max_memory` counts it: keys, values, `ENTRY_OVERHEAD` per
+    /// entry, and the eviction ghosts.
+    pub fn memory_bytes(&self) -> usize {
+        self.index.blob_bytes() + self.index.len() * ENTRY_OVERHEAD + self.evict.as_ref().map_or(0, S3Fifo::own_bytes)
+    }
+
+    pub(crate) fn live_log_bytes(&self) -> u64 {
+        self.live_by_segment.values().sum()
+    }
+
+    /// Every live entry as `(key, value, expires)`, for checks and tests.
+    pub fn entries(&self, now: u64) -> impl Iterator<Item = (&[u8], &[u8], u64)> {
+        self.index.iter().filter(move |(_, e)| e.is_live_at(now)).map(|(_, e)| (e.key(), e.value(), e.expires))
+    }
+
+    /// When the wheel next needs attention (ms), if ever.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if !self.due.is_empty() {
+            return Some(0);
+        }
+        self.wheel.next_deadline()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            entries: self.index.len() as u64,
+            memory_bytes: self.memory_bytes() as u64,
+            log_live_bytes: self.live_log_bytes(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Removes an entry to make room, remembering that its set record stays
+    /// in the log (see `evicted_in`).
+    fn evict(&mut self, slot: u32) {
+        *self.evicted_in.entry(self.index.entry(slot).segment).or_default() += 1;
+        self.remove(slot);
+        self.stats.evicted += 1;
+    }
+
+    /// Whether the log may still hold a set record for a key not in memory.
+    fn may_hold_evicted(&self) -> bool {
+        !self.evicted_in.is_empty()
+    }
+
+    /// The slot of `key` if it is present and unexpired. An expired entry
+    /// found on the way is removed (without a log record: its own record
+    /// already carries the deadline).
+    fn live(&mut self, key: &[u8], now: u64) -> Option<u32> {
+        let slot = self.index.find(key)?;
+        if self.index.entry(slot).is_live_at(now) {
+            Some(slot)
+        } else {
+            self.remove(slot);
+            self.stats.expired += 1;
+            None
+        }
+    }
+
+    /// Stores a value (no logging): the shared step of `set`, `incr`,
+    /// `rename` and replay. Live writes ([`Timers::Arm`]) treat an expired
+    /// entry under the key as absent and arm its timer; replay
+    /// ([`Timers::Deferred`]) applies every record as it comes (liveness is
+    /// decided once, at the end, by `finish_replay`, which arms the timers).
+    fn put(&mut self, key: &[u8], value: &[u8], expires: u64, segment: SegmentId, timers: Timers) {
+        let (slot, inserted) = self.index.find_or_insert(key, value, expires, segment);
+        let arm = matches!(timers, Timers::Arm { .. });
+        if inserted {
+            self.log_undo(Undo::Remove(slot));
+            if arm {
+                self.arm(slot, 0, expires);
+            }
+            if let Some(ev) = &mut self.evict {
+                let hash = self.index.hash(key);
+                ev.on_insert(&mut self.index, slot, hash);
+            }
+        } else {
+            let e = self.index.entry(slot);
+            let (old_expires, old_segment, old_len) =
+                (e.expires, e.segment, set_record_len(key.len(), e.value().len()));
+            let was_live = match timers {
+                Timers::Arm { now } => e.is_live_at(now),
+                Timers::Deferred => true,
+            };
+            let old_blob = e.blob_len();
+            if let Some(ev) = &mut self.evict {
+                if was_live {
+                    ev.on_resize(&self.index, slot, old_blob, blob_len(key, value));
+                    if arm {
+                        S3Fifo::on_access(&mut self.index, slot);
+                    }
+                } else {
+                    ev.on_remove(&self.index, slot);
+                }
+            }
+            let old = self.index.replace_value(slot, value);
+            self.log_undo(if was_live {
+                Undo::Restore { slot, blob: old, expires: old_expires, segment: old_segment }
+            } else {
+                Undo::Remove(slot)
+            });
+            self.unaccount(old_segment, old_len);
+            let e = self.index.entry_mut(slot);
+            e.segment = segment;
+            e.expires = expires;
+            if arm && was_live {
+                self.arm(slot, old_expires, expires);
+            } else if arm {
+                // A new entry in an old slot: timers of the expired one must not match.
+                self.stats.expired += 1;
+                self.index.entry_mut(slot).new_generation();
+                self.arm(slot, 0, expires);
+                if let Some(ev) = &mut self.evict {
+                    let hash = self.index.hash(key);
+                    ev.on_insert(&mut self.index, slot, hash);
+                }
+            }
+        }
+        *self.live_by_segment.entry(segment).or_default() += set_record_len(key.len(), value.len()) as u64;
+    }
+
+    fn unaccount(&mut self, segment: SegmentId, len: usize) {
+        if let Some(live) = self.live_by_segment.get_mut(&segment) {
+            *live -= len as u64;
+            if *live == 0 {
+                self.live_by_segment.remove(&segment);
+            }
+        }
+    }
+
+    /// Makes sure a timer will fire at or before `new` (ms). A pending timer
+    /// for an earlier deadline is kept: when it fires, the wheel re-inserts
+    /// it at the entry's current deadline. So an overwrite-heavy load with
+    /// the default TTL adds no timers at all. A shortened deadline adds a
+    /// timer; the older one, firing later, finds the entry gone or re-arms.
+    fn arm(&mut self, slot: u32, old: u64, new: u64) {
+        if new == 0 || (old != 0 && old <= new) {
+            return;
+        }
+        let generation = self.index.entry(slot).generation();
+        self.wheel.insert(new, (slot, generation));
+    }
+
+    /// Removes an entry without logging it (expiry, eviction, undo).
+    fn remove(&mut self, slot: u32) -> Box<[u8]> {
+        if let Some(ev) = &mut self.evict {
+            ev.on_remove(&self.index, slot);
+        }
+        let e = self.index.entry(slot);
+        let (segment, len) = (e.segment, set_record_len(e.key().len(), e.value().len()));
+        self.unaccount(segment, len);
+        self.index.remove_slot(slot)
+    }
+
+    /// Removes an entry because of a logged delete: undone if the write fails.
+    fn remove_logged(&mut self, slot: u32) {
+        let e = self.index.entry(slot);
+        let (expires, segment) = (e.expires, e.segment);
+        let blob = self.remove(slot);
+        self.log_undo(Undo::Reinsert { blob, expires, segment });
+    }
+
+    /// Removes up to `budget` entries whose deadline has passed; returns how
+    /// many it removed. Removal writes nothing to the log.
+    pub(crate) fn expire(&mut self, now: u64, budget: usize) -> usize {
+        if self.due.len() < budget {
+            let index = &self.index;
+            let mut out = Vec::new();
+            self.wheel.poll(
+                now,
+                |&(slot, generation)| {
+                    index.get_gen(slot, generation).and_then(|e| (e.expires != 0).then_some(e.expires))
+                },
+                &mut out,
+            );
+            self.due.extend(out);
+        }
+        let mut removed = 0;
+        while removed < budget {
+            let Some((slot, generation)) = self.due.pop_front() else { break };
+            let Some(e) = self.index.get_gen(slot, generation) else { continue };
+            if e.expires != 0 && e.expires <= now {
+                self.remove(slot);
+                self.stats.expired += 1;
+                removed += 1;
+            } else if e.expires != 0 {
+                self.wheel.insert(e.expires, (slot, generation));
+            }
+        }
+        removed
+    }
+}
+
+/// Reads a value that must be exactly one MessagePack integer.
+pub(crate) fn decode_int(value: &[u8]) -> Result<i64> {
+    let mut rd = value;
+    match rmp::decode::read_int::<i64, _>(&mut rd) {
+        Ok(n) if rd.is_empty() => Ok(n),
+        Ok(_) => Err(Error::NotAnInteger),
+        Err(rmp::decode::NumValueReadError::OutOfRange) => Err(Error::Overflow),
+        Err(_) => Err(Error::NotAnInteger),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Ttl;
+
+    fn int(n: i64) -> Vec<u8> {
+        let mut v = Vec::new();
+        rmp::encode::write_sint(&mut v, n).unwrap();
+        v
+    }
+
+    struct Core {
+        s: State,
+        now: u64,
+        sink: NullSink,
+    }
+
+    impl Core {
+        fn new() -> Core {
+            Core { s: State::new(Limits::default(), 1_000_000), now: 1_000_000, sink: NullSink }
+        }
+        fn run(&mut self, cmd: Command) -> Result<Reply> {
+            let r = self.s.apply(&cmd, self.now, &mut self.sink);
+            self.s.expire(self.now, usize::MAX);
+            r
+        }
+        fn get(&mut self, k: &str) -> Option<Vec<u8>> {
+            match self.run(Command::Get { key: k.into() }).unwrap() {
+                Reply::Value(v) => v,
+                r => panic!("{r:?}"),
+            }
+        }
+        fn set(&mut self, k: &str, v: &[u8], ttl: Ttl) {
+            self.run(Command::Set { key: k.into(), value: v.to_vec(), ttl }).unwrap();
+        }
+        fn advance(&mut self, ms: u64) {
+            self.now += ms;
+            self.s.expire(self.now, usize::MAX);
+        }
+    }
+
+    #[test]
+    fn zero_ttl_stores_nothing_and_removes_old_value() {
+        let mut c = Core::new();
+        c.set("k", b"v", Ttl::Never);
+        c.set("k", b"w", Ttl::Millis(0));
+        assert_eq!(c.get("k"), None);
+        assert_eq!(
+            c.run(Command::Add { key: "n".into(), value: b"x".to_vec(), ttl: Ttl::Millis(0) }).unwrap(),
+            Reply::Bool(true)
+        );
+        assert_eq!(c.get("n"), None);
+    }
+
+    #[test]
+    fn expiry_is_exact_and_active() {
+        let mut c = Core::new();
+        c.set("k", b"v", Ttl::Millis(1000));
+        c.advance(999);
+        assert_eq!(c.get("k"), Some(b"v".to_vec()));
+        c.advance(1);
+        assert_eq!(c.s.len(), 0, "removed by the wheel without a read");
+        assert_eq!(c.get("k"), None);
+        assert_eq!(c.s.stats().expired, 1);
+    }
+
+    #[test]
+    fn add_over_an_expired_key_succeeds() {
+        let mut c = Core::new();
+        c.set("k", b"old", Ttl::Millis(10));
+        assert_eq!(
+            c.run(Command::Add { key: "k".into(), value: b"x".to_vec(), ttl: Ttl::Never }).unwrap(),
+            Reply::Bool(false)
+        );
+        c.now += 10; // not yet swept by the wheel: add must still see it expired
+        assert_eq!(
+            c.s.apply(
+                &Command::Add { key: b"k".to_vec(), value: b"new".to_vec(), ttl: Ttl::Never },
+                c.now,
+                &mut c.sink
+            )
+            .unwrap(),
+            Reply::Bool(true)
+        );
+        assert_eq!(c.get("k"), Some(b"new".to_vec()));
+    }
+
+    #[test]
+    fn incr_keeps_expiry_and_checks_errors() {
+        let mut c = Core::new();
+        c.set("n", &int(5), Ttl::Millis(100));
+        assert_eq!(c.run(Command::Incr { key: "n".into(), delta: 3 }).unwrap(), Reply::Int(8));
+        assert_eq!(c.run(Command::Incr { key: "n".into(), delta: -10 }).unwrap(), Reply::Int(-2));
+        c.advance(100);
+        assert!(matches!(c.run(Command::Incr { key: "n".into(), delta: 1 }), Err(Error::NotFound)));
+        c.set("s", b"\xa3abc", Ttl::Never);
+        assert!(matches!(c.run(Command::Incr { key: "s".into(), delta: 1 }), Err(Error::NotAnInteger)));
+        c.set("big", &int(i64::MAX), Ttl::Never);
+        assert!(matches!(c.run(Command::Incr { key: "big".into(), delta: 1 }), Err(Error::Overflow)));
+        assert_eq!(c.get("big"), Some(int(i64::MAX)));
+        c.set("u", &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Ttl::Never);
+        assert!(matches!(c.run(Command::Incr { key: "u".into(), delta: 1 }), Err(Error::Overflow)));
+    }
+
+    #[test]
+    fn touch_never_revives_and_can_make_permanent() {
+        let mut c = Core::new();
+        c.set("k", b"v", Ttl::Millis(10));
+        assert_eq!(c.run(Command::Touch { key: "k".into(), ttl: Ttl::Never }).unwrap(), Reply::Bool(true));
+        c.advance(1_000_000);
+        assert_eq!(c.get("k"), Some(b"v".to_vec()));
+        c.set("e", b"v", Ttl::Millis(10));
+        c.now += 10;
+        assert_eq!(c.run(Command::Touch { key: "e".into(), ttl: Ttl::Millis(1000) }).unwrap(), Reply::Bool(false));
+        assert_eq!(c.get("e"), None);
+        assert_eq!(c.run(Command::Touch { key: "missing".into(), ttl: Ttl::Never }).unwrap(), Reply::Bool(false));
+    }
+
+    #[test]
+    fn touch_shortens_and_lengthens() {
+        let mut c = Core::new();
+        c.set("k", b"v", Ttl::Millis(1000));
+        c.run(Command::Touch { key: "k".into(), ttl: Ttl::Millis(5000) }).unwrap();
+        c.advance(1000);
+        assert_eq!(c.get("k"), Some(b"v".to_vec()));
+        c.run(Command::Touch { key: "k".into(), ttl: Ttl::Millis(10) }).unwrap();
+        c.advance(10);
+        assert_eq!(c.s.len(), 0);
+    }
+
+    #[test]
+    fn rename_keeps_expiry() {
+        let mut c = Core::new();
+        c.set("a", b"v", Ttl::Millis(50));
+        c.run(Command::Rename { from: "a".into(), to: "b".into() }).unwrap();
+        assert_eq!(c.get("a"), None);
+        assert_eq!(c.get("b"), Some(b"v".to_vec()));
+        c.advance(50);
+        assert_eq!(c.get("b"), None);
+        assert!(matches!(c.run(Command::Rename { from: "a".into(), to: "b".into() }), Err(Error::NotFound)));
+    }
+
+    #[test]
+    fn get_or_add_returns_the_winner() {
+        let mut c = Core::new();
+        let first = c.run(Command::GetOrAdd { key: "k".into(), value: b"1".to_vec(), ttl: Ttl::Never }).unwrap();
+        let second = c.run(Command::GetOrAdd { key: "k".into(), value: b"2".to_vec(), ttl: Ttl::Never }).unwrap();
+        assert_eq!(first, Reply::Value(Some(b"1".to_vec())));
+        assert_eq!(second, Reply::Value(Some(b"1".to_vec())));
+    }
+
+    #[test]
+    fn limits_are_enforced_with_clear_errors() {
+        let mut c = Core::new();
+        let long = "k".repeat(2000);
+        let e = c.run(Command::Get { key: long.clone().into() }).unwrap_err();
+        assert!(e.to_string().contains("max_key_bytes"), "{e}");
+        c.set("k", b"old", Ttl::Never);
+        let e = c.run(Command::Set { key: "k".into(), value: vec![0; (16 << 20) + 1], ttl: Ttl::Never }).unwrap_err();
+        assert!(e.to_string().contains("--max-value-bytes"), "{e}");
+        assert_eq!(c.get("k"), None, "a set refused for its size removes the old value");
+        c.set("m", b"old", Ttl::Never);
+        let r =
+            c.run(Command::SetMany { items: vec![(b"m".to_vec(), vec![0; (16 << 20) + 1])], ttl: Ttl::Never }).unwrap();
+        assert_eq!(r, Reply::Failed(vec![0]));
+        assert_eq!(c.get("m"), None, "so does a set_many item");
+        let r = c
+            .run(Command::SetMany { items: vec![(long.into(), vec![]), (b"ok".to_vec(), vec![])], ttl: Ttl::Never })
+            .unwrap();
+        assert_eq!(r, Reply::Failed(vec![0]));
+        assert_eq!(c.get("ok"), Some(vec![]));
+    }
+
+    #[test]
+    fn overwrites_with_a_ttl_do_not_pile_up_timers() {
+        let mut c = Core::new();
+        for _ in 0..1000 {
+            c.set("k", b"v", Ttl::Millis(300_000));
+            c.now += 1;
+        }
+        assert_eq!(c.s.wheel.len(), 1);
+    }
+}

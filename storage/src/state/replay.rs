@@ -1,0 +1,67 @@
+//! Applying records read back from the log at start-up, and the step that
+//! ends replay.
+
+use super::{State, Timers};
+use crate::record::{Record, SegmentId};
+use crate::wheel::Wheel;
+
+impl State {
+    /// Applies one record read back from the log. Every record applies,
+    /// whatever its deadline: a set whose deadline has passed still replaces
+    /// the older value (so that cannot come back), and a later touch may have
+    /// extended it while it was live. What is expired at the end of replay is
+    /// dropped by `finish_replay`.
+    pub(crate) fn replay(&mut self, rec: &Record<'_>, segment: SegmentId, now: u64) {
+        match *rec {
+            Record::Set { key, value, expires } => {
+                self.put(key, value, expires.0, segment, Timers::Deferred);
+                // The caps hold as replay goes, so a log larger than
+                // max_memory never has to fit in memory whole.
+                self.enforce_caps();
+            }
+            Record::Delete { key } => {
+                if let Some(slot) = self.index.find(key) {
+                    self.remove(slot);
+                }
+            }
+            Record::Touch { key, expires } => {
+                if let Some(slot) = self.index.find(key) {
+                    self.index.entry_mut(slot).expires = expires.0;
+                }
+            }
+            Record::Clear => self.clear(now),
+        }
+    }
+
+    /// After replay: drop what expired during it and arm one timer per entry.
+    pub(crate) fn finish_replay(&mut self, now: u64) {
+        self.wheel = Wheel::new(now);
+        let mut expired = Vec::new();
+        let mut timers = Vec::new();
+        for (slot, e) in self.index.iter() {
+            if e.expires != 0 {
+                if e.expires <= now {
+                    expired.push(slot);
+                } else {
+                    timers.push((e.expires, (slot, e.generation())));
+                }
+            }
+        }
+        self.stats.expired += expired.len() as u64;
+        for slot in expired {
+            self.remove(slot);
+        }
+        for (when, timer) in timers {
+            self.wheel.insert(when, timer);
+        }
+        // The caps hold after a restart too (with a smaller max_memory, say).
+        if !self.enforce_caps() {
+            tracing::warn!(
+                entries = self.index.len(),
+                memory = self.memory_bytes(),
+                "the log holds more than max_memory/max_entries allow and the eviction policy is noeviction: \
+                 writes will get 'cache full' until keys are deleted or expire"
+            );
+        }
+    }
+}

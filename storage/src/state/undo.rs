@@ -1,0 +1,105 @@
+//! The undo log: while a batch's records are being written, how to take back
+//! each change the batch made, should the write fail.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{State, Timer};
+use crate::evict::S3Fifo;
+use crate::index::{Index, payload_len};
+use crate::record::{SegmentId, set_record_len};
+use crate::wheel::Wheel;
+
+/// The inverse of one change, kept until the batch's write succeeds. Old
+/// blobs are moved here, not copied, so keeping them costs nothing.
+pub(super) enum Undo {
+    /// The key was absent (or held an expired entry): remove what is there.
+    Remove(u32),
+    /// The slot held this blob, expiry and segment.
+    Restore { slot: u32, blob: Box<[u8]>, expires: u64, segment: SegmentId },
+    /// The key was removed: put it back.
+    Reinsert { blob: Box<[u8]>, expires: u64, segment: SegmentId },
+    /// The entry's expiry was this.
+    Expiry { slot: u32, expires: u64 },
+    /// Everything before a `clear`.
+    Clear(Box<Cleared>),
+}
+
+pub(super) struct Cleared {
+    pub(super) index: Index,
+    pub(super) wheel: Wheel<Timer>,
+    pub(super) due: VecDeque<Timer>,
+    pub(super) live_by_segment: BTreeMap<SegmentId, u64>,
+    pub(super) evict: Option<S3Fifo>,
+}
+
+impl State {
+    /// Starts recording how to undo the changes of a batch.
+    pub(crate) fn begin_batch(&mut self) {
+        self.undo.get_or_insert_with(Vec::new).clear();
+    }
+
+    /// The batch is durable: forget how to undo it.
+    pub(crate) fn commit_batch(&mut self) {
+        if let Some(u) = &mut self.undo {
+            u.clear();
+        }
+    }
+
+    pub(super) fn log_undo(&mut self, u: Undo) {
+        if let Some(log) = &mut self.undo {
+            log.push(u);
+        }
+    }
+
+    /// The batch's write failed: take back its changes, newest first.
+    pub(crate) fn rollback_batch(&mut self) {
+        let Some(mut log) = self.undo.take() else { return };
+        while let Some(u) = log.pop() {
+            match u {
+                Undo::Remove(slot) => {
+                    self.remove(slot);
+                }
+                Undo::Restore { slot, blob, expires, segment } => {
+                    let e = self.index.entry(slot);
+                    let (cur_len, cur_segment, cur_blob) =
+                        (set_record_len(e.key().len(), e.value().len()), e.segment, e.blob_len());
+                    let old_len = set_record_len(0, payload_len(&blob));
+                    if let Some(ev) = &mut self.evict {
+                        ev.on_resize(&self.index, slot, cur_blob, blob.len());
+                    }
+                    self.unaccount(cur_segment, cur_len);
+                    self.index.swap_blob(slot, blob);
+                    let e = self.index.entry_mut(slot);
+                    e.expires = expires;
+                    e.segment = segment;
+                    *self.live_by_segment.entry(segment).or_default() += old_len as u64;
+                    self.arm(slot, 0, expires);
+                }
+                Undo::Reinsert { blob, expires, segment } => {
+                    let len = set_record_len(0, payload_len(&blob));
+                    let slot = self.index.insert_blob(blob, expires, segment);
+                    *self.live_by_segment.entry(segment).or_default() += len as u64;
+                    self.arm(slot, 0, expires);
+                    if let Some(ev) = &mut self.evict {
+                        let hash = self.index.hash(self.index.entry(slot).key());
+                        ev.on_insert(&mut self.index, slot, hash);
+                    }
+                }
+                Undo::Expiry { slot, expires } => {
+                    self.index.entry_mut(slot).expires = expires;
+                    self.arm(slot, 0, expires);
+                }
+                Undo::Clear(c) => {
+                    let c = *c;
+                    self.index = c.index;
+                    self.wheel = c.wheel;
+                    self.due = c.due;
+                    self.live_by_segment = c.live_by_segment;
+                    self.evict = c.evict;
+                }
+            }
+        }
+        log.clear();
+        self.undo = Some(log);
+    }
+}

@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
             files.push(("MANIFEST".into(), part.to_vec()));
             break;
         }
-        let id = SegmentId(i as u64 + 1);
+        let id = SegmentId(u32::try_from(i).expect("at most 3 segments") + 1);
         let mut bytes = if mode & 1 == 1 { segment_header(id).to_vec() } else { Vec::new() };
         bytes.extend_from_slice(part);
         files.push((format!("seg-{:016}.log", id.0), bytes));

@@ -49,6 +49,13 @@ macro_rules! options {
             self
         }
     };
+    (@delta) => {
+        /// Django's `delta=` (default 1).
+        pub fn delta(mut self, d: i64) -> Self {
+            self.delta = d;
+            self
+        }
+    };
     (@timeout) => {
         /// Django's `timeout=` for this call: a `Duration`, `Timeout::Never`,
         /// or `Duration::ZERO` to store nothing and remove the old value.
@@ -57,6 +64,22 @@ macro_rules! options {
             self
         }
     };
+}
+
+/// The reply of an operation that answers yes or no.
+fn boolean(r: OpReply) -> Result<bool, Error> {
+    match r {
+        OpReply::Bool(b) => Ok(b),
+        r => Err(unexpected(r)),
+    }
+}
+
+/// The reply of an operation that answers only success.
+fn done(r: OpReply) -> Result<(), Error> {
+    match r {
+        OpReply::Done => Ok(()),
+        r => Err(unexpected(r)),
+    }
 }
 
 /// Under `down_is_miss`, a server that cannot be reached yields `miss`.
@@ -159,10 +182,7 @@ impl IntoFuture for Add {
         let down_is_miss = self.w.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, false, async move {
             let mut w = self.w;
-            match w.send(Retry::OnlyIfUnsent, Op::Add).await? {
-                OpReply::Bool(b) => Ok(b),
-                r => Err(unexpected(r)),
-            }
+            boolean(w.send(Retry::OnlyIfUnsent, Op::Add).await?)
         })
     }
 }
@@ -367,10 +387,7 @@ impl IntoFuture for Delete {
     fn into_future(self) -> Self::IntoFuture {
         let down_is_miss = self.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, false, async move {
-            match self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::Delete).await? {
-                OpReply::Bool(b) => Ok(b),
-                r => Err(unexpected(r)),
-            }
+            boolean(self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::Delete).await?)
         })
     }
 }
@@ -419,10 +436,7 @@ impl IntoFuture for Touch {
         miss_if_down(down_is_miss, false, async move {
             let c = &self.cache;
             let ttl = c.ttl(self.opts.timeout);
-            match c.keyed(&self.key, self.opts.version, Retry::Safe, |k| Op::Touch(k, ttl)).await? {
-                OpReply::Bool(b) => Ok(b),
-                r => Err(unexpected(r)),
-            }
+            boolean(c.keyed(&self.key, self.opts.version, Retry::Safe, |k| Op::Touch(k, ttl)).await?)
         })
     }
 }
@@ -434,15 +448,7 @@ pub struct Incr {
     pub(crate) sign: i64,
     pub(crate) opts: Opts,
 }
-options!(Incr: version);
-
-impl Incr {
-    /// Django's `delta=` (default 1).
-    pub fn delta(mut self, d: i64) -> Self {
-        self.delta = d;
-        self
-    }
-}
+options!(Incr: version, delta);
 
 impl IntoFuture for Incr {
     type Output = Result<i64, Error>;
@@ -472,10 +478,7 @@ impl IntoFuture for HasKey {
     fn into_future(self) -> Self::IntoFuture {
         let down_is_miss = self.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, false, async move {
-            match self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::HasKey).await? {
-                OpReply::Bool(b) => Ok(b),
-                r => Err(unexpected(r)),
-            }
+            boolean(self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::HasKey).await?)
         })
     }
 }
@@ -487,15 +490,7 @@ pub struct IncrVersion {
     pub(crate) sign: i64,
     pub(crate) opts: Opts,
 }
-options!(IncrVersion: version);
-
-impl IncrVersion {
-    /// Django's `delta=` (default 1).
-    pub fn delta(mut self, d: i64) -> Self {
-        self.delta = d;
-        self
-    }
-}
+options!(IncrVersion: version, delta);
 
 impl IntoFuture for IncrVersion {
     type Output = Result<i64, Error>;
@@ -510,10 +505,7 @@ impl IntoFuture for IncrVersion {
             let to_key = c.key(&self.key, Some(new_version));
             let (fb, tb) = (Bytes::from(from.key.clone().into_bytes()), Bytes::from(to_key.clone().into_bytes()));
             if std::ptr::eq(from.node, c.node_for(&to_key)) {
-                match c.op(&from, Retry::OnlyIfUnsent, Op::Rename(fb, tb)).await? {
-                    OpReply::Done => {}
-                    r => return Err(unexpected(r)),
-                }
+                done(c.op(&from, Retry::OnlyIfUnsent, Op::Rename(fb, tb)).await?)?;
             } else {
                 // The two versions live on different servers: copy the raw
                 // bytes with the time they have left, then delete, as Django
@@ -524,14 +516,8 @@ impl IntoFuture for IncrVersion {
                     r => return Err(unexpected(r)),
                 };
                 let to = c.target(&self.key, Some(new_version), Some(&value)).await?;
-                match c.op(&to, Retry::Safe, Op::Set(tb, value, ttl)).await? {
-                    OpReply::Done => {}
-                    r => return Err(unexpected(r)),
-                }
-                match c.op(&from, Retry::Safe, Op::Delete(fb)).await? {
-                    OpReply::Bool(_) => {}
-                    r => return Err(unexpected(r)),
-                }
+                done(c.op(&to, Retry::Safe, Op::Set(tb, value, ttl)).await?)?;
+                boolean(c.op(&from, Retry::Safe, Op::Delete(fb)).await?)?;
             }
             Ok(new_version)
         })

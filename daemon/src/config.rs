@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use crate::error::Error;
 use serde::Deserialize;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7311";
+/// Where cachetd listens unless told otherwise: tarpc for the Rust client,
+/// RESP for everything that speaks Redis.
+pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:7311", "resp://127.0.0.1:7379"];
 
 #[derive(Parser, Debug)]
 #[command(name = "cachetd", version, about = "cachet: a persistent cache daemon with Django's cache semantics")]
@@ -210,7 +212,7 @@ impl Settings {
         let listen = if !o.listen.is_empty() {
             o.listen
         } else {
-            file.listen.filter(|l| !l.is_empty()).unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()])
+            file.listen.filter(|l| !l.is_empty()).unwrap_or_else(|| DEFAULT_LISTEN.map(String::from).to_vec())
         };
         let data_dir = o.data_dir.or(file.data_dir).unwrap_or_else(|| match std::env::var_os("STATE_DIRECTORY") {
             // systemd may pass several, colon-separated; the first is ours.

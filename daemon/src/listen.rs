@@ -22,6 +22,41 @@ use crate::error::{Error, Result};
 use crate::front::tarpc::Session;
 use crate::shared::Shared;
 
+/// The protocol a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// cachet's own: tarpc over MessagePack frames (the Rust client).
+    Tarpc,
+    /// Redis's RESP2/RESP3 (Django's RedisCache, redis-py, redis-cli …).
+    Resp,
+}
+
+impl Protocol {
+    /// Splits a `--listen` address into its protocol and the address to
+    /// bind: `resp://HOST:PORT` and `resp+unix:/path` speak RESP;
+    /// `HOST:PORT`, `tarpc://HOST:PORT` and `unix:/path` speak tarpc.
+    pub fn of(addr: &str) -> (Protocol, String) {
+        if let Some(rest) = addr.strip_prefix("resp://") {
+            (Protocol::Resp, rest.to_string())
+        } else if let Some(rest) = addr.strip_prefix("resp+unix:") {
+            (Protocol::Resp, format!("unix:{rest}"))
+        } else if let Some(rest) = addr.strip_prefix("tarpc://") {
+            (Protocol::Tarpc, rest.to_string())
+        } else {
+            (Protocol::Tarpc, addr.to_string())
+        }
+    }
+
+    /// How a listener of this protocol is named in logs (as `--listen` takes it).
+    pub fn describe(self, bound: &str) -> String {
+        match (self, bound.strip_prefix("unix:")) {
+            (Protocol::Tarpc, _) => bound.to_string(),
+            (Protocol::Resp, Some(path)) => format!("resp+unix:{path}"),
+            (Protocol::Resp, None) => format!("resp://{bound}"),
+        }
+    }
+}
+
 pub enum Listener {
     Tcp(tokio::net::TcpListener),
     /// A unix socket, its path, and whether we made it (and remove it on exit).
@@ -140,7 +175,13 @@ pub struct Limits {
 pub const UNAUTHENTICATED_MAX_FRAME: usize = 64 << 10;
 
 /// Accepts connections until `stop` turns true.
-pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits, mut stop: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    listener: Listener,
+    protocol: Protocol,
+    shared: Arc<Shared>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -152,9 +193,11 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits
                     };
                     let (shared, limits) = (shared.clone(), limits.clone());
                     tokio::spawn(async move {
-                        match conn {
-                            Conn::Tcp(io) => serve(io, shared, &limits).await,
-                            Conn::Unix(io) => serve(io, shared, &limits).await,
+                        match (conn, protocol) {
+                            (Conn::Tcp(io), Protocol::Tarpc) => serve(io, shared, &limits).await,
+                            (Conn::Unix(io), Protocol::Tarpc) => serve(io, shared, &limits).await,
+                            (Conn::Tcp(io), Protocol::Resp) => crate::front::resp::serve(io, shared, &limits).await,
+                            (Conn::Unix(io), Protocol::Resp) => crate::front::resp::serve(io, shared, &limits).await,
                         }
                         drop(permit);
                     });

@@ -26,8 +26,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use config::{Cli, Settings, Sub};
 use error::{Error, Result};
-use listen::{Limits, Listener};
-use shared::Shared;
+use listen::{Limits, Listener, Protocol};
+use shared::{ServerSettings, Shared};
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CACHET_LOG").unwrap_or_else(|_| "info".into());
@@ -201,24 +201,34 @@ fn run(s: Settings) -> Result<()> {
 }
 
 async fn serve(s: &Settings, engine: &Engine, started: Instant, activated: Vec<systemd::Activated>) -> Result<()> {
-    let shared = Arc::new(Shared::new(engine.handle(), s.auth_token.clone(), s.max_key_bytes, s.max_value_bytes));
+    let settings = ServerSettings {
+        sync: s.sync.to_string(),
+        max_memory: s.max_memory,
+        eviction: match s.eviction {
+            cachet_storage::Eviction::S3Fifo => "s3fifo".into(),
+            cachet_storage::Eviction::NoEviction => "noeviction".into(),
+        },
+    };
+    let shared =
+        Arc::new(Shared::new(engine.handle(), s.auth_token.clone(), s.max_key_bytes, s.max_value_bytes, settings));
     let mut listeners = activated.into_iter().map(systemd::Activated::into_listener).collect::<Result<Vec<_>, _>>()?;
     if listeners.is_empty() {
         let perms = listen::UnixPerms { mode: s.unix_mode, group: s.unix_group.clone() };
         for addr in &s.listen {
-            listeners.push(Listener::bind(addr, &perms).await?);
+            let (protocol, addr) = Protocol::of(addr);
+            listeners.push((Listener::bind(&addr, &perms).await?, protocol));
         }
     } else {
         tracing::info!("socket activation: serving {} listener(s) passed by systemd", listeners.len());
     }
-    if s.auth_token.is_none() && listeners.iter().any(Listener::is_exposed) {
+    if s.auth_token.is_none() && listeners.iter().any(|(l, _)| l.is_exposed()) {
         tracing::warn!(
             "listening beyond loopback without authentication: anyone who can reach the port can read and change \
              the cache; set --auth-token-file, or listen on 127.0.0.1 or a unix socket"
         );
     }
-    let addrs: Vec<String> = listeners.iter().map(Listener::describe).collect();
-    let sockets: Vec<_> = listeners.iter().filter_map(Listener::socket_path).collect();
+    let addrs: Vec<String> = listeners.iter().map(|(l, p)| p.describe(&l.describe())).collect();
+    let sockets: Vec<_> = listeners.iter().filter_map(|(l, _)| l.socket_path()).collect();
     let limits = Limits {
         connections: Arc::new(tokio::sync::Semaphore::new(s.max_connections)),
         max_connections: s.max_connections,
@@ -232,7 +242,7 @@ async fn serve(s: &Settings, engine: &Engine, started: Instant, activated: Vec<s
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tasks: Vec<_> = listeners
         .into_iter()
-        .map(|l| tokio::spawn(listen::accept_loop(l, shared.clone(), limits.clone(), stop_rx.clone())))
+        .map(|(l, p)| tokio::spawn(listen::accept_loop(l, p, shared.clone(), limits.clone(), stop_rx.clone())))
         .collect();
     // Handlers are in place before the ready line, so a signal sent once
     // the daemon says it is ready is never missed.

@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 use cachet_storage::Handle;
 
+/// Settings clients may ask about (`CONFIG GET`, `INFO`).
+pub struct ServerSettings {
+    /// The sync policy, as `--sync` takes it.
+    pub sync: String,
+    pub max_memory: Option<u64>,
+    /// The eviction policy, as `--eviction` takes it.
+    pub eviction: String,
+}
+
 /// State shared by every connection.
 pub struct Shared {
     pub engine: Handle,
@@ -19,11 +28,18 @@ pub struct Shared {
     pub in_flight: AtomicU64,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    pub settings: ServerSettings,
     refusals: Mutex<HashMap<&'static str, Instant>>,
 }
 
 impl Shared {
-    pub fn new(engine: Handle, token: Option<String>, max_key_bytes: usize, max_value_bytes: usize) -> Shared {
+    pub fn new(
+        engine: Handle,
+        token: Option<String>,
+        max_key_bytes: usize,
+        max_value_bytes: usize,
+        settings: ServerSettings,
+    ) -> Shared {
         Shared {
             engine,
             token,
@@ -32,6 +48,7 @@ impl Shared {
             in_flight: AtomicU64::new(0),
             max_key_bytes,
             max_value_bytes,
+            settings,
             refusals: Mutex::new(HashMap::new()),
         }
     }

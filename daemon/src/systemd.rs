@@ -9,23 +9,25 @@ use cachet_storage::{Command, Handle, Reply};
 use sd_notify::NotifyState;
 
 use crate::error::Error;
-use crate::listen::Listener;
+use crate::listen::{Listener, Protocol};
 
 /// A listening socket passed by systemd, before the runtime adopts it.
 pub enum Activated {
-    Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener, std::path::PathBuf),
+    Tcp(std::net::TcpListener, Protocol),
+    Unix(std::os::unix::net::UnixListener, std::path::PathBuf, Protocol),
 }
 
 impl Activated {
     /// Registers the socket with the runtime (call inside it).
-    pub fn into_listener(self) -> Result<Listener, Error> {
+    /// A socket named `resp` (`FileDescriptorName=resp`) speaks RESP; any
+    /// other, tarpc.
+    pub fn into_listener(self) -> Result<(Listener, Protocol), Error> {
         let registering = |e: std::io::Error| Error::Systemd(format!("registering an activated socket: {e}"));
         Ok(match self {
-            Activated::Tcp(l) => Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(registering)?),
+            Activated::Tcp(l, p) => (Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(registering)?), p),
             // systemd created the socket file and removes it: not ours to delete.
-            Activated::Unix(l, path) => {
-                Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(registering)?, path, false)
+            Activated::Unix(l, path, p) => {
+                (Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(registering)?, path, false), p)
             }
         })
     }
@@ -59,19 +61,20 @@ fn from_fd(fd: RawFd, name: &str) -> Result<Activated, String> {
             std::io::Error::last_os_error()
         ));
     }
+    let protocol = if name == "resp" { Protocol::Resp } else { Protocol::Tarpc };
     match addr.ss_family as i32 {
         libc::AF_UNIX => {
             // SAFETY: systemd hands us ownership of the listening socket.
             let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
             l.set_nonblocking(true).map_err(|e| e.to_string())?;
             let path = l.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_path_buf())).unwrap_or_default();
-            Ok(Activated::Unix(l, path))
+            Ok(Activated::Unix(l, path, protocol))
         }
         libc::AF_INET | libc::AF_INET6 => {
             // SAFETY: as above.
             let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
             l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            Ok(Activated::Tcp(l))
+            Ok(Activated::Tcp(l, protocol))
         }
         other => {
             Err(format!("socket activation: fd {fd} ({name}) has address family {other}; use TCP or unix sockets"))

@@ -29,7 +29,7 @@ pub use index::MAX_KEY_LEN;
 pub use replay::{CheckReport, Cut, Progress, RepairReport, ReplayReport, TornTail, check, repair};
 #[cfg(feature = "testing")]
 pub use segment::Faults;
-pub use state::{Command, Eviction, Limits, NullSink, Reply, State, Stats};
+pub use state::{Command, Eviction, ExpireWhen, Expiry, Limits, NullSink, Reply, State, Stats, When, glob_match};
 pub use wheel::Wheel;
 
 /// The model, in-memory replay and helpers for tests, fuzzers and benches

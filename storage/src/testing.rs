@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::Error;
 use crate::Ttl;
-use crate::state::{Command, NullSink, Reply, State};
+use crate::state::{Command, ExpireWhen, Expiry, NullSink, Reply, State, When};
 
 pub fn apply(state: &mut State, cmd: &Command, now: u64, sink: &mut NullSink) -> crate::Result<Reply> {
     state.apply(cmd, now, sink)
@@ -184,8 +184,110 @@ impl Model {
                 }
                 Reply::Done
             }
-            Command::Stats => unreachable!("stats are not modelled"),
+            Command::SetWith { key, value, expiry, when, get } => {
+                Self::limits(key, value)?;
+                let current = self.live(key, now).cloned();
+                let old = if *get { current.as_ref().map(|(v, _)| v.clone()) } else { None };
+                let stored = match when {
+                    When::Always => true,
+                    When::Absent => current.is_none(),
+                    When::Present => current.is_some(),
+                };
+                if stored {
+                    let ttl = match expiry {
+                        Expiry::Ttl(ttl) => *ttl,
+                        Expiry::Keep => match current {
+                            Some((_, e)) if e != 0 => Ttl::Millis(e - now),
+                            _ => Ttl::Never,
+                        },
+                    };
+                    self.set(key, value, ttl, now);
+                }
+                Reply::Swapped { stored, old }
+            }
+            Command::GetDel { key } => {
+                let value = self.live(key, now).map(|(v, _)| v.clone());
+                self.map.remove(key);
+                Reply::Value(value)
+            }
+            Command::Ttl { key } => {
+                Reply::Ttl(self.live(key, now).map(|(_, e)| if *e == 0 { Ttl::Never } else { Ttl::Millis(e - now) }))
+            }
+            Command::Expire { key, ttl, when } => {
+                let Some(&(_, current)) = self.live(key, now) else { return Ok(Reply::Bool(false)) };
+                let current = if current == 0 { u64::MAX } else { current };
+                let new = match deadline(*ttl, now) {
+                    None => 0,
+                    Some(0) => u64::MAX,
+                    Some(t) => t,
+                };
+                let applies = match when {
+                    ExpireWhen::Always => true,
+                    ExpireWhen::NoExpiry => current == u64::MAX,
+                    ExpireWhen::HasExpiry => current != u64::MAX,
+                    ExpireWhen::Later => new > current,
+                    ExpireWhen::Sooner => new < current,
+                };
+                if applies {
+                    match deadline(*ttl, now) {
+                        None => {
+                            self.map.remove(key);
+                        }
+                        Some(e) => self.map.get_mut(key).unwrap().1 = e,
+                    }
+                }
+                Reply::Bool(applies)
+            }
+            Command::Persist { key } => match self.live(key, now) {
+                Some((_, e)) if *e != 0 => {
+                    self.map.get_mut(key).unwrap().1 = 0;
+                    Reply::Bool(true)
+                }
+                _ => Reply::Bool(false),
+            },
+            Command::IncrText { key, delta } => {
+                let (current, expires) = match self.live(key, now) {
+                    None => (0, 0),
+                    Some((v, e)) => {
+                        let text = std::str::from_utf8(v).map_err(|_| "NotAnInteger")?;
+                        let n: i64 = text.parse().map_err(|_| "NotAnInteger")?;
+                        if n.to_string() != text {
+                            return Err("NotAnInteger");
+                        }
+                        (n, *e)
+                    }
+                };
+                let next = current.checked_add(*delta).ok_or("Overflow")?;
+                self.map.insert(key.clone(), (next.to_string().into_bytes(), expires));
+                Reply::Int(next)
+            }
+            Command::SetManyIfAbsent { items, ttl } => {
+                for (k, v) in items {
+                    Self::limits(k, v)?;
+                }
+                if items.iter().any(|(k, _)| self.live(k, now).is_some()) {
+                    Reply::Bool(false)
+                } else {
+                    for (k, v) in items {
+                        self.set(k, v, *ttl, now);
+                    }
+                    Reply::Bool(true)
+                }
+            }
+            Command::Stats | Command::Scan { .. } => unreachable!("stats and scans are not modelled"),
         })
+    }
+
+    /// The size limits a command is refused for, without side effects.
+    fn limits(key: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        let limits = crate::Limits::default();
+        if key.len() > limits.max_key_bytes {
+            return Err("KeyTooLong");
+        }
+        if value.len() > limits.max_value_bytes {
+            return Err("ValueTooLarge");
+        }
+        Ok(())
     }
 }
 

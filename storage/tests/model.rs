@@ -3,7 +3,9 @@
 //! and compared again.
 
 use cachet_storage::testing::{Model, error_name, int};
-use cachet_storage::{Command, Config, Engine, Limits, ManualClock, Reply, SyncPolicy, Ttl, UnixMillis};
+use cachet_storage::{
+    Command, Config, Engine, ExpireWhen, Expiry, Limits, ManualClock, Reply, SyncPolicy, Ttl, UnixMillis, When,
+};
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -24,7 +26,15 @@ fn item_key() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn value() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![(-3i64..3).prop_map(int), Just(int(i64::MAX)), prop::collection::vec(any::<u8>(), 0..12),]
+    prop_oneof![
+        (-3i64..3).prop_map(int),
+        Just(int(i64::MAX)),
+        prop::collection::vec(any::<u8>(), 0..12),
+        // Counters kept as decimal text (RESP's INCR), canonical or not.
+        (-3i64..3).prop_map(|n| n.to_string().into_bytes()),
+        Just(i64::MAX.to_string().into_bytes()),
+        Just(b"01".to_vec()),
+    ]
 }
 
 fn ttl() -> impl Strategy<Value = Ttl> {
@@ -48,7 +58,34 @@ fn step() -> impl Strategy<Value = Step> {
         1 => key().prop_map(|key| Step::Op(Command::GetWithTtl { key })),
         1 => (key(), key()).prop_map(|(from, to)| Step::Op(Command::Rename { from, to })),
         1 => Just(Step::Op(Command::Clear)),
+        1 => (item_key(), value(), expiry(), when(), any::<bool>())
+            .prop_map(|(key, value, expiry, when, get)| Step::Op(Command::SetWith { key, value, expiry, when, get })),
+        1 => key().prop_map(|key| Step::Op(Command::GetDel { key })),
+        1 => key().prop_map(|key| Step::Op(Command::Ttl { key })),
+        1 => (key(), ttl(), expire_when()).prop_map(|(key, ttl, when)| Step::Op(Command::Expire { key, ttl, when })),
+        1 => key().prop_map(|key| Step::Op(Command::Persist { key })),
+        2 => (key(), prop_oneof![-2i64..3, Just(i64::MAX)]).prop_map(|(key, delta)| Step::Op(Command::IncrText { key, delta })),
+        1 => (prop::collection::vec((item_key(), value()), 0..3), ttl())
+            .prop_map(|(items, ttl)| Step::Op(Command::SetManyIfAbsent { items, ttl })),
         3 => (0u64..2000).prop_map(Step::Advance),
+    ]
+}
+
+fn expiry() -> impl Strategy<Value = Expiry> {
+    prop_oneof![ttl().prop_map(Expiry::Ttl), Just(Expiry::Keep)]
+}
+
+fn when() -> impl Strategy<Value = When> {
+    prop_oneof![Just(When::Always), Just(When::Absent), Just(When::Present)]
+}
+
+fn expire_when() -> impl Strategy<Value = ExpireWhen> {
+    prop_oneof![
+        Just(ExpireWhen::Always),
+        Just(ExpireWhen::NoExpiry),
+        Just(ExpireWhen::HasExpiry),
+        Just(ExpireWhen::Later),
+        Just(ExpireWhen::Sooner),
     ]
 }
 
@@ -125,11 +162,19 @@ fn keys_of(cmd: &Command) -> Vec<Vec<u8>> {
         | Command::Touch { key, .. }
         | Command::Incr { key, .. }
         | Command::HasKey { key }
-        | Command::GetWithTtl { key } => vec![key.clone()],
+        | Command::GetWithTtl { key }
+        | Command::SetWith { key, .. }
+        | Command::GetDel { key }
+        | Command::Ttl { key }
+        | Command::Expire { key, .. }
+        | Command::Persist { key }
+        | Command::IncrText { key, .. } => vec![key.clone()],
         Command::GetMany { keys } | Command::DeleteMany { keys } => keys.clone(),
-        Command::SetMany { items, .. } => items.iter().map(|(k, _)| k.clone()).collect(),
+        Command::SetMany { items, .. } | Command::SetManyIfAbsent { items, .. } => {
+            items.iter().map(|(k, _)| k.clone()).collect()
+        }
         Command::Rename { from, to } => vec![from.clone(), to.clone()],
-        Command::Clear | Command::Stats => vec![],
+        Command::Clear | Command::Stats | Command::Scan { .. } => vec![],
     }
 }
 

@@ -1,6 +1,7 @@
 //! The semantics of each command: `apply` and the operations it is built
 //! from (get, set, delete, touch, incr, rename, clear).
 
+use super::command::{ExpireWhen, Expiry, When};
 use super::undo::{Cleared, Undo};
 use super::{Command, Reply, Sink, State, Timers, decode_int};
 use crate::Ttl;
@@ -112,6 +113,64 @@ impl State {
                 Reply::Done
             }
             Command::Stats => Reply::Stats(self.stats()),
+            Command::SetWith { key, value, expiry, when, get } => {
+                let slot = self.live(key, now);
+                let old = match (get, slot) {
+                    (true, Some(slot)) => {
+                        self.take_reply_room(self.index.entry(slot).value().len())?;
+                        Some(self.index.entry(slot).value().to_vec())
+                    }
+                    _ => None,
+                };
+                let stored = match when {
+                    When::Always => true,
+                    When::Absent => slot.is_none(),
+                    When::Present => slot.is_some(),
+                };
+                if stored {
+                    let ttl = match expiry {
+                        Expiry::Ttl(ttl) => *ttl,
+                        Expiry::Keep => slot.map_or(Ttl::Never, |s| Ttl::remaining(self.index.entry(s).expires, now)),
+                    };
+                    self.set(key, value, ttl, now, sink)?;
+                }
+                Reply::Swapped { stored, old }
+            }
+            Command::GetDel { key } => {
+                let value = self.get(key, now)?;
+                if value.is_some() {
+                    self.delete(key, now, sink);
+                }
+                Reply::Value(value)
+            }
+            Command::Ttl { key } => {
+                Reply::Ttl(self.live(key, now).map(|slot| Ttl::remaining(self.index.entry(slot).expires, now)))
+            }
+            Command::Expire { key, ttl, when } => Reply::Bool(self.expire_if(key, *ttl, *when, now, sink)),
+            Command::Persist { key } => match self.live(key, now) {
+                Some(slot) if self.index.entry(slot).expires != 0 => {
+                    sink.append(&Record::Touch { key, expires: crate::UnixMillis(0) });
+                    self.set_expiry(slot, 0);
+                    Reply::Bool(true)
+                }
+                _ => Reply::Bool(false),
+            },
+            Command::IncrText { key, delta } => Reply::Int(self.incr_text(key, *delta, now, sink)?),
+            Command::SetManyIfAbsent { items, ttl } => {
+                if items.iter().any(|(key, _)| self.live(key, now).is_some()) {
+                    Reply::Bool(false)
+                } else {
+                    for (key, value) in items {
+                        self.set(key, value, *ttl, now, sink)?;
+                    }
+                    Reply::Bool(true)
+                }
+            }
+            Command::Scan { cursor, count, pattern } => {
+                let (next, keys) = self.scan(*cursor, *count, pattern.as_deref(), now);
+                self.take_reply_room(keys.iter().map(Vec::len).sum())?;
+                Reply::Scan { next, keys }
+            }
         })
     }
 
@@ -224,6 +283,48 @@ impl State {
         Ok(next)
     }
 
+    /// Redis's `INCRBY`: the value is decimal text; a missing key counts
+    /// from 0 and is stored without an expiry.
+    fn incr_text(&mut self, key: &[u8], delta: i64, now: u64, sink: &mut impl Sink) -> Result<i64> {
+        let Some(slot) = self.live(key, now) else {
+            self.set(key, delta.to_string().as_bytes(), Ttl::Never, now, sink)?;
+            return Ok(delta);
+        };
+        let e = self.index.entry(slot);
+        let current = decode_decimal(e.value())?;
+        let next = current.checked_add(delta).ok_or(Error::Overflow)?;
+        let value = next.to_string().into_bytes();
+        let expires = e.expires;
+        let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires) });
+        self.put(key, &value, expires, segment, Timers::Arm { now });
+        Ok(next)
+    }
+
+    /// Redis's `EXPIRE` with `NX|XX|GT|LT`; whether the TTL was applied.
+    fn expire_if(&mut self, key: &[u8], ttl: Ttl, when: ExpireWhen, now: u64, sink: &mut impl Sink) -> bool {
+        let Some(slot) = self.live(key, now) else { return false };
+        // Deadlines compared as Redis does: no expiry is "never" (the
+        // latest), a time already past is the earliest.
+        let never = u64::MAX;
+        let current = match self.index.entry(slot).expires {
+            0 => never,
+            t => t,
+        };
+        let new = match ttl.deadline(now) {
+            None => 0,
+            Some(0) => never,
+            Some(t) => t,
+        };
+        let applies = match when {
+            ExpireWhen::Always => true,
+            ExpireWhen::NoExpiry => current == never,
+            ExpireWhen::HasExpiry => current != never,
+            ExpireWhen::Later => new > current,
+            ExpireWhen::Sooner => new < current,
+        };
+        applies && self.touch(key, ttl, now, sink)
+    }
+
     pub(super) fn rename(&mut self, from: &[u8], to: &[u8], now: u64, sink: &mut impl Sink) -> Result<()> {
         let slot = self.live(from, now).ok_or(Error::NotFound)?;
         if from == to {
@@ -244,5 +345,36 @@ impl State {
         let slot = self.index.find(from).expect("renamed key still present");
         self.remove_logged(slot);
         Ok(())
+    }
+}
+
+/// Reads a counter kept as decimal text, as Redis's `string2ll` does: an
+/// optional `-`, digits without leading zeros, within 64 bits; nothing else
+/// (no `+`, no spaces, no `-0`).
+fn decode_decimal(value: &[u8]) -> Result<i64> {
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    let canonical = !digits.is_empty()
+        && digits.len() <= 19
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits[0] != b'0' || value == b"0");
+    if !canonical {
+        return Err(Error::NotAnInteger);
+    }
+    std::str::from_utf8(value).ok().and_then(|t| t.parse().ok()).ok_or(Error::NotAnInteger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_decimal;
+
+    #[test]
+    fn decimal_counters_read_as_redis_reads_them() {
+        assert_eq!(decode_decimal(b"0").unwrap(), 0);
+        assert_eq!(decode_decimal(b"-12").unwrap(), -12);
+        assert_eq!(decode_decimal(b"9223372036854775807").unwrap(), i64::MAX);
+        assert_eq!(decode_decimal(b"-9223372036854775808").unwrap(), i64::MIN);
+        for bad in [&b""[..], b"-", b"+1", b" 1", b"1 ", b"01", b"-0", b"1.5", b"9223372036854775808", b"\x05"] {
+            assert!(decode_decimal(bad).is_err(), "{bad:?} read as a number");
+        }
     }
 }

@@ -65,6 +65,84 @@ pub enum Command {
         to: Vec<u8>,
     },
     Stats,
+    /// Redis's `SET` with its options: stores when `when` holds, with
+    /// `expiry` (a TTL, or the key's current one); with `get`, replies with
+    /// the value held before. Replies `Swapped`.
+    SetWith {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expiry: Expiry,
+        when: When,
+        get: bool,
+    },
+    /// Returns the value and removes the key (`GETDEL`).
+    GetDel {
+        key: Vec<u8>,
+    },
+    /// What is left of a key's time to live: `Reply::Ttl(None)` if absent.
+    Ttl {
+        key: Vec<u8>,
+    },
+    /// Redis's `EXPIRE` family: a new TTL, set only when `when` holds;
+    /// `Millis(0)` (a time already past) removes the key. Replies `Bool`.
+    Expire {
+        key: Vec<u8>,
+        ttl: Ttl,
+        when: ExpireWhen,
+    },
+    /// Removes a key's expiry; `Bool(true)` if it had one (`PERSIST`).
+    Persist {
+        key: Vec<u8>,
+    },
+    /// Adds `delta` to a counter kept as decimal text (Redis's `INCRBY`):
+    /// a missing key counts from 0; the key keeps its expiry.
+    IncrText {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    /// Stores every item only if none of the keys is present (`MSETNX`).
+    SetManyIfAbsent {
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        ttl: Ttl,
+    },
+    /// One step of a walk over the keys (`SCAN`): visits up to `count`
+    /// slots from `cursor` and returns the live keys matching `pattern` (a
+    /// Redis glob). A key present for the whole walk is returned at least
+    /// once: an entry keeps its slot for as long as it lives.
+    Scan {
+        cursor: u64,
+        count: usize,
+        pattern: Option<Vec<u8>>,
+    },
+}
+
+/// Which TTL `SetWith` gives the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    Ttl(Ttl),
+    /// The key's current expiry (`KEEPTTL`); none if it was absent.
+    Keep,
+}
+
+/// When `SetWith` stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    Always,
+    /// Only if the key is absent (`NX`).
+    Absent,
+    /// Only if the key is present (`XX`).
+    Present,
+}
+
+/// When `Expire` applies, as Redis's `NX|XX|GT|LT` (a key without an
+/// expiry counts as expiring never: `GT` never holds for it, `LT` always).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpireWhen {
+    Always,
+    NoExpiry,
+    HasExpiry,
+    Later,
+    Sooner,
 }
 
 impl Command {
@@ -76,6 +154,8 @@ impl Command {
                 | Command::GetMany { .. }
                 | Command::HasKey { .. }
                 | Command::GetWithTtl { .. }
+                | Command::Ttl { .. }
+                | Command::Scan { .. }
                 | Command::Stats
         )
     }
@@ -94,6 +174,19 @@ pub enum Reply {
     /// `SetMany`: positions of the items that were refused.
     Failed(Vec<usize>),
     Stats(Stats),
+    /// `SetWith`: whether it stored, and the old value when asked for.
+    Swapped {
+        stored: bool,
+        old: Option<Vec<u8>>,
+    },
+    /// `Ttl`: the time left (`Millis` at least 1), `None` if absent.
+    Ttl(Option<Ttl>),
+    /// `Scan`: the cursor to continue from (0 when the walk is done) and
+    /// the keys found.
+    Scan {
+        next: u64,
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 /// Counters and sizes, as reported by `stats`.

@@ -162,23 +162,35 @@ impl State {
     /// Validates a command against the limits without applying it.
     pub fn validate(&self, cmd: &Command) -> Result<()> {
         match cmd {
-            Command::Get { key } | Command::Delete { key } | Command::HasKey { key } | Command::GetWithTtl { key } => {
-                self.check_key(key)
-            }
-            Command::Touch { key, .. } | Command::Incr { key, .. } => self.check_key(key),
+            Command::Get { key }
+            | Command::Delete { key }
+            | Command::HasKey { key }
+            | Command::GetWithTtl { key }
+            | Command::GetDel { key }
+            | Command::Ttl { key }
+            | Command::Persist { key } => self.check_key(key),
+            Command::Touch { key, .. }
+            | Command::Incr { key, .. }
+            | Command::IncrText { key, .. }
+            | Command::Expire { key, .. } => self.check_key(key),
             Command::GetMany { keys } | Command::DeleteMany { keys } => keys.iter().try_for_each(|k| self.check_key(k)),
             Command::Set { key, value, .. }
             | Command::Add { key, value, .. }
-            | Command::GetOrAdd { key, value, .. } => {
+            | Command::GetOrAdd { key, value, .. }
+            | Command::SetWith { key, value, .. } => {
                 self.check_key(key)?;
                 self.check_value(value)
             }
+            Command::SetManyIfAbsent { items, .. } => items.iter().try_for_each(|(k, v)| {
+                self.check_key(k)?;
+                self.check_value(v)
+            }),
             Command::Rename { from, to } => {
                 self.check_key(from)?;
                 self.check_key(to)
             }
             // set_many refuses items one by one and reports them.
-            Command::SetMany { .. } | Command::Clear | Command::Stats => Ok(()),
+            Command::SetMany { .. } | Command::Clear | Command::Stats | Command::Scan { .. } => Ok(()),
         }
     }
 }

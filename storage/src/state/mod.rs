@@ -16,13 +16,15 @@ mod command;
 mod compact;
 mod limits;
 mod replay;
+mod scan;
 mod undo;
 
 use std::collections::{BTreeMap, VecDeque};
 
 pub(crate) use command::Sink;
-pub use command::{Command, NullSink, Reply, Stats};
+pub use command::{Command, ExpireWhen, Expiry, NullSink, Reply, Stats, When};
 pub use limits::{Eviction, Limits};
+pub use scan::glob_match;
 
 use crate::error::{Error, Result};
 use crate::evict::{ENTRY_OVERHEAD, S3Fifo};

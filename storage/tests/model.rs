@@ -218,7 +218,13 @@ proptest! {
             let before = m.model.clone();
             let want = m.model.apply(cmd, now);
             let got = h.call_blocking(cmd.clone());
-            let wrote = got.is_ok();
+            // Whether the command replaced or removed the key's value (a
+            // conditional write that did not apply leaves the log as it was).
+            let wrote = match &got {
+                Ok(Reply::Swapped { stored, .. }) => *stored,
+                Ok(Reply::Bool(applied)) if matches!(cmd, Command::SetManyIfAbsent { .. }) => *applied,
+                r => r.is_ok(),
+            };
             match (want, got) {
                 // Making room for the new key evicted the one being renamed.
                 (Ok(_), Err(cachet_storage::Error::NotFound)) if matches!(cmd, Command::Rename { .. }) => {
@@ -237,7 +243,13 @@ proptest! {
             // A write, delete or clear supersedes an evicted key's old record.
             match cmd {
                 Command::Clear => m.evicted.clear(),
-                c if wrote && c.is_write() && !matches!(c, Command::Touch { .. } | Command::Incr { .. }) => {
+                c if wrote
+                    && c.is_write()
+                    && !matches!(
+                        c,
+                        Command::Touch { .. } | Command::Incr { .. } | Command::Expire { .. } | Command::Persist { .. }
+                    ) =>
+                {
                     let keys = match c { Command::Rename { to, .. } => vec![to.clone()], c => keys_of(c) };
                     for k in keys {
                         m.evicted.remove(&k);

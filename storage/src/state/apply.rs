@@ -138,9 +138,10 @@ impl State {
             }
             Command::GetDel { key } => {
                 let value = self.get(key, now)?;
-                if value.is_some() {
-                    self.delete(key, now, sink);
-                }
+                // Always through `delete`: an absent key may have been
+                // evicted with its record still in the log, and the delete
+                // must be on record or a restart brings it back.
+                self.delete(key, now, sink);
                 Reply::Value(value)
             }
             Command::Ttl { key } => {

@@ -78,8 +78,21 @@ pub(crate) fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Bytes, Error> {
     Ok(Bytes::from(rmp_serde::to_vec_named(value)?))
 }
 
+/// Decodes a whole value: bytes left over after the MessagePack value (a
+/// value written by something other than this client, through RESP say)
+/// are an error, not silently ignored.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    Ok(rmp_serde::from_slice(bytes)?)
+    let mut rest = bytes;
+    let value = T::deserialize(&mut rmp_serde::Deserializer::new(&mut rest))?;
+    let left = rest.len();
+    if left > 0 {
+        return Err(Error::Decode(rmp_serde::decode::Error::Syntax(format!(
+            "{left} bytes left after a MessagePack value of {} bytes: the value was not written by this client \
+             (through RESP, say) or not as this type",
+            bytes.len() - left
+        ))));
+    }
+    Ok(value)
 }
 
 pub(crate) fn unexpected(r: OpReply) -> Error {

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 pub struct Daemon {
     child: Option<Child>,
+    /// The first listener's address (tarpc unless told otherwise).
     pub addr: String,
+    /// Every listener, as the ready line names them (`resp://…` for RESP).
+    pub addrs: Vec<String>,
     pub dir: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
     args: Vec<String>,
@@ -31,10 +34,20 @@ impl Daemon {
         d
     }
 
+    /// Starts with a fresh temp data directory, listening for RESP first
+    /// (`addr`, `resp_addr()`) and for tarpc second (`addrs[1]`).
+    pub fn start_resp(args: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut d = Daemon::start_in(&dir, "resp://127.0.0.1:0", &[&["--listen", "127.0.0.1:0"], args].concat());
+        d._tmp = Some(tmp);
+        d
+    }
+
     pub fn start_in(dir: &Path, listen: &str, args: &[&str]) -> Daemon {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr, log) = spawn(dir, Some(listen), &args, |_| {});
-        Daemon { child: Some(child), addr, dir: dir.to_path_buf(), log, args, _tmp: None }
+        let (child, addrs, log) = spawn(dir, Some(listen), &args, |_| {});
+        Daemon { child: Some(child), addr: addrs[0].clone(), addrs, dir: dir.to_path_buf(), log, args, _tmp: None }
     }
 
     /// Starts with full control of the command (environment, inherited
@@ -46,8 +59,8 @@ impl Daemon {
         configure: impl FnOnce(&mut Command),
     ) -> Daemon {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr, log) = spawn(dir, listen, &args, configure);
-        Daemon { child: Some(child), addr, dir: dir.to_path_buf(), log, args, _tmp: None }
+        let (child, addrs, log) = spawn(dir, listen, &args, configure);
+        Daemon { child: Some(child), addr: addrs[0].clone(), addrs, dir: dir.to_path_buf(), log, args, _tmp: None }
     }
 
     pub fn pid(&self) -> i32 {
@@ -77,9 +90,10 @@ impl Daemon {
 
     pub fn start_again(&mut self) {
         let listen = self.addr.clone();
-        let (child, addr, log) = spawn(&self.dir, Some(&listen), &self.args, |_| {});
+        let (child, addrs, log) = spawn(&self.dir, Some(&listen), &self.args, |_| {});
         self.child = Some(child);
-        self.addr = addr;
+        self.addr = addrs[0].clone();
+        self.addrs = addrs;
         self.log = log;
     }
 
@@ -114,7 +128,7 @@ fn spawn(
     listen: Option<&str>,
     args: &[String],
     configure: impl FnOnce(&mut Command),
-) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+) -> (Child, Vec<String>, Arc<Mutex<Vec<String>>>) {
     let mut cmd = Command::new(bin());
     if let Some(listen) = listen {
         cmd.arg("--listen").arg(listen);
@@ -135,11 +149,19 @@ fn spawn(
 
 /// Takes over a started daemon: waits for its ready line (stderr piped).
 pub fn adopt(child: Child, dir: &Path) -> Daemon {
-    let (child, addr, log) = watch(child);
-    Daemon { child: Some(child), addr, dir: dir.to_path_buf(), log, args: Vec::new(), _tmp: None }
+    let (child, addrs, log) = watch(child);
+    Daemon {
+        child: Some(child),
+        addr: addrs[0].clone(),
+        addrs,
+        dir: dir.to_path_buf(),
+        log,
+        args: Vec::new(),
+        _tmp: None,
+    }
 }
 
-fn watch(mut child: Child) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+fn watch(mut child: Child) -> (Child, Vec<String>, Arc<Mutex<Vec<String>>>) {
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -148,19 +170,32 @@ fn watch(mut child: Child) -> (Child, String, Arc<Mutex<Vec<String>>>) {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.split("ready: listening on ").nth(1) {
-                let first = rest.split([',', ' ']).next().unwrap_or_default().to_string();
-                let _ = tx.send(first);
+                // "ADDR, ADDR (N ms after start)": every listener, in order.
+                let list = rest.split(" (").next().unwrap_or_default();
+                let _ = tx.send(list.split(", ").map(str::to_string).collect::<Vec<_>>());
             }
             sink.lock().unwrap().push(line);
         }
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(addr) => (child, addr, log),
+        Ok(addrs) => (child, addrs, log),
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
             panic!("cachetd did not become ready; its log:\n{}", log.lock().unwrap().join("\n"));
         }
+    }
+}
+
+impl Daemon {
+    /// The `HOST:PORT` of the daemon's RESP listener (`resp://…` in its
+    /// ready line), for Redis clients.
+    pub fn resp_addr(&self) -> String {
+        self.addrs
+            .iter()
+            .find_map(|a| a.strip_prefix("resp://"))
+            .expect("the daemon has a resp:// listener")
+            .to_string()
     }
 }
 

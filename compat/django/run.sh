@@ -10,35 +10,16 @@
 #
 # Needs python3 with pip; installs redis-py and Django 5.2 (from PyPI).
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
+source "$(dirname "$0")/../lib.sh"
+HERE=$ROOT/compat/django
 DJANGO_VERSION=${DJANGO_VERSION:-5.2}
-WORK=$(mktemp -d)
-PID=
-cleanup() {
-    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
-python3 -m pip install -q --disable-pip-version-check "redis>=5" "Django==$DJANGO_VERSION" 2>&1 | grep -v "Running pip as the 'root' user" || true
+python3 -m pip install -q --disable-pip-version-check "redis>=5" "Django==$DJANGO_VERSION"
 python3 -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps "Django==$DJANGO_VERSION" -d "$WORK"
 tar xzf "$WORK"/[Dd]jango-"$DJANGO_VERSION".tar.gz -C "$WORK"
 TESTS=$(echo "$WORK"/[Dd]jango-"$DJANGO_VERSION"/tests)
-
-CACHETD=${CACHETD:-}
-if [ -z "$CACHETD" ]; then
-    (cd "$ROOT" && cargo build -q -p cachetd)
-    CACHETD="$ROOT/target/debug/cachetd"
-fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$CACHETD" --listen "resp://127.0.0.1:$PORT" --data-dir "$WORK/data" 2>"$WORK/cachetd.log" &
-PID=$!
-for _ in $(seq 1 1000); do
-    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$PORT),0.2)" 2>/dev/null && break
-    kill -0 "$PID" 2>/dev/null || { cat "$WORK/cachetd.log"; echo "cachetd exited" >&2; exit 1; }
-    sleep 0.02
-done
+PORT=$(free_port)
+start_cachetd django "$PORT"
 
 cd "$TESTS"
 set +e

@@ -7,10 +7,10 @@ bin=$(realpath "$1")
 here=$(dirname "$0")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for unit in cachetd.service cachetd.socket; do
+for unit in cachetd.service cachetd.socket cachetd-resp.socket; do
     sed "s|/usr/local/bin/cachetd|$bin|" "$here/$unit" > "$tmp/$unit"
 done
-out=$(systemd-analyze verify "$tmp/cachetd.service" "$tmp/cachetd.socket" 2>&1) || { echo "$out"; exit 1; }
+out=$(systemd-analyze verify "$tmp/cachetd.service" "$tmp/cachetd.socket" "$tmp/cachetd-resp.socket" 2>&1) || { echo "$out"; exit 1; }
 if [ -n "$out" ]; then
     echo "systemd-analyze verify warned:"
     echo "$out"

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
@@ -102,6 +103,56 @@ async fn serves_a_listener_passed_by_socket_activation() {
     assert_eq!(c.get::<i32>("a").await.unwrap(), Some(1));
     assert!(d.log_text().contains("socket activation"));
     drop(listener);
+}
+
+#[test]
+fn a_socket_named_resp_speaks_resp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tarpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let resp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let resp_addr = resp.local_addr().unwrap().to_string();
+    let fds = [tarpc.as_raw_fd(), resp.as_raw_fd()];
+    let data = tmp.path().join("data");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(support::bin())
+        .arg("--data-dir")
+        .arg(&data)
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "cachet:resp")
+        .env("NO_COLOR", "1")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only dup/dup2/fcntl, async-signal-safe, between fork and
+    // exec. Both are first moved above 4, so placing one at 3 or 4 never
+    // overwrites the other; the copies at 3 and 4 lose close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let high = [libc::fcntl(fds[0], libc::F_DUPFD, 10), libc::fcntl(fds[1], libc::F_DUPFD, 10)];
+            for (i, fd) in high.into_iter().enumerate() {
+                if fd < 0 || libc::dup2(fd, 3 + i as i32) < 0 || libc::fcntl(3 + i as i32, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let d = support::adopt(cmd.spawn().unwrap(), &data);
+    assert_eq!(d.resp_addr(), resp_addr, "{:?}", d.addrs);
+    let mut s = std::net::TcpStream::connect(&resp_addr).unwrap();
+    s.write_all(b"SET k v\r\nGET k\r\n").unwrap();
+    let mut got = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while got.len() < 12 {
+        let mut buf = [0u8; 64];
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        assert!(n > 0, "closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"+OK\r\n$1\r\nv\r\n");
+    drop((tarpc, resp));
 }
 
 #[test]

@@ -109,12 +109,27 @@ fn codec(c: &mut Criterion) {
                 &mut buf,
                 SegmentId(1),
                 Seq(1),
-                &Record::Set { key: &key, value: &value, expires: UnixMillis(0) },
+                &Record::Set {
+                    key: &key,
+                    value: &value,
+                    expires: UnixMillis(0),
+                    encoding: cachet_storage::Encoding::MessagePack,
+                },
             )
         })
     });
     let mut one = Vec::new();
-    record::encode(&mut one, SegmentId(1), Seq(1), &Record::Set { key: &key, value: &value, expires: UnixMillis(0) });
+    record::encode(
+        &mut one,
+        SegmentId(1),
+        Seq(1),
+        &Record::Set {
+            key: &key,
+            value: &value,
+            expires: UnixMillis(0),
+            encoding: cachet_storage::Encoding::MessagePack,
+        },
+    );
     g.bench_function("decode_set", |b| b.iter(|| record::decode(&one, SegmentId(1)).unwrap().2));
     g.finish();
 }

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::builder::Builder;
 use crate::connection::{Conn, Node, Retry};
 use crate::error::Error;
-use crate::key::make_key;
+use crate::key::{key_scope, make_key};
 use crate::protocol::{Bytes, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, Ttl, WireStats};
 use crate::request::{
     Add, Delete, DeleteMany, Get, GetMany, GetOrSet, GetOrSetWith, HasKey, Incr, IncrVersion, Opts, Set, SetMany,
@@ -223,6 +223,26 @@ impl Cache {
             .nodes
             .iter()
             .map(|node| self.call(node, Retry::Safe, |c, ctx| async move { c.clear(ctx).await }));
+        futures::future::try_join_all(calls).await.map(|_| ())
+    }
+
+    /// Removes only this client's keys: every key under its `key_prefix`
+    /// (all versions), on every server, each server's share as one log
+    /// record, so other applications' keys on the same daemons stay. (With
+    /// no prefix set, that is every key a client without a prefix wrote.)
+    pub async fn clear_prefix(&self) -> Result<(), Error> {
+        let prefix = Bytes::from(key_scope(&self.inner.prefix).into_bytes());
+        let calls = self.inner.nodes.iter().map(|node| {
+            let prefix = prefix.clone();
+            async move {
+                let conn = self.conn(node).await?;
+                let t = Target { key: String::new(), node, conn };
+                match self.op(&t, Retry::Safe, Op::ClearPrefix(prefix)).await? {
+                    OpReply::Done => Ok(()),
+                    r => Err(unexpected(r)),
+                }
+            }
+        });
         futures::future::try_join_all(calls).await.map(|_| ())
     }
 

@@ -3,6 +3,12 @@
 /// memcached refuses keys over 250 bytes; Django warns about them.
 const MEMCACHED_MAX_KEY: usize = 250;
 
+/// What every key `make_key` builds for `prefix` starts with, whatever its
+/// version: the scope of `Cache::clear_prefix`.
+pub(crate) fn key_scope(prefix: &str) -> String {
+    format!("{prefix}:")
+}
+
 pub(crate) fn make_key(prefix: &str, version: i64, key: &str) -> String {
     let full = format!("{prefix}:{version}:{key}");
     warn_if_unportable(&full);

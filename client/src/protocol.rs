@@ -135,6 +135,8 @@ pub enum Op {
     Rename(Bytes, Bytes),
     /// The value and what is left of its time to live.
     GetWithTtl(Bytes),
+    /// Removes every key that starts with these bytes, as one log record.
+    ClearPrefix(Bytes),
 }
 
 /// The reply to one `Op` of a batch.

@@ -327,3 +327,25 @@ async fn max_memory_refuses_writes_with_cache_full() {
     c.delete("k0").await.unwrap();
     assert!(c.get::<serde_bytes::ByteBuf>("k1").await.unwrap().is_some(), "reads keep working");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clear_prefix_removes_only_this_clients_keys_and_survives_restart() {
+    let mut d = Daemon::start(&[]);
+    let addr = d.addr.clone();
+    let app = |p: &str| Cache::builder().server(addr.clone()).key_prefix(p).connect();
+    let (a, b) = (app("a").await.unwrap(), app("b").await.unwrap());
+    for i in 0..50 {
+        a.set(format!("k{i}"), &i).await.unwrap();
+        a.set(format!("k{i}"), &i).version(2).await.unwrap();
+        b.set(format!("k{i}"), &i).await.unwrap();
+    }
+    a.clear_prefix().await.unwrap();
+    assert_eq!(a.get::<i32>("k1").await.unwrap(), None);
+    assert_eq!(a.get::<i32>("k1").version(2).await.unwrap(), None, "every version goes");
+    assert_eq!(b.get::<i32>("k1").await.unwrap(), Some(1), "another prefix stays");
+    drop((a, b));
+    d.restart();
+    let (a, b) = (app("a").await.unwrap(), app("b").await.unwrap());
+    assert_eq!(a.get::<i32>("k7").await.unwrap(), None, "the clear is on record");
+    assert_eq!(b.stats().await.unwrap().entries, 50);
+}

@@ -158,8 +158,6 @@ fn strings_counters_and_expiry_in_both_protocols() {
         }
         assert_eq!(seen.len(), 300);
         assert!(seen.iter().all(|k| k.starts_with("user:")));
-        assert_eq!(cmd(&mut c, &["SELECT", "0"]).unwrap(), Value::Okay);
-        assert!(cmd(&mut c, &["SELECT", "16"]).unwrap_err().to_string().contains("out of range"));
         assert_eq!(cmd(&mut c, &["FLUSHDB", "ASYNC"]).unwrap(), Value::Okay);
         assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(0));
     }
@@ -361,4 +359,66 @@ fn keys_cross_between_resp_and_the_rust_client() {
     assert!(e.to_string().to_lowercase().contains("decode"), "{e}");
     let _: () = c.del(":1:greeting").unwrap();
     assert_eq!(rt.block_on(rust.get::<String>("greeting").into_future()).unwrap(), None);
+}
+
+#[test]
+fn databases_are_separate_and_flushdb_clears_only_its_own() {
+    let mut d = start(&[]);
+    let mut c = client(&d, 2);
+    let _: () = c.set("k", "zero").unwrap();
+    assert_eq!(cmd(&mut c, &["SELECT", "1"]).unwrap(), Value::Okay);
+    assert_eq!(c.get::<_, Option<String>>("k").unwrap(), None, "database 1 does not see database 0");
+    let _: () = c.set("k", "one").unwrap();
+    let _: () = c.set("only1", "x").unwrap();
+    let _: () = c.set_ex("ttl1", "x", 100).unwrap();
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(3));
+    let (_, keys): (String, Vec<String>) = redis::cmd("SCAN").arg(0).arg("COUNT").arg(1000).query(&mut c).unwrap();
+    let mut keys = keys;
+    keys.sort();
+    assert_eq!(keys, vec!["k", "only1", "ttl1"], "SCAN walks only the selected database, keys as named");
+    let info: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
+    assert!(info.contains("db0:keys=1,expires=0") && info.contains("db1:keys=3,expires=1"), "{info}");
+    assert_eq!(cmd(&mut c, &["SELECT", "0"]).unwrap(), Value::Okay);
+    assert_eq!(c.get::<_, String>("k").unwrap(), "zero");
+    // FLUSHDB in database 1 leaves database 0; it survives a restart.
+    assert_eq!(cmd(&mut c, &["SELECT", "1"]).unwrap(), Value::Okay);
+    assert_eq!(cmd(&mut c, &["FLUSHDB"]).unwrap(), Value::Okay);
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(0));
+    drop(c);
+    d.restart();
+    let mut c = client(&d, 3);
+    assert_eq!(c.get::<_, String>("k").unwrap(), "zero");
+    assert_eq!(cmd(&mut c, &["SELECT", "1"]).unwrap(), Value::Okay);
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(0));
+    assert!(cmd(&mut c, &["SELECT", "16"]).unwrap_err().to_string().contains("out of range"));
+    // A database-0 key that starts with byte 0xFF is its own key, not another database's.
+    assert_eq!(cmd(&mut c, &["SELECT", "0"]).unwrap(), Value::Okay);
+    let odd = b"\xff\x01k".to_vec();
+    let _: () = c.set(&odd, "raw").unwrap();
+    assert_eq!(cmd(&mut c, &["SELECT", "1"]).unwrap(), Value::Okay);
+    assert_eq!(c.get::<_, Option<String>>("k").unwrap(), None);
+    // FLUSHALL clears every database.
+    let _: () = c.set("k", "again").unwrap();
+    assert_eq!(cmd(&mut c, &["FLUSHALL"]).unwrap(), Value::Okay);
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(0));
+    assert_eq!(cmd(&mut c, &["SELECT", "0"]).unwrap(), Value::Okay);
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(0));
+}
+
+#[test]
+fn counters_do_not_cross_protocols() {
+    let d = start(&[]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rust = rt.block_on(cachet::Cache::connect(&d.addrs[1])).unwrap();
+    let mut c = client(&d, 2);
+    // 53 as the Rust client stores it is the byte 0x35, which reads as "5".
+    rt.block_on(rust.set("n", &53).into_future()).unwrap();
+    let e = cmd(&mut c, &["INCR", ":1:n"]).unwrap_err().to_string();
+    assert!(e.contains("value is not an integer"), "{e}");
+    assert_eq!(rt.block_on(rust.incr("n").into_future()).unwrap(), 54);
+    // "5" as RESP stores it is the byte 0x35, which MessagePack reads as 53.
+    let _: () = c.set(":1:r", "5").unwrap();
+    let e = rt.block_on(rust.incr("r").into_future()).unwrap_err();
+    assert!(matches!(e, cachet::Error::NotAnInteger), "{e}");
+    assert_eq!(cmd(&mut c, &["INCR", ":1:r"]).unwrap(), Value::Int(6));
 }

@@ -12,7 +12,7 @@
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 
-use crate::record::SegmentId;
+use crate::record::{Encoding, SegmentId};
 
 /// Keys are at most this long: their length is stored in two bytes.
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
@@ -25,6 +25,7 @@ pub(crate) struct Entry {
     pub(crate) expires: u64,
     /// Low 28 bits: the slot's generation. Bits 28-29: S3-FIFO access
     /// frequency (0-3). Bit 30: in S3-FIFO's main queue (else the small one).
+    /// Bit 31: the value is text (written through RESP), else MessagePack.
     meta: u32,
     /// The segment holding this entry's set record.
     pub(crate) segment: SegmentId,
@@ -63,7 +64,16 @@ impl Entry {
         self.meta = (self.meta & !(1 << 30)) | ((main as u32) << 30);
     }
 
-    /// A new entry in this slot: old timers and queue handles stop matching.
+    pub(crate) fn encoding(&self) -> Encoding {
+        if self.meta & TEXT_BIT != 0 { Encoding::Text } else { Encoding::MessagePack }
+    }
+
+    pub(crate) fn set_encoding(&mut self, encoding: Encoding) {
+        self.meta = (self.meta & !TEXT_BIT) | if encoding == Encoding::Text { TEXT_BIT } else { 0 };
+    }
+
+    /// A new entry in this slot: old timers and queue handles stop matching
+    /// (and its flags start clear).
     pub(crate) fn new_generation(&mut self) {
         self.meta = (self.meta + 1) & GEN_MASK;
     }
@@ -102,6 +112,7 @@ fn make_blob(key: &[u8], value: &[u8]) -> Box<[u8]> {
 
 const NO_SLOT: u32 = u32::MAX;
 const GEN_MASK: u32 = (1 << 28) - 1;
+const TEXT_BIT: u32 = 1 << 31;
 
 pub(crate) struct Index {
     table: HashTable<u32>,

@@ -11,6 +11,7 @@ mod engine;
 mod error;
 mod evict;
 mod index;
+pub mod keyspace;
 pub mod record;
 mod replay;
 mod segment;
@@ -26,6 +27,7 @@ pub use engine::{Hook, HookPoint};
 pub use error::{CorruptReason, Error, Result};
 pub use evict::ENTRY_OVERHEAD;
 pub use index::MAX_KEY_LEN;
+pub use record::Encoding;
 pub use replay::{CheckReport, Cut, Progress, RepairReport, ReplayReport, TornTail, check, repair};
 #[cfg(feature = "testing")]
 pub use segment::Faults;

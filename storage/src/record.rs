@@ -51,8 +51,13 @@ impl std::fmt::Display for SegmentId {
 pub struct Seq(pub u64);
 
 pub const MAGIC: [u8; 8] = *b"CACHETLG";
-/// Bumped on any change to the layout below; replay refuses other versions.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on any change to the layout below. New segments are written with
+/// this version; replay reads every version from `OLDEST_FORMAT_VERSION` on
+/// (FORMAT.md, "Version history") and refuses others.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version replay still reads: version 1 is version 2 without
+/// the record types 5 to 7.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 // The segment header, field by field (FORMAT.md): magic, version, reserved,
 // segment number, reserved, CRC of everything before it.
@@ -86,6 +91,12 @@ const TOUCH_KEY_LEN: usize = TOUCH_EXPIRES + 8;
 const TOUCH_FIXED: usize = TOUCH_KEY_LEN + 4;
 /// clear: nothing after `seq`.
 const CLEAR_FIXED: usize = AFTER_SEQ;
+/// clear-prefix: `prefix_len: u32 | prefix`.
+const CLEAR_PREFIX_LEN: usize = AFTER_SEQ;
+const CLEAR_PREFIX_FIXED: usize = CLEAR_PREFIX_LEN + 4;
+/// clear-db: `db: u8`.
+const CLEAR_DB: usize = AFTER_SEQ;
+const CLEAR_DB_FIXED: usize = CLEAR_DB + 1;
 /// The largest `length` replay accepts: a 64 KiB key, a 1 GiB value and the
 /// fixed fields. Checked before anything else about a record is believed.
 pub const MAX_RECORD_LEN: u32 = (1 << 30) + (1 << 16) + 64;
@@ -94,14 +105,50 @@ const TYPE_SET: u8 = 1;
 const TYPE_DELETE: u8 = 2;
 const TYPE_TOUCH: u8 = 3;
 const TYPE_CLEAR: u8 = 4;
+/// Version 2: a set whose value is text (written through RESP); same layout
+/// as `TYPE_SET`.
+const TYPE_SET_TEXT: u8 = 5;
+const TYPE_CLEAR_PREFIX: u8 = 6;
+const TYPE_CLEAR_DB: u8 = 7;
+
+/// How a value was written, which decides the counter commands that apply
+/// to it: the Rust client's `incr` to a MessagePack integer, RESP's `INCR`
+/// to decimal text. A counter of one kind is "not an integer" to the other,
+/// so no number is ever read in the wrong encoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// Written by the Rust client (tarpc): MessagePack.
+    #[default]
+    MessagePack,
+    /// Written through RESP: bytes as the client gave them.
+    Text,
+}
 
 /// One logged change. `expires` of `UnixMillis(0)` means never.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record<'a> {
-    Set { key: &'a [u8], value: &'a [u8], expires: UnixMillis },
-    Delete { key: &'a [u8] },
-    Touch { key: &'a [u8], expires: UnixMillis },
+    Set {
+        key: &'a [u8],
+        value: &'a [u8],
+        expires: UnixMillis,
+        encoding: Encoding,
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Touch {
+        key: &'a [u8],
+        expires: UnixMillis,
+    },
     Clear,
+    /// Removes every key that starts with `prefix` (`Cache::clear_prefix`).
+    ClearPrefix {
+        prefix: &'a [u8],
+    },
+    /// Removes every key of RESP database `db` (`FLUSHDB`; see `keyspace`).
+    ClearDb {
+        db: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -150,7 +197,8 @@ pub fn segment_header(seg: SegmentId) -> [u8; SEGMENT_HEADER_LEN] {
     h
 }
 
-pub fn check_segment_header(bytes: &[u8], expected: SegmentId) -> Result<(), HeaderError> {
+/// Checks a segment header; returns the format version it was written in.
+pub fn check_segment_header(bytes: &[u8], expected: SegmentId) -> Result<u32, HeaderError> {
     if bytes.len() < SEGMENT_HEADER_LEN {
         return Err(HeaderError::Short(bytes.len()));
     }
@@ -158,7 +206,7 @@ pub fn check_segment_header(bytes: &[u8], expected: SegmentId) -> Result<(), Hea
         return Err(HeaderError::Magic);
     }
     let version = u32_at(bytes, HEADER_VERSION);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(HeaderError::Version { found: version });
     }
     if crc32fast::hash(&bytes[..HEADER_CRC]) != u32_at(bytes, HEADER_CRC) {
@@ -168,7 +216,7 @@ pub fn check_segment_header(bytes: &[u8], expected: SegmentId) -> Result<(), Hea
     if found != expected.to_disk() {
         return Err(HeaderError::WrongSegment { found, expected: expected.to_disk() });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Appends one record to `buf`; returns the bytes it took.
@@ -176,8 +224,11 @@ pub fn encode(buf: &mut Vec<u8>, seg: SegmentId, seq: Seq, rec: &Record<'_>) -> 
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     match *rec {
-        Record::Set { key, value, expires } => {
-            buf.push(TYPE_SET);
+        Record::Set { key, value, expires, encoding } => {
+            buf.push(match encoding {
+                Encoding::MessagePack => TYPE_SET,
+                Encoding::Text => TYPE_SET_TEXT,
+            });
             buf.extend_from_slice(&seq.0.to_le_bytes());
             buf.extend_from_slice(&expires.0.to_le_bytes());
             buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -201,6 +252,17 @@ pub fn encode(buf: &mut Vec<u8>, seg: SegmentId, seq: Seq, rec: &Record<'_>) -> 
         Record::Clear => {
             buf.push(TYPE_CLEAR);
             buf.extend_from_slice(&seq.0.to_le_bytes());
+        }
+        Record::ClearPrefix { prefix } => {
+            buf.push(TYPE_CLEAR_PREFIX);
+            buf.extend_from_slice(&seq.0.to_le_bytes());
+            buf.extend_from_slice(&(prefix.len() as u32).to_le_bytes());
+            buf.extend_from_slice(prefix);
+        }
+        Record::ClearDb { db } => {
+            buf.push(TYPE_CLEAR_DB);
+            buf.extend_from_slice(&seq.0.to_le_bytes());
+            buf.push(db);
         }
     }
     let body = start + RECORD_HEADER_LEN;
@@ -259,7 +321,7 @@ pub const MIN_RECORD_LEN: usize = RECORD_HEADER_LEN + 1 + CLEAR_FIXED;
 
 /// Whether a record's type byte says `set` (counted to size the index).
 pub fn is_set(type_byte: u8) -> bool {
-    type_byte == TYPE_SET
+    type_byte == TYPE_SET || type_byte == TYPE_SET_TEXT
 }
 
 /// The length field of the record at the start of `buf` (which holds at
@@ -275,7 +337,7 @@ fn decode_body(body: &[u8]) -> Result<(Seq, Record<'_>), RecordError> {
         if p.len() < n { Err(RecordError::BadPayload("fixed fields cut short")) } else { Ok(()) }
     };
     match kind {
-        TYPE_SET => {
+        TYPE_SET | TYPE_SET_TEXT => {
             need(SET_FIXED)?;
             let expires = UnixMillis(u64_at(p, SET_EXPIRES));
             let klen = u32_at(p, SET_KEY_LEN) as usize;
@@ -284,7 +346,8 @@ fn decode_body(body: &[u8]) -> Result<(Seq, Record<'_>), RecordError> {
                 return Err(RecordError::BadPayload("set lengths disagree with record length"));
             }
             let (key, value) = p[SET_FIXED..].split_at(klen);
-            Ok((seq(p), Record::Set { key, value, expires }))
+            let encoding = if kind == TYPE_SET_TEXT { Encoding::Text } else { Encoding::MessagePack };
+            Ok((seq(p), Record::Set { key, value, expires, encoding }))
         }
         TYPE_DELETE => {
             need(DELETE_FIXED)?;
@@ -306,6 +369,19 @@ fn decode_body(body: &[u8]) -> Result<(Seq, Record<'_>), RecordError> {
                 return Err(RecordError::BadPayload("clear record has the wrong length"));
             }
             Ok((seq(p), Record::Clear))
+        }
+        TYPE_CLEAR_PREFIX => {
+            need(CLEAR_PREFIX_FIXED)?;
+            if p.len() - CLEAR_PREFIX_FIXED != u32_at(p, CLEAR_PREFIX_LEN) as usize {
+                return Err(RecordError::BadPayload("clear-prefix length disagrees with record length"));
+            }
+            Ok((seq(p), Record::ClearPrefix { prefix: &p[CLEAR_PREFIX_FIXED..] }))
+        }
+        TYPE_CLEAR_DB => {
+            if p.len() != CLEAR_DB_FIXED {
+                return Err(RecordError::BadPayload("clear-db record has the wrong length"));
+            }
+            Ok((seq(p), Record::ClearDb { db: p[CLEAR_DB] }))
         }
         other => Err(RecordError::BadType(other)),
     }
@@ -338,8 +414,12 @@ mod tests {
 
     #[test]
     fn every_record_type_roundtrips() {
-        roundtrip(Record::Set { key: b"k", value: b"value", expires: UnixMillis(99) });
-        roundtrip(Record::Set { key: b"", value: b"", expires: UnixMillis(0) });
+        roundtrip(Record::Set { key: b"k", value: b"value", expires: UnixMillis(99), encoding: Encoding::MessagePack });
+        roundtrip(Record::Set { key: b"", value: b"", expires: UnixMillis(0), encoding: Encoding::MessagePack });
+        roundtrip(Record::Set { key: b"t", value: b"12", expires: UnixMillis(5), encoding: Encoding::Text });
+        roundtrip(Record::ClearPrefix { prefix: b"app:" });
+        roundtrip(Record::ClearPrefix { prefix: b"" });
+        roundtrip(Record::ClearDb { db: 7 });
         roundtrip(Record::Delete { key: b"gone" });
         roundtrip(Record::Touch { key: b"t", expires: UnixMillis(5) });
         roundtrip(Record::Clear);
@@ -348,7 +428,12 @@ mod tests {
     #[test]
     fn set_record_len_matches_encoding() {
         let mut buf = Vec::new();
-        let rec = Record::Set { key: b"0123456789abcdef", value: &[1; 100], expires: UnixMillis(1) };
+        let rec = Record::Set {
+            key: b"0123456789abcdef",
+            value: &[1; 100],
+            expires: UnixMillis(1),
+            encoding: Encoding::MessagePack,
+        };
         assert_eq!(encode(&mut buf, SegmentId(1), Seq(1), &rec), set_record_len(16, 100));
     }
 
@@ -376,7 +461,12 @@ mod tests {
     #[test]
     fn every_single_bit_flip_is_caught() {
         let mut buf = Vec::new();
-        encode(&mut buf, SegmentId(3), Seq(9), &Record::Set { key: b"key", value: b"val", expires: UnixMillis(1) });
+        encode(
+            &mut buf,
+            SegmentId(3),
+            Seq(9),
+            &Record::Set { key: b"key", value: b"val", expires: UnixMillis(1), encoding: Encoding::MessagePack },
+        );
         for i in 0..buf.len() {
             for bit in 0..8 {
                 let mut bad = buf.clone();
@@ -401,7 +491,7 @@ mod tests {
     #[test]
     fn header_checks() {
         let h = segment_header(SegmentId(5));
-        assert_eq!(check_segment_header(&h, SegmentId(5)), Ok(()));
+        assert_eq!(check_segment_header(&h, SegmentId(5)), Ok(FORMAT_VERSION));
         assert_eq!(check_segment_header(&h, SegmentId(6)), Err(HeaderError::WrongSegment { found: 5, expected: 6 }));
         assert_eq!(check_segment_header(&h[..10], SegmentId(5)), Err(HeaderError::Short(10)));
         let mut v = h;

@@ -342,7 +342,8 @@ fn verify<'a>(
         let bytes: &[u8] = map.bytes();
         let is_newest = Some(*id) == newest;
         let last_good = last_seq.unwrap_or(0);
-        if let Err(e) = record::check_segment_header(bytes, *id) {
+        let version = record::check_segment_header(bytes, *id);
+        if let Err(e) = version {
             // A crash while creating the newest segment can leave its header
             // short; nothing in it was ever acknowledged.
             if is_newest && matches!(e, record::HeaderError::Short(_)) && is_zero_or_header_prefix(bytes, *id) {
@@ -407,7 +408,10 @@ fn verify<'a>(
             }
         }
         report.segments += 1;
-        report.newest = Some((*id, pos.min(bytes.len()) as u64));
+        // Appends go to the newest segment only if it was written in this
+        // build's format: a log of an older version gets a new segment, so
+        // every segment holds the records its header's version allows.
+        report.newest = (version == Ok(record::FORMAT_VERSION)).then_some((*id, pos.min(bytes.len()) as u64));
         bytes_done += bytes.len() as u64;
         emit(Event::Applied { map: n, end: bytes.len() });
     }
@@ -805,6 +809,7 @@ fn cut_at(dir: &Path, bad: &BadSpot, aside: &dyn Fn(&Path, &str) -> PathBuf) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Encoding;
     use crate::record::{Seq, encode, segment_header};
 
     thread_local! {
@@ -819,10 +824,20 @@ mod tests {
     fn the_search_after_a_torn_record_is_linear() {
         let id = SegmentId(1);
         let mut seg = segment_header(id).to_vec();
-        encode(&mut seg, id, Seq(1), &Record::Set { key: b"a", value: b"b", expires: crate::UnixMillis(0) });
+        encode(
+            &mut seg,
+            id,
+            Seq(1),
+            &Record::Set { key: b"a", value: b"b", expires: crate::UnixMillis(0), encoding: Encoding::MessagePack },
+        );
         let torn_at = seg.len();
         let fake: Vec<u8> = (0..(1 << 18)).flat_map(|_| 40u32.to_le_bytes()).collect();
-        encode(&mut seg, id, Seq(2), &Record::Set { key: b"t", value: &fake, expires: crate::UnixMillis(0) });
+        encode(
+            &mut seg,
+            id,
+            Seq(2),
+            &Record::Set { key: b"t", value: &fake, expires: crate::UnixMillis(0), encoding: Encoding::MessagePack },
+        );
         seg.truncate(seg.len() - 100);
         CRC_TRIES.with(|c| c.set(0));
         assert!(!valid_record_after(&seg, torn_at, id, 1));
@@ -840,7 +855,17 @@ mod tests {
         let id = SegmentId(1);
         let mut seg = segment_header(id).to_vec();
         let at = seg.len();
-        encode(&mut seg, id, Seq(1), &Record::Set { key: b"k", value: &[7; 5000], expires: crate::UnixMillis(0) });
+        encode(
+            &mut seg,
+            id,
+            Seq(1),
+            &Record::Set {
+                key: b"k",
+                value: &[7; 5000],
+                expires: crate::UnixMillis(0),
+                encoding: Encoding::MessagePack,
+            },
+        );
         assert_eq!(damage(&seg[..seg.len() - 1], at), Damage::PastEnd, "cut short");
         let mut zeroed = seg.clone();
         zeroed[4096..].fill(0);

@@ -37,6 +37,9 @@ pub fn replay_observed(
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {
     pub map: HashMap<Vec<u8>, (Vec<u8>, u64)>,
+    /// Keys whose value was last written as text (through RESP); every
+    /// write that makes an entry sets or clears the mark.
+    pub text: std::collections::HashSet<Vec<u8>>,
 }
 
 pub fn int(n: i64) -> Vec<u8> {
@@ -83,7 +86,13 @@ impl Model {
         v
     }
 
+    fn set_text(&mut self, key: &[u8], value: &[u8], ttl: Ttl, now: u64) {
+        self.set(key, value, ttl, now);
+        self.text.insert(key.to_vec());
+    }
+
     fn set(&mut self, key: &[u8], value: &[u8], ttl: Ttl, now: u64) {
+        self.text.remove(key);
         match deadline(ttl, now) {
             None => {
                 self.map.remove(key);
@@ -162,6 +171,9 @@ impl Model {
             }
             Command::Incr { key, delta } => {
                 let Some((v, e)) = self.live(key, now).cloned() else { return Err("NotFound") };
+                if self.text.contains(key) {
+                    return Err("NotAnInteger");
+                }
                 let mut rd = &v[..];
                 let n = match rmp::decode::read_int::<i64, _>(&mut rd) {
                     Ok(n) if rd.is_empty() => n,
@@ -179,8 +191,14 @@ impl Model {
             Command::Rename { from, to } => {
                 let Some(entry) = self.live(from, now).cloned() else { return Err("NotFound") };
                 if from != to {
+                    let text = self.text.remove(from);
                     self.map.remove(from);
                     self.map.insert(to.clone(), entry);
+                    if text {
+                        self.text.insert(to.clone());
+                    } else {
+                        self.text.remove(to);
+                    }
                 }
                 Reply::Done
             }
@@ -201,7 +219,7 @@ impl Model {
                             _ => Ttl::Never,
                         },
                     };
-                    self.set(key, value, ttl, now);
+                    self.set_text(key, value, ttl, now);
                 }
                 Reply::Swapped { stored, old }
             }
@@ -248,6 +266,7 @@ impl Model {
             Command::IncrText { key, delta } => {
                 let (current, expires) = match self.live(key, now) {
                     None => (0, 0),
+                    Some(_) if !self.text.contains(key) => return Err("NotAnInteger"),
                     Some((v, e)) => {
                         let text = std::str::from_utf8(v).map_err(|_| "NotAnInteger")?;
                         let n: i64 = text.parse().map_err(|_| "NotAnInteger")?;
@@ -259,6 +278,7 @@ impl Model {
                 };
                 let next = current.checked_add(*delta).ok_or("Overflow")?;
                 self.map.insert(key.clone(), (next.to_string().into_bytes(), expires));
+                self.text.insert(key.clone());
                 Reply::Int(next)
             }
             Command::SetManyIfAbsent { items, ttl } => {
@@ -269,10 +289,30 @@ impl Model {
                     Reply::Bool(false)
                 } else {
                     for (k, v) in items {
-                        self.set(k, v, *ttl, now);
+                        self.set_text(k, v, *ttl, now);
                     }
                     Reply::Bool(true)
                 }
+            }
+            Command::ClearPrefix { prefix } => {
+                self.map.retain(|k, _| !k.starts_with(prefix));
+                Reply::Done
+            }
+            Command::ClearDb { db } => {
+                self.map.retain(|k, _| crate::keyspace::db_of(k).0 != *db);
+                Reply::Done
+            }
+            Command::DbSizes => {
+                let mut counts = vec![(0u64, 0u64); usize::from(crate::keyspace::DATABASES)];
+                for (k, (_, e)) in &self.map {
+                    if (*e == 0 || *e > now)
+                        && let Some((keys, expiring)) = counts.get_mut(usize::from(crate::keyspace::db_of(k).0))
+                    {
+                        *keys += 1;
+                        *expiring += u64::from(*e != 0);
+                    }
+                }
+                Reply::Counts(counts)
             }
             Command::Stats | Command::Scan { .. } => unreachable!("stats and scans are not modelled"),
         })

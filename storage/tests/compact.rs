@@ -73,7 +73,10 @@ fn a_crash_at_any_step_of_compaction_replays_to_the_same_state() {
         x ^= x >> 7;
         x ^= x << 17;
         let key = format!("k{}", x % 40).into_bytes();
-        let cmd = match x % 12 {
+        let cmd = match x % 15 {
+            12 => Command::IncrText { key, delta: 1 },
+            13 if i % 50 == 0 => Command::ClearPrefix { prefix: format!("k{}", x % 4).into_bytes() },
+            14 if i % 90 == 0 => Command::ClearDb { db: 0 },
             0 => Command::Delete { key },
             1 => Command::Touch { key, ttl: Ttl::Millis(200) },
             2 => Command::Touch { key, ttl: Ttl::Never },

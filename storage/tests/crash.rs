@@ -28,13 +28,25 @@ fn workload() -> Vec<(Command, u64)> {
             1 => Ttl::Millis(0),
             _ => Ttl::Millis(50 + x % 400),
         };
-        let cmd = match (x >> 8) % 10 {
+        let cmd = match (x >> 8) % 14 {
             0..=3 => Command::Set { key, value: format!("v{i}").into_bytes(), ttl },
             4 => Command::Set { key, value: int(i as i64), ttl: Ttl::Never },
             5 => Command::Incr { key, delta: 2 },
             6 => Command::Delete { key },
             7 => Command::Touch { key, ttl },
             8 => Command::Add { key, value: b"added".to_vec(), ttl },
+            // Version 2's records: text values, and clears of a prefix or a
+            // database (database 1 holds none of these keys: a no-op clear).
+            9 => Command::IncrText { key, delta: 3 },
+            10 => Command::SetWith {
+                key,
+                value: format!("{i}").into_bytes(),
+                expiry: cachet_storage::Expiry::Ttl(ttl),
+                when: cachet_storage::When::Always,
+                get: false,
+            },
+            11 => Command::ClearPrefix { prefix: b"k1".to_vec() },
+            12 => Command::ClearDb { db: (x % 2) as u8 },
             _ => Command::Set { key, value: vec![b'x'; (x % 40) as usize], ttl },
         };
         ops.push((cmd, x % 30));

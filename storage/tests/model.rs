@@ -67,6 +67,10 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (key(), prop_oneof![-2i64..3, Just(i64::MAX)]).prop_map(|(key, delta)| Step::Op(Command::IncrText { key, delta })),
         1 => (prop::collection::vec((item_key(), value()), 0..3), ttl())
             .prop_map(|(items, ttl)| Step::Op(Command::SetManyIfAbsent { items, ttl })),
+        1 => prop_oneof![Just(b"k".to_vec()), Just(b"k1".to_vec()), Just(b"x".to_vec())]
+            .prop_map(|prefix| Step::Op(Command::ClearPrefix { prefix })),
+        1 => (0u8..2).prop_map(|db| Step::Op(Command::ClearDb { db })),
+        1 => Just(Step::Op(Command::DbSizes)),
         3 => (0u64..2000).prop_map(Step::Advance),
     ]
 }
@@ -174,7 +178,12 @@ fn keys_of(cmd: &Command) -> Vec<Vec<u8>> {
             items.iter().map(|(k, _)| k.clone()).collect()
         }
         Command::Rename { from, to } => vec![from.clone(), to.clone()],
-        Command::Clear | Command::Stats | Command::Scan { .. } => vec![],
+        Command::Clear
+        | Command::Stats
+        | Command::Scan { .. }
+        | Command::ClearPrefix { .. }
+        | Command::ClearDb { .. }
+        | Command::DbSizes => vec![],
     }
 }
 
@@ -243,6 +252,8 @@ proptest! {
             // A write, delete or clear supersedes an evicted key's old record.
             match cmd {
                 Command::Clear => m.evicted.clear(),
+                Command::ClearPrefix { prefix } => m.evicted.retain(|k, _| !k.starts_with(prefix)),
+                Command::ClearDb { db } => m.evicted.retain(|k, _| cachet_storage::keyspace::db_of(k).0 != *db),
                 c if wrote
                     && c.is_write()
                     && !matches!(

@@ -380,3 +380,119 @@ fn segments_below_the_floor_are_ignored_and_removed_on_open() {
     assert!(!segs[0].exists() && !segs[1].exists(), "dead segments left behind");
     assert!(floor_seg.exists());
 }
+
+fn put(h: &Handle, key: &[u8], value: &[u8], ttl: Ttl) {
+    h.call_blocking(Command::Set { key: key.to_vec(), value: value.to_vec(), ttl }).unwrap();
+}
+
+fn read(h: &Handle, key: &[u8]) -> Option<Vec<u8>> {
+    match h.call_blocking(Command::Get { key: key.to_vec() }).unwrap() {
+        Reply::Value(v) => v,
+        r => panic!("{r:?}"),
+    }
+}
+
+/// A counter's encoding (MessagePack from the Rust client, text from RESP)
+/// is kept by compaction and by a restart: each kind of increment still
+/// refuses the other kind's counter, so no number is read in the wrong
+/// encoding ("5" is byte 0x35, which MessagePack reads as 53).
+#[test]
+fn counter_encodings_survive_compaction_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { segment_bytes: 4096, compact_min_bytes: 8192, ..Config::new(dir.path()) };
+    let engine = Engine::open(config.clone()).unwrap();
+    let h = engine.handle();
+    let text = |h: &Handle, key: &str| h.call_blocking(Command::IncrText { key: key.into(), delta: 1 });
+    let packed = |h: &Handle, key: &str| h.call_blocking(Command::Incr { key: key.into(), delta: 1 });
+    // "5" as RESP writes it, and 53 as the Rust client writes it: one byte each, 0x35.
+    h.call_blocking(Command::SetWith {
+        key: b"resp".to_vec(),
+        value: b"5".to_vec(),
+        expiry: cachet_storage::Expiry::Ttl(Ttl::Never),
+        when: cachet_storage::When::Always,
+        get: false,
+    })
+    .unwrap();
+    put(&h, b"rust", &[0x35], Ttl::Never);
+    assert!(matches!(packed(&h, "resp"), Err(Error::NotAnInteger)));
+    assert!(matches!(text(&h, "rust"), Err(Error::NotAnInteger)));
+    // Enough overwrites for several compactions.
+    for i in 0..3000 {
+        put(&h, format!("filler{}", i % 20).as_bytes(), &[0; 64], Ttl::Never);
+    }
+    let compactions = match h.call_blocking(Command::Stats).unwrap() {
+        Reply::Stats(s) => s.compactions,
+        r => panic!("{r:?}"),
+    };
+    assert!(compactions >= 1, "no compaction ran");
+    drop(h);
+    engine.shutdown().unwrap();
+    let engine = Engine::open(config).unwrap();
+    let h = engine.handle();
+    assert!(matches!(text(&h, "resp"), Ok(Reply::Int(6))));
+    assert!(matches!(packed(&h, "rust"), Ok(Reply::Int(54))));
+    assert!(matches!(packed(&h, "resp"), Err(Error::NotAnInteger)));
+    assert!(matches!(text(&h, "rust"), Err(Error::NotAnInteger)));
+    assert_eq!(read(&h, b"resp"), Some(b"6".to_vec()));
+}
+
+/// A clear of a prefix or of a database is one record: after a restart
+/// nothing it cleared comes back and nothing else goes.
+#[test]
+fn clears_of_a_prefix_or_a_database_survive_restart() {
+    use cachet_storage::keyspace::db_key;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(Config::new(dir.path())).unwrap();
+    let h = engine.handle();
+    for k in ["app:1:a", "app:1:b", "other:1:a"] {
+        put(&h, k.as_bytes(), b"v", Ttl::Never);
+    }
+    for db in 0..3u8 {
+        put(&h, &db_key(db, b"k"), &[db], Ttl::Never);
+    }
+    h.call_blocking(Command::ClearPrefix { prefix: b"app:".to_vec() }).unwrap();
+    h.call_blocking(Command::ClearDb { db: 1 }).unwrap();
+    match h.call_blocking(Command::DbSizes).unwrap() {
+        Reply::Counts(c) => assert_eq!(c[..3], [(2, 0), (0, 0), (1, 0)]),
+        r => panic!("{r:?}"),
+    }
+    drop(h);
+    engine.shutdown().unwrap();
+    let engine = Engine::open(Config::new(dir.path())).unwrap();
+    let h = engine.handle();
+    assert_eq!(read(&h, b"app:1:a"), None);
+    assert_eq!(read(&h, b"app:1:b"), None);
+    assert_eq!(read(&h, b"other:1:a"), Some(b"v".to_vec()));
+    assert_eq!(read(&h, &db_key(0, b"k")), Some(vec![0]));
+    assert_eq!(read(&h, &db_key(1, b"k")), None);
+    assert_eq!(read(&h, &db_key(2, b"k")), Some(vec![2]));
+}
+
+/// A log written by version 1 (before text values and clear records)
+/// opens, and new records go to a new version-2 segment: the old segment
+/// never holds a record its version lacks.
+#[test]
+fn a_version_1_log_opens_and_is_appended_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(Config::new(dir.path())).unwrap();
+    put(&engine.handle(), b"old", b"v", Ttl::Never);
+    engine.shutdown().unwrap();
+    // Make the segment's header say version 1, as version 1 wrote it.
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+    let engine = Engine::open(Config::new(dir.path())).unwrap();
+    let h = engine.handle();
+    assert_eq!(read(&h, b"old"), Some(b"v".to_vec()));
+    h.call_blocking(Command::IncrText { key: b"n".to_vec(), delta: 1 }).unwrap();
+    drop(h);
+    engine.shutdown().unwrap();
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert_eq!(std::fs::read(&segs[0]).unwrap(), bytes, "the version-1 segment was not written to");
+    let engine = Engine::open(Config::new(dir.path())).unwrap();
+    assert_eq!(read(&engine.handle(), b"n"), Some(b"1".to_vec()));
+}

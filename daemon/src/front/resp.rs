@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use cachet_storage::{Command, Reply, ReplyBudget, Stats};
+use cachet_storage::{Command, Reply, ReplyBudget, Stats, keyspace};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::listen::{Limits, UNAUTHENTICATED_MAX_FRAME};
@@ -42,6 +42,8 @@ struct Session {
     id: u64,
     proto: u8,
     authed: bool,
+    /// The database `SELECT` chose (see `keyspace`).
+    db: u8,
     name: Option<Bytes>,
     /// Commands queued by `MULTI`, and whether one was refused (EXEC then
     /// aborts).
@@ -80,6 +82,7 @@ where
         budget,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         proto: 2,
+        db: 0,
         name: None,
         multi: None,
         quit: false,
@@ -210,7 +213,7 @@ impl Session {
                         self.shared.note(class, &e.to_string());
                     }
                 }
-                command::finish(&finish, rs, &|s, sections| self.info(s, sections))
+                command::finish(&finish, rs, &|s, counts, sections| self.info(s, counts, sections))
             }
             Out::Exec(outs) => Value::Array(outs.into_iter().map(|o| self.render(o, replies, failed)).collect()),
         }
@@ -232,7 +235,7 @@ impl Session {
             let queued = match self.connection_command(name, args) {
                 Some(v) if v.is_error() => Err(v),
                 Some(v) => Ok(Queued::Now(v)),
-                None => command::plan(name, args).map(Queued::Plan),
+                None => command::plan(name, args, self.db).map(Queued::Plan),
             };
             let (queue, dirty) = self.multi.as_mut().expect("in MULTI");
             return Out::Now(match queued {
@@ -273,7 +276,7 @@ impl Session {
             "WATCH" if self.multi.is_some() => Out::Now(Value::err("ERR WATCH inside MULTI is not allowed")),
             _ => match self.connection_command(name, args) {
                 Some(v) => Out::Now(v),
-                None => match command::plan(name, args) {
+                None => match command::plan(name, args, self.db) {
                     Ok(plan) => Self::engine(plan, batch),
                     Err(v) => Out::Now(v),
                 },
@@ -299,6 +302,7 @@ impl Session {
             }
             "RESET" => {
                 self.multi = None;
+                self.db = 0;
                 self.proto = 2;
                 self.name = None;
                 self.authed = self.shared.token.is_none();
@@ -308,11 +312,11 @@ impl Session {
                 self.auth(args.last().expect("one argument"), args.first().filter(|_| n == 2))
             }
             "HELLO" => self.hello(args),
-            "SELECT" if n == 1 => match command::int_arg(&args[0]) {
-                Ok(0) => Value::Simple("OK"),
-                Ok(1..=15) => Value::err(
-                    "ERR this cachetd serves database 0 only; databases 1-15 are not implemented yet (use a key prefix)",
-                ),
+            "SELECT" if n == 1 => match command::int_arg(&args[0]).map(u8::try_from) {
+                Ok(Ok(db)) if db < keyspace::DATABASES => {
+                    self.db = db;
+                    Value::Simple("OK")
+                }
                 Ok(_) => Value::err("ERR DB index is out of range"),
                 Err(v) => v,
             },
@@ -402,9 +406,10 @@ impl Session {
             ("SETINFO", 3) => Value::Simple("OK"),
             ("ID", 1) => Value::Int(self.id as i64),
             ("INFO", 1) | ("LIST", _) => Value::Verbatim(format!(
-                "id={} name={} db=0 resp={}\n",
+                "id={} name={} db={} resp={}\n",
                 self.id,
                 self.name.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
+                self.db,
                 self.proto
             )),
             ("NO-EVICT" | "NO-TOUCH" | "REPLY", 2) => Value::Simple("OK"),
@@ -431,7 +436,7 @@ impl Session {
             ("appendfsync", settings.sync.clone()),
             ("maxmemory", settings.max_memory.unwrap_or(0).to_string()),
             ("maxmemory-policy", settings.eviction.clone()),
-            ("databases", "1".into()),
+            ("databases", keyspace::DATABASES.to_string()),
             ("proto-max-bulk-len", self.shared.max_value_bytes.to_string()),
         ];
         let mut pairs = Vec::new();
@@ -445,7 +450,7 @@ impl Session {
 
     /// `INFO [section…]` from the engine's counters, with Redis's field names
     /// where they mean the same thing.
-    fn info(&self, s: &Stats, sections: &[String]) -> String {
+    fn info(&self, s: &Stats, counts: &[(u64, u64)], sections: &[String]) -> String {
         let want = |name: &str| {
             sections.is_empty()
                 || sections.iter().any(|x| x == name || x == "all" || x == "everything" || x == "default")
@@ -511,8 +516,13 @@ impl Session {
                 ("cachet_deletes", s.deletes.to_string()),
             ],
         );
-        let keyspace =
-            if s.entries > 0 { vec![("db0", format!("keys={},expires=0,avg_ttl=0", s.entries))] } else { vec![] };
+        let dbs: Vec<String> = (0..counts.len()).map(|db| format!("db{db}")).collect();
+        let keyspace = counts
+            .iter()
+            .zip(&dbs)
+            .filter(|((keys, _), _)| *keys > 0)
+            .map(|((keys, expiring), db)| (db.as_str(), format!("keys={keys},expires={expiring},avg_ttl=0")))
+            .collect();
         section("Keyspace", keyspace);
         t
     }

@@ -87,12 +87,12 @@ impl Writer {
         let now = self.clock.now().0;
         let mut buf = Vec::with_capacity(1 << 20);
         let mut written = seg.len;
-        for (key, value, expires) in self.state.entries(now) {
+        for (key, value, expires, encoding) in self.state.live_records(now) {
             record::encode(
                 &mut buf,
                 seg.id,
                 Seq(self.next_seq),
-                &Record::Set { key, value, expires: crate::UnixMillis(expires) },
+                &Record::Set { key, value, expires: crate::UnixMillis(expires), encoding },
             );
             self.next_seq += 1;
             if buf.len() >= 1 << 20 {

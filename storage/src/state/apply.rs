@@ -3,11 +3,13 @@
 
 use super::command::{ExpireWhen, Expiry, When};
 use super::undo::{Cleared, Undo};
-use super::{Command, Reply, Sink, State, Timers, decode_int};
+use super::{Command, Placed, Reply, Sink, State, Timers, decode_int};
 use crate::Ttl;
 use crate::error::{Error, Result};
 use crate::evict::S3Fifo;
 use crate::index::{Index, blob_len};
+use crate::keyspace;
+use crate::record::Encoding;
 use crate::record::Record;
 use crate::wheel::Wheel;
 
@@ -49,14 +51,14 @@ impl State {
                 Reply::Values(keys.iter().map(|k| self.get(k, now)).collect::<Result<_>>()?)
             }
             Command::Set { key, value, ttl } => {
-                self.set(key, value, *ttl, now, sink)?;
+                self.set(key, value, *ttl, Encoding::MessagePack, now, sink)?;
                 Reply::Done
             }
             Command::SetMany { items, ttl } => {
                 let mut failed = Vec::new();
                 for (i, (key, value)) in items.iter().enumerate() {
                     let stored = self.check_key(key).and_then(|()| match self.check_value(value) {
-                        Ok(()) => self.set(key, value, *ttl, now, sink),
+                        Ok(()) => self.set(key, value, *ttl, Encoding::MessagePack, now, sink),
                         Err(e) => {
                             // As for `Set`: the old value goes too.
                             self.delete(key, now, sink);
@@ -73,7 +75,7 @@ impl State {
                 if self.live(key, now).is_some() {
                     Reply::Bool(false)
                 } else {
-                    self.set(key, value, *ttl, now, sink)?;
+                    self.set(key, value, *ttl, Encoding::MessagePack, now, sink)?;
                     Reply::Bool(true)
                 }
             }
@@ -89,7 +91,7 @@ impl State {
                 None => {
                     self.take_reply_room(value.len())?;
                     self.stats.misses += 1;
-                    self.set(key, value, *ttl, now, sink)?;
+                    self.set(key, value, *ttl, Encoding::MessagePack, now, sink)?;
                     Reply::Value(Some(value.clone()))
                 }
             },
@@ -132,7 +134,7 @@ impl State {
                         Expiry::Ttl(ttl) => *ttl,
                         Expiry::Keep => slot.map_or(Ttl::Never, |s| Ttl::remaining(self.index.entry(s).expires, now)),
                     };
-                    self.set(key, value, ttl, now, sink)?;
+                    self.set(key, value, ttl, Encoding::Text, now, sink)?;
                 }
                 Reply::Swapped { stored, old }
             }
@@ -162,17 +164,50 @@ impl State {
                     Reply::Bool(false)
                 } else {
                     for (key, value) in items {
-                        self.set(key, value, *ttl, now, sink)?;
+                        self.set(key, value, *ttl, Encoding::Text, now, sink)?;
                     }
                     Reply::Bool(true)
                 }
             }
-            Command::Scan { cursor, count, pattern } => {
-                let (next, keys) = self.scan(*cursor, *count, pattern.as_deref(), now);
+            Command::Scan { cursor, count, pattern, db } => {
+                let (next, keys) = self.scan(*cursor, *count, pattern.as_deref(), *db, now);
                 self.take_reply_room(keys.iter().map(Vec::len).sum())?;
                 Reply::Scan { next, keys }
             }
+            Command::ClearPrefix { prefix } => {
+                sink.append(&Record::ClearPrefix { prefix });
+                self.remove_matching(|key| key.starts_with(prefix), true);
+                Reply::Done
+            }
+            Command::ClearDb { db } => {
+                sink.append(&Record::ClearDb { db: *db });
+                self.remove_matching(|key| keyspace::db_of(key).0 == *db, true);
+                Reply::Done
+            }
+            Command::DbSizes => {
+                let mut counts = vec![(0u64, 0u64); usize::from(keyspace::DATABASES)];
+                for (_, e) in self.index.iter().filter(|(_, e)| e.is_live_at(now)) {
+                    if let Some((keys, expiring)) = counts.get_mut(usize::from(keyspace::db_of(e.key()).0)) {
+                        *keys += 1;
+                        *expiring += u64::from(e.expires != 0);
+                    }
+                }
+                Reply::Counts(counts)
+            }
         })
+    }
+
+    /// Removes every entry whose key matches (a clear of a prefix or a
+    /// database); `logged` when a record says so and the batch may be undone.
+    pub(super) fn remove_matching(&mut self, matches: impl Fn(&[u8]) -> bool, logged: bool) {
+        let slots: Vec<u32> = self.index.iter().filter(|(_, e)| matches(e.key())).map(|(slot, _)| slot).collect();
+        for slot in slots {
+            if logged {
+                self.remove_logged(slot);
+            } else {
+                self.remove(slot);
+            }
+        }
     }
 
     pub(super) fn get(&mut self, key: &[u8], now: u64) -> Result<Option<Vec<u8>>> {
@@ -192,7 +227,15 @@ impl State {
         }
     }
 
-    pub(super) fn set(&mut self, key: &[u8], value: &[u8], ttl: Ttl, now: u64, sink: &mut impl Sink) -> Result<()> {
+    pub(super) fn set(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Ttl,
+        encoding: Encoding,
+        now: u64,
+        sink: &mut impl Sink,
+    ) -> Result<()> {
         match ttl.deadline(now) {
             None => {
                 // Django: a zero timeout stores nothing and drops the old value.
@@ -205,8 +248,8 @@ impl State {
             }
             Some(expires) => {
                 self.make_room(key, blob_len(key, value), now)?;
-                let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires) });
-                self.put(key, value, expires, segment, Timers::Arm { now });
+                let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires), encoding });
+                self.put(key, value, Placed { expires, segment, encoding }, Timers::Arm { now });
                 self.stats.sets += 1;
             }
         }
@@ -274,13 +317,17 @@ impl State {
     pub(super) fn incr(&mut self, key: &[u8], delta: i64, now: u64, sink: &mut impl Sink) -> Result<i64> {
         let slot = self.live(key, now).ok_or(Error::NotFound)?;
         let e = self.index.entry(slot);
+        if e.encoding() != Encoding::MessagePack {
+            // Text written through RESP: its bytes are no MessagePack integer.
+            return Err(Error::NotAnInteger);
+        }
         let current = decode_int(e.value())?;
         let next = current.checked_add(delta).ok_or(Error::Overflow)?;
         let mut value = Vec::with_capacity(9);
         rmp::encode::write_sint(&mut value, next).expect("writing to a Vec cannot fail");
-        let expires = e.expires;
-        let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires) });
-        self.put(key, &value, expires, segment, Timers::Arm { now });
+        let (expires, encoding) = (e.expires, Encoding::MessagePack);
+        let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires), encoding });
+        self.put(key, &value, Placed { expires, segment, encoding }, Timers::Arm { now });
         Ok(next)
     }
 
@@ -288,16 +335,20 @@ impl State {
     /// from 0 and is stored without an expiry.
     fn incr_text(&mut self, key: &[u8], delta: i64, now: u64, sink: &mut impl Sink) -> Result<i64> {
         let Some(slot) = self.live(key, now) else {
-            self.set(key, delta.to_string().as_bytes(), Ttl::Never, now, sink)?;
+            self.set(key, delta.to_string().as_bytes(), Ttl::Never, Encoding::Text, now, sink)?;
             return Ok(delta);
         };
         let e = self.index.entry(slot);
+        if e.encoding() != Encoding::Text {
+            // Written by the Rust client: MessagePack, whatever its bytes look like.
+            return Err(Error::NotAnInteger);
+        }
         let current = decode_decimal(e.value())?;
         let next = current.checked_add(delta).ok_or(Error::Overflow)?;
         let value = next.to_string().into_bytes();
-        let expires = e.expires;
-        let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires) });
-        self.put(key, &value, expires, segment, Timers::Arm { now });
+        let (expires, encoding) = (e.expires, Encoding::Text);
+        let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires), encoding });
+        self.put(key, &value, Placed { expires, segment, encoding }, Timers::Arm { now });
         Ok(next)
     }
 
@@ -332,7 +383,7 @@ impl State {
             return Ok(());
         }
         let e = self.index.entry(slot);
-        let (value, expires) = (e.value().to_vec(), e.expires);
+        let (value, expires, encoding) = (e.value().to_vec(), e.expires, e.encoding());
         self.make_room(to, blob_len(to, &value), now)?;
         if self.index.find(from).is_none() {
             // Making room evicted the value being moved.
@@ -340,8 +391,9 @@ impl State {
         }
         // The new key is written before the old one is deleted: a torn batch
         // then leaves a duplicate, never a loss.
-        let segment = sink.append(&Record::Set { key: to, value: &value, expires: crate::UnixMillis(expires) });
-        self.put(to, &value, expires, segment, Timers::Arm { now });
+        let segment =
+            sink.append(&Record::Set { key: to, value: &value, expires: crate::UnixMillis(expires), encoding });
+        self.put(to, &value, Placed { expires, segment, encoding }, Timers::Arm { now });
         sink.append(&Record::Delete { key: from });
         let slot = self.index.find(from).expect("renamed key still present");
         self.remove_logged(slot);

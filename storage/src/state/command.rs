@@ -113,7 +113,22 @@ pub enum Command {
         cursor: u64,
         count: usize,
         pattern: Option<Vec<u8>>,
+        /// Only this RESP database's keys, returned as their client named
+        /// them (see `keyspace`); `None` for every stored key as it is.
+        db: Option<u8>,
     },
+    /// Removes every key that starts with `prefix`, as one log record
+    /// (`Cache::clear_prefix`).
+    ClearPrefix {
+        prefix: Vec<u8>,
+    },
+    /// Removes every key of RESP database `db`, as one log record (`FLUSHDB`).
+    ClearDb {
+        db: u8,
+    },
+    /// How many live keys each RESP database holds (`DBSIZE`, `INFO`), in
+    /// one pass: `Reply::Counts`, one per database.
+    DbSizes,
 }
 
 /// Which TTL `SetWith` gives the value.
@@ -156,6 +171,7 @@ impl Command {
                 | Command::GetWithTtl { .. }
                 | Command::Ttl { .. }
                 | Command::Scan { .. }
+                | Command::DbSizes
                 | Command::Stats
         )
     }
@@ -187,6 +203,9 @@ pub enum Reply {
         next: u64,
         keys: Vec<Vec<u8>>,
     },
+    /// `DbSizes`: per database, database 0 first, its keys and how many of
+    /// them have an expiry.
+    Counts(Vec<(u64, u64)>),
 }
 
 /// Counters and sizes, as reported by `stats`.

@@ -31,7 +31,8 @@ impl State {
                 let (key, value, expires) = (e.key(), e.value(), e.expires);
                 let len = set_record_len(key.len(), value.len());
                 let old = e.segment;
-                let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires) });
+                let encoding = e.encoding();
+                let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires), encoding });
                 written += len;
                 self.unaccount(old, len);
                 *self.live_by_segment.entry(segment).or_default() += len as u64;

@@ -190,7 +190,13 @@ impl State {
                 self.check_key(to)
             }
             // set_many refuses items one by one and reports them.
-            Command::SetMany { .. } | Command::Clear | Command::Stats | Command::Scan { .. } => Ok(()),
+            Command::SetMany { .. }
+            | Command::Clear
+            | Command::Stats
+            | Command::Scan { .. }
+            | Command::ClearPrefix { .. }
+            | Command::ClearDb { .. }
+            | Command::DbSizes => Ok(()),
         }
     }
 }

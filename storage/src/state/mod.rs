@@ -29,12 +29,21 @@ pub use scan::glob_match;
 use crate::error::{Error, Result};
 use crate::evict::{ENTRY_OVERHEAD, S3Fifo};
 use crate::index::{Index, blob_len};
-use crate::record::{SegmentId, set_record_len};
+use crate::record::{Encoding, SegmentId, set_record_len};
 use crate::wheel::Wheel;
 use undo::Undo;
 
 /// A timer: an entry's slot and generation (a stale generation cancels it).
 type Timer = (u32, u32);
+
+/// Where a stored value's record is and what it says besides key and
+/// value: its deadline, its segment and its encoding.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    expires: u64,
+    segment: SegmentId,
+    encoding: Encoding,
+}
 
 /// Whether `put` arms the entry's timer now (a live write at time `now`) or
 /// leaves all timers to the end of replay.
@@ -110,6 +119,15 @@ impl State {
         self.live_by_segment.values().sum()
     }
 
+    /// Every live entry as `(key, value, expires, encoding)`: what a set
+    /// record of it carries.
+    pub(crate) fn live_records(&self, now: u64) -> impl Iterator<Item = (&[u8], &[u8], u64, Encoding)> {
+        self.index
+            .iter()
+            .filter(move |(_, e)| e.is_live_at(now))
+            .map(|(_, e)| (e.key(), e.value(), e.expires, e.encoding()))
+    }
+
     /// Every live entry as `(key, value, expires)`, for checks and tests.
     pub fn entries(&self, now: u64) -> impl Iterator<Item = (&[u8], &[u8], u64)> {
         self.index.iter().filter(move |(_, e)| e.is_live_at(now)).map(|(_, e)| (e.key(), e.value(), e.expires))
@@ -164,10 +182,12 @@ impl State {
     /// entry under the key as absent and arm its timer; replay
     /// ([`Timers::Deferred`]) applies every record as it comes (liveness is
     /// decided once, at the end, by `finish_replay`, which arms the timers).
-    fn put(&mut self, key: &[u8], value: &[u8], expires: u64, segment: SegmentId, timers: Timers) {
+    fn put(&mut self, key: &[u8], value: &[u8], at: Placed, timers: Timers) {
+        let Placed { expires, segment, encoding } = at;
         let (slot, inserted) = self.index.find_or_insert(key, value, expires, segment);
         let arm = matches!(timers, Timers::Arm { .. });
         if inserted {
+            self.index.entry_mut(slot).set_encoding(encoding);
             self.log_undo(Undo::Remove(slot));
             if arm {
                 self.arm(slot, 0, expires);
@@ -178,8 +198,8 @@ impl State {
             }
         } else {
             let e = self.index.entry(slot);
-            let (old_expires, old_segment, old_len) =
-                (e.expires, e.segment, set_record_len(key.len(), e.value().len()));
+            let (old_expires, old_segment, old_encoding, old_len) =
+                (e.expires, e.segment, e.encoding(), set_record_len(key.len(), e.value().len()));
             let was_live = match timers {
                 Timers::Arm { now } => e.is_live_at(now),
                 Timers::Deferred => true,
@@ -197,7 +217,11 @@ impl State {
             }
             let old = self.index.replace_value(slot, value);
             self.log_undo(if was_live {
-                Undo::Restore { slot, blob: old, expires: old_expires, segment: old_segment }
+                Undo::Restore {
+                    slot,
+                    blob: old,
+                    at: Placed { expires: old_expires, segment: old_segment, encoding: old_encoding },
+                }
             } else {
                 Undo::Remove(slot)
             });
@@ -206,17 +230,22 @@ impl State {
             e.segment = segment;
             e.expires = expires;
             if arm && was_live {
+                self.index.entry_mut(slot).set_encoding(encoding);
                 self.arm(slot, old_expires, expires);
             } else if arm {
                 // A new entry in an old slot: timers of the expired one must not match.
                 self.stats.expired += 1;
                 self.index.entry_mut(slot).new_generation();
+                self.index.entry_mut(slot).set_encoding(encoding);
                 self.arm(slot, 0, expires);
                 if let Some(ev) = &mut self.evict {
                     let hash = self.index.hash(key);
                     ev.on_insert(&mut self.index, slot, hash);
                 }
             }
+        }
+        if !arm {
+            self.index.entry_mut(slot).set_encoding(encoding);
         }
         *self.live_by_segment.entry(segment).or_default() += set_record_len(key.len(), value.len()) as u64;
     }
@@ -257,9 +286,9 @@ impl State {
     /// Removes an entry because of a logged delete: undone if the write fails.
     fn remove_logged(&mut self, slot: u32) {
         let e = self.index.entry(slot);
-        let (expires, segment) = (e.expires, e.segment);
+        let at = Placed { expires: e.expires, segment: e.segment, encoding: e.encoding() };
         let blob = self.remove(slot);
-        self.log_undo(Undo::Reinsert { blob, expires, segment });
+        self.log_undo(Undo::Reinsert { blob, at });
     }
 
     /// Removes up to `budget` entries whose deadline has passed; returns how

@@ -1,7 +1,7 @@
 //! Applying records read back from the log at start-up, and the step that
 //! ends replay.
 
-use super::{State, Timers};
+use super::{Placed, State, Timers};
 use crate::record::{Record, SegmentId};
 use crate::wheel::Wheel;
 
@@ -13,8 +13,8 @@ impl State {
     /// dropped by `finish_replay`.
     pub(crate) fn replay(&mut self, rec: &Record<'_>, segment: SegmentId, now: u64) {
         match *rec {
-            Record::Set { key, value, expires } => {
-                self.put(key, value, expires.0, segment, Timers::Deferred);
+            Record::Set { key, value, expires, encoding } => {
+                self.put(key, value, Placed { expires: expires.0, segment, encoding }, Timers::Deferred);
                 // The caps hold as replay goes, so a log larger than
                 // max_memory never has to fit in memory whole.
                 self.enforce_caps();
@@ -30,6 +30,8 @@ impl State {
                 }
             }
             Record::Clear => self.clear(now),
+            Record::ClearPrefix { prefix } => self.remove_matching(|key| key.starts_with(prefix), false),
+            Record::ClearDb { db } => self.remove_matching(|key| crate::keyspace::db_of(key).0 == db, false),
         }
     }
 

@@ -7,14 +7,27 @@ impl State {
     /// from (0 when every slot has been visited) and the live keys matching
     /// `pattern`. An entry keeps its slot while it lives, so a key present
     /// for the whole walk is found at least once.
-    pub(super) fn scan(&self, cursor: u64, count: usize, pattern: Option<&[u8]>, now: u64) -> (u64, Vec<Vec<u8>>) {
+    pub(super) fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        pattern: Option<&[u8]>,
+        db: Option<u8>,
+        now: u64,
+    ) -> (u64, Vec<Vec<u8>>) {
         let end = self.index.slot_count();
         let start = u32::try_from(cursor).unwrap_or(end).min(end);
         let stop = start.saturating_add(u32::try_from(count.max(1)).unwrap_or(u32::MAX)).min(end);
         let keys = (start..stop)
             .filter_map(|slot| self.index.occupied(slot))
             .filter(|e| e.is_live_at(now))
-            .map(|e| e.key())
+            .filter_map(|e| match db {
+                None => Some(e.key()),
+                Some(db) => {
+                    let (of, key) = crate::keyspace::db_of(e.key());
+                    (of == db).then_some(key)
+                }
+            })
             .filter(|k| pattern.is_none_or(|p| glob_match(p, k)))
             .map(<[u8]>::to_vec)
             .collect();

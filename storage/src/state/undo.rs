@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{State, Timer};
+use super::{Placed, State, Timer};
 use crate::evict::S3Fifo;
 use crate::index::{Index, payload_len};
 use crate::record::{SegmentId, set_record_len};
@@ -15,9 +15,9 @@ pub(super) enum Undo {
     /// The key was absent (or held an expired entry): remove what is there.
     Remove(u32),
     /// The slot held this blob, expiry and segment.
-    Restore { slot: u32, blob: Box<[u8]>, expires: u64, segment: SegmentId },
+    Restore { slot: u32, blob: Box<[u8]>, at: Placed },
     /// The key was removed: put it back.
-    Reinsert { blob: Box<[u8]>, expires: u64, segment: SegmentId },
+    Reinsert { blob: Box<[u8]>, at: Placed },
     /// The entry's expiry was this.
     Expiry { slot: u32, expires: u64 },
     /// Everything before a `clear`.
@@ -59,7 +59,7 @@ impl State {
                 Undo::Remove(slot) => {
                     self.remove(slot);
                 }
-                Undo::Restore { slot, blob, expires, segment } => {
+                Undo::Restore { slot, blob, at: Placed { expires, segment, encoding } } => {
                     let e = self.index.entry(slot);
                     let (cur_len, cur_segment, cur_blob) =
                         (set_record_len(e.key().len(), e.value().len()), e.segment, e.blob_len());
@@ -72,12 +72,14 @@ impl State {
                     let e = self.index.entry_mut(slot);
                     e.expires = expires;
                     e.segment = segment;
+                    e.set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += old_len as u64;
                     self.arm(slot, 0, expires);
                 }
-                Undo::Reinsert { blob, expires, segment } => {
+                Undo::Reinsert { blob, at: Placed { expires, segment, encoding } } => {
                     let len = set_record_len(0, payload_len(&blob));
                     let slot = self.index.insert_blob(blob, expires, segment);
+                    self.index.entry_mut(slot).set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += len as u64;
                     self.arm(slot, 0, expires);
                     if let Some(ev) = &mut self.evict {

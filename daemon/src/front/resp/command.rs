@@ -6,7 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cachet_storage::{Command, Error as StoreError, ExpireWhen, Expiry, Reply, Stats, Ttl, When};
+use cachet_storage::{Command, Error as StoreError, ExpireWhen, Expiry, Reply, Stats, Ttl, When, keyspace};
 
 use super::reply::Value;
 
@@ -32,6 +32,8 @@ pub enum Finish {
     Int,
     /// `Bool` as `:1`/`:0`.
     BoolInt,
+    /// Whether a conditional write stored, as `:1`/`:0` (`SETNX`).
+    Stored,
     /// How many of the commands answered true (`DEL`, `EXISTS`, `TOUCH`).
     Count,
     /// The value's length (`STRLEN`).
@@ -46,8 +48,8 @@ pub enum Finish {
     FirstBulk,
     /// `SCAN`: `[cursor, [keys]]`.
     Scan,
-    /// `DBSIZE`: the entry count from `Stats`.
-    DbSize,
+    /// `DBSIZE`: the selected database's count from `DbSizes`.
+    DbSize(u8),
     /// `INFO`: the sections asked for, built by the session from `Stats`.
     Info(Vec<String>),
 }
@@ -97,47 +99,52 @@ fn ttl_from(amount: i64, unit_ms: i64, absolute: bool, cmd: &str, strict: bool) 
 /// Plans a command that goes to the engine. `name` is upper case; `args`
 /// are the arguments after it. Connection commands (AUTH, SELECT, MULTI …)
 /// are the session's and never reach here.
-pub fn plan(name: &str, args: &[Bytes]) -> Result<Plan, Refused> {
+pub fn plan(name: &str, args: &[Bytes], db: u8) -> Result<Plan, Refused> {
     let n = args.len();
     let one = |finish: Finish, cmd: Command| Ok(Plan { cmds: vec![cmd], finish });
+    // A key as stored: in the selected database (see `keyspace`).
+    let key = |k: &Bytes| keyspace::db_key(db, k);
+    // A write through RESP: the value is text (see `Encoding`).
+    let text = |k: &Bytes, v: &Bytes, ttl: Ttl, when: When| Command::SetWith {
+        key: key(k),
+        value: v.to_vec(),
+        expiry: Expiry::Ttl(ttl),
+        when,
+        get: false,
+    };
     match name {
-        "GET" if n == 1 => one(Finish::Bulk, Command::Get { key: vec(&args[0]) }),
-        "SET" if n >= 2 => set(args),
-        "SETNX" if n == 2 => {
-            one(Finish::BoolInt, Command::Add { key: vec(&args[0]), value: vec(&args[1]), ttl: Ttl::Never })
-        }
+        "GET" if n == 1 => one(Finish::Bulk, Command::Get { key: key(&args[0]) }),
+        "SET" if n >= 2 => set(args, key(&args[0])),
+        "SETNX" if n == 2 => one(Finish::Stored, text(&args[0], &args[1], Ttl::Never, When::Absent)),
         "SETEX" | "PSETEX" if n == 3 => {
             let unit = if name == "SETEX" { 1000 } else { 1 };
             let ttl = ttl_from(int_arg(&args[1])?, unit, false, &name.to_ascii_lowercase(), true)?;
-            one(Finish::Ok, Command::Set { key: vec(&args[0]), value: vec(&args[2]), ttl })
+            one(Finish::Ok, text(&args[0], &args[2], ttl, When::Always))
         }
-        "GETDEL" if n == 1 => one(Finish::Bulk, Command::GetDel { key: vec(&args[0]) }),
-        "GETEX" if n >= 1 => getex(args),
-        "MGET" if n >= 1 => one(Finish::Bulks, Command::GetMany { keys: args.iter().map(vec).collect() }),
-        "MSET" | "MSETNX" if n >= 2 && n.is_multiple_of(2) => {
-            let items: Vec<_> = args.chunks(2).map(|kv| (vec(&kv[0]), vec(&kv[1]))).collect();
-            if name == "MSETNX" {
-                return one(Finish::BoolInt, Command::SetManyIfAbsent { items, ttl: Ttl::Never });
-            }
+        "GETDEL" if n == 1 => one(Finish::Bulk, Command::GetDel { key: key(&args[0]) }),
+        "GETEX" if n >= 1 => getex(args, key(&args[0])),
+        "MGET" if n >= 1 => one(Finish::Bulks, Command::GetMany { keys: args.iter().map(key).collect() }),
+        "MSET" if n >= 2 && n.is_multiple_of(2) => {
             // One engine batch: applied with nothing in between.
-            let cmds = items.into_iter().map(|(key, value)| Command::Set { key, value, ttl: Ttl::Never }).collect();
+            let cmds = args.chunks(2).map(|kv| text(&kv[0], &kv[1], Ttl::Never, When::Always)).collect();
             Ok(Plan { cmds, finish: Finish::Ok })
         }
-        "STRLEN" if n == 1 => one(Finish::Len, Command::Get { key: vec(&args[0]) }),
+        "MSETNX" if n >= 2 && n.is_multiple_of(2) => {
+            let items = args.chunks(2).map(|kv| (key(&kv[0]), vec(&kv[1]))).collect();
+            one(Finish::BoolInt, Command::SetManyIfAbsent { items, ttl: Ttl::Never })
+        }
+        "STRLEN" if n == 1 => one(Finish::Len, Command::Get { key: key(&args[0]) }),
         "DEL" | "UNLINK" if n >= 1 => {
-            Ok(Plan { cmds: args.iter().map(|k| Command::Delete { key: vec(k) }).collect(), finish: Finish::Count })
+            Ok(Plan { cmds: args.iter().map(|k| Command::Delete { key: key(k) }).collect(), finish: Finish::Count })
         }
-        "EXISTS" if n >= 1 => {
-            Ok(Plan { cmds: args.iter().map(|k| Command::HasKey { key: vec(k) }).collect(), finish: Finish::Count })
+        // Redis's TOUCH only updates the access time: here, a presence check.
+        "EXISTS" | "TOUCH" if n >= 1 => {
+            Ok(Plan { cmds: args.iter().map(|k| Command::HasKey { key: key(k) }).collect(), finish: Finish::Count })
         }
-        "TOUCH" if n >= 1 => {
-            // Redis's TOUCH only updates the access time: here, a presence check.
-            Ok(Plan { cmds: args.iter().map(|k| Command::HasKey { key: vec(k) }).collect(), finish: Finish::Count })
-        }
-        "TYPE" if n == 1 => one(Finish::Type, Command::HasKey { key: vec(&args[0]) }),
+        "TYPE" if n == 1 => one(Finish::Type, Command::HasKey { key: key(&args[0]) }),
         "INCR" | "DECR" if n == 1 => {
             let delta = if name == "INCR" { 1 } else { -1 };
-            one(Finish::Int, Command::IncrText { key: vec(&args[0]), delta })
+            one(Finish::Int, Command::IncrText { key: key(&args[0]), delta })
         }
         "INCRBY" | "DECRBY" if n == 2 => {
             let by = int_arg(&args[1])?;
@@ -146,12 +153,12 @@ pub fn plan(name: &str, args: &[Bytes]) -> Result<Plan, Refused> {
             } else {
                 by.checked_neg().ok_or_else(|| Value::err("ERR decrement would overflow"))?
             };
-            one(Finish::Int, Command::IncrText { key: vec(&args[0]), delta })
+            one(Finish::Int, Command::IncrText { key: key(&args[0]), delta })
         }
-        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if n >= 2 => expire(name, args),
-        "PERSIST" if n == 1 => one(Finish::BoolInt, Command::Persist { key: vec(&args[0]) }),
-        "TTL" | "PTTL" if n == 1 => one(Finish::Ttl { millis: name == "PTTL" }, Command::Ttl { key: vec(&args[0]) }),
-        "DBSIZE" if n == 0 => one(Finish::DbSize, Command::Stats),
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if n >= 2 => expire(name, args, key(&args[0])),
+        "PERSIST" if n == 1 => one(Finish::BoolInt, Command::Persist { key: key(&args[0]) }),
+        "TTL" | "PTTL" if n == 1 => one(Finish::Ttl { millis: name == "PTTL" }, Command::Ttl { key: key(&args[0]) }),
+        "DBSIZE" if n == 0 => one(Finish::DbSize(db), Command::DbSizes),
         "FLUSHDB" | "FLUSHALL" if n <= 1 => {
             if let Some(mode) = args.first()
                 && !mode.eq_ignore_ascii_case(b"ASYNC")
@@ -159,13 +166,15 @@ pub fn plan(name: &str, args: &[Bytes]) -> Result<Plan, Refused> {
             {
                 return Err(syntax());
             }
-            one(Finish::Ok, Command::Clear)
+            // FLUSHDB clears the selected database, FLUSHALL all of them;
+            // each is one log record.
+            one(Finish::Ok, if name == "FLUSHDB" { Command::ClearDb { db } } else { Command::Clear })
         }
-        "SCAN" if n >= 1 => scan(args),
-        "INFO" => one(
-            Finish::Info(args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect()),
-            Command::Stats,
-        ),
+        "SCAN" if n >= 1 => scan(args, db),
+        "INFO" => Ok(Plan {
+            cmds: vec![Command::Stats, Command::DbSizes],
+            finish: Finish::Info(args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect()),
+        }),
         _ if KNOWN.contains(&name) => Err(arity(name)),
         _ => Err(unknown(name, args)),
     }
@@ -235,7 +244,7 @@ pub fn unknown(name: &str, args: &[Bytes]) -> Refused {
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]`, the
 /// options in any order.
-fn set(args: &[Bytes]) -> Result<Plan, Refused> {
+fn set(args: &[Bytes], key: Vec<u8>) -> Result<Plan, Refused> {
     let (mut when, mut get, mut expiry) = (When::Always, false, None::<Expiry>);
     let mut i = 2;
     while i < args.len() {
@@ -256,15 +265,14 @@ fn set(args: &[Bytes]) -> Result<Plan, Refused> {
     }
     let expiry = expiry.unwrap_or(Expiry::Ttl(Ttl::Never));
     Ok(Plan {
-        cmds: vec![Command::SetWith { key: vec(&args[0]), value: vec(&args[1]), expiry, when, get }],
+        cmds: vec![Command::SetWith { key, value: vec(&args[1]), expiry, when, get }],
         finish: Finish::Set { get },
     })
 }
 
 /// `GETEX key [EX s|PX ms|EXAT t|PXAT t|PERSIST]`: the value, and its
 /// expiry changed, in one batch (nothing runs between the two).
-fn getex(args: &[Bytes]) -> Result<Plan, Refused> {
-    let key = vec(&args[0]);
+fn getex(args: &[Bytes], key: Vec<u8>) -> Result<Plan, Refused> {
     let mut cmds = vec![Command::Get { key: key.clone() }];
     match args.len() {
         1 => {}
@@ -285,7 +293,7 @@ fn getex(args: &[Bytes]) -> Result<Plan, Refused> {
 }
 
 /// `EXPIRE key seconds [NX|XX|GT|LT]` and its millisecond and absolute kin.
-fn expire(name: &str, args: &[Bytes]) -> Result<Plan, Refused> {
+fn expire(name: &str, args: &[Bytes], key: Vec<u8>) -> Result<Plan, Refused> {
     let amount = int_arg(&args[1])?;
     let unit = if name.starts_with('P') { 1 } else { 1000 };
     let ttl = ttl_from(amount, unit, name.ends_with("AT"), &name.to_ascii_lowercase(), false)?;
@@ -317,11 +325,11 @@ fn expire(name: &str, args: &[Bytes]) -> Result<Plan, Refused> {
             when = next;
         }
     }
-    Ok(Plan { cmds: vec![Command::Expire { key: vec(&args[0]), ttl, when }], finish: Finish::BoolInt })
+    Ok(Plan { cmds: vec![Command::Expire { key, ttl, when }], finish: Finish::BoolInt })
 }
 
 /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`.
-fn scan(args: &[Bytes]) -> Result<Plan, Refused> {
+fn scan(args: &[Bytes], db: u8) -> Result<Plan, Refused> {
     let cursor = std::str::from_utf8(&args[0])
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -349,15 +357,19 @@ fn scan(args: &[Bytes]) -> Result<Plan, Refused> {
         // Every key is a string: a scan for another type finds nothing.
         pattern = Some(b"[]".to_vec());
     }
-    Ok(Plan { cmds: vec![Command::Scan { cursor, count, pattern }], finish: Finish::Scan })
+    Ok(Plan { cmds: vec![Command::Scan { cursor, count, pattern, db: Some(db) }], finish: Finish::Scan })
 }
+
+/// Renders `INFO` from the engine's stats, the (keys, keys with an expiry)
+/// of each database, and the sections asked for.
+pub type InfoText<'a> = dyn Fn(&Stats, &[(u64, u64)], &[String]) -> String + 'a;
 
 /// Builds the RESP reply for a plan from the engine's replies (one per
 /// command, in order). `info` renders `INFO` from the engine's stats.
 pub fn finish(
     finish: &Finish,
     replies: Vec<Result<Reply, StoreError>>,
-    info: &dyn Fn(&Stats, &[String]) -> String,
+    info: &InfoText<'_>,
 ) -> Value {
     let mut values = Vec::with_capacity(replies.len());
     for r in replies {
@@ -385,6 +397,7 @@ pub fn finish(
         }
         (Finish::Int, Some(Reply::Int(n))) => Value::Int(*n),
         (Finish::BoolInt, Some(Reply::Bool(b))) => Value::Int(i64::from(*b)),
+        (Finish::Stored, Some(Reply::Swapped { stored, .. })) => Value::Int(i64::from(*stored)),
         (Finish::Count, _) => Value::Int(values.iter().filter(|r| matches!(r, Reply::Bool(true))).count() as i64),
         (Finish::Len, Some(Reply::Value(v))) => Value::Int(v.as_ref().map_or(0, |v| v.len() as i64)),
         (Finish::Ttl { millis }, Some(Reply::Ttl(t))) => Value::Int(match t {
@@ -399,8 +412,13 @@ pub fn finish(
             Value::text(&next.to_string()),
             Value::Array(keys.iter().map(|k| Value::bulk(k.clone())).collect()),
         ]),
-        (Finish::DbSize, Some(Reply::Stats(s))) => Value::Int(i64::try_from(s.entries).unwrap_or(i64::MAX)),
-        (Finish::Info(sections), Some(Reply::Stats(s))) => Value::Verbatim(info(s, sections)),
+        (Finish::DbSize(db), Some(Reply::Counts(c))) => {
+            Value::Int(c.get(usize::from(*db)).map_or(0, |(n, _)| i64::try_from(*n).unwrap_or(i64::MAX)))
+        }
+        (Finish::Info(sections), Some(Reply::Stats(s))) => match values.get(1) {
+            Some(Reply::Counts(c)) => Value::Verbatim(info(s, c, sections)),
+            r => Value::err(format!("ERR internal error: unexpected engine reply {r:?}; please report it")),
+        },
         (_, Some(r)) => unexpected(r),
         (_, None) => Value::err("ERR internal error: no engine reply; please report it"),
     }

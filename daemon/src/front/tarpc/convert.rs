@@ -23,6 +23,7 @@ pub(super) fn command(op: Op) -> Command {
         Op::HasKey(k) => Command::HasKey { key: vec(k) },
         Op::Rename(f, t) => Command::Rename { from: vec(f), to: vec(t) },
         Op::GetWithTtl(k) => Command::GetWithTtl { key: vec(k) },
+        Op::ClearPrefix(p) => Command::ClearPrefix { prefix: vec(p) },
     }
 }
 

@@ -19,6 +19,7 @@ pub struct Builder {
     request_timeout: Duration,
     token: Option<String>,
     down_is_miss: bool,
+    database: u8,
 }
 
 impl Default for Builder {
@@ -31,6 +32,7 @@ impl Default for Builder {
             request_timeout: Duration::from_secs(5),
             token: None,
             down_is_miss: false,
+            database: 0,
         }
     }
 }
@@ -76,6 +78,14 @@ impl Builder {
         self
     }
 
+    /// Which of the 16 keyspaces the keys live in, as RESP's `SELECT`
+    /// numbers them (default 0). Keys are shared with RESP clients of the
+    /// same database.
+    pub fn database(mut self, db: u8) -> Self {
+        self.database = db;
+        self
+    }
+
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
@@ -85,6 +95,14 @@ impl Builder {
     /// With several servers it is enough that one answers (the others are
     /// retried by later calls); a wrong token is always an error.
     pub async fn connect(self) -> Result<Cache, Error> {
+        if self.database >= cachet_types::keyspace::DATABASES {
+            return Err(Error::InvalidKey(format!(
+                "database {} does not exist; there are {} (0 to {})",
+                self.database,
+                cachet_types::keyspace::DATABASES,
+                cachet_types::keyspace::DATABASES - 1
+            )));
+        }
         if self.servers.is_empty() {
             return Err(Error::Connection {
                 server: String::new(),
@@ -101,6 +119,7 @@ impl Builder {
                 request_timeout: self.request_timeout,
                 token: self.token,
                 down_is_miss: self.down_is_miss,
+                database: self.database,
                 computing: Mutex::new(HashMap::new()),
             }),
         };

@@ -30,6 +30,7 @@ use crate::request::{
 };
 use crate::shard;
 use crate::timeout::Timeout;
+use cachet_types::keyspace;
 
 /// Counters and sizes summed over all servers (read them as fields:
 /// `stats.entries`), with each server's own in `per_server`.
@@ -55,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) request_timeout: Duration,
     pub(crate) token: Option<String>,
     pub(crate) down_is_miss: bool,
+    /// The RESP database the keys live in (0 to 15).
+    pub(crate) database: u8,
     /// Keys whose `get_or_set_with` closure is running, so concurrent callers
     /// share one computation.
     pub(crate) computing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -231,7 +234,7 @@ impl Cache {
     /// record, so other applications' keys on the same daemons stay. (With
     /// no prefix set, that is every key a client without a prefix wrote.)
     pub async fn clear_prefix(&self) -> Result<(), Error> {
-        let prefix = Bytes::from(key_scope(&self.inner.prefix).into_bytes());
+        let prefix = self.wire_key(&key_scope(&self.inner.prefix));
         let calls = self.inner.nodes.iter().map(|node| {
             let prefix = prefix.clone();
             async move {
@@ -269,6 +272,12 @@ impl Cache {
 
     pub(crate) fn key(&self, key: &str, version: Option<i64>) -> String {
         make_key(&self.inner.prefix, version.unwrap_or(self.inner.version), key)
+    }
+
+    /// A full key as the server stores it: in the client's database (see
+    /// `cachet_types::keyspace`; database 0's keys are the text itself).
+    pub(crate) fn wire_key(&self, full: &str) -> Bytes {
+        Bytes::from(keyspace::db_key(self.inner.database, full.as_bytes()))
     }
 
     pub(crate) fn ttl(&self, t: Timeout) -> Ttl {
@@ -318,7 +327,7 @@ impl Cache {
         op: impl FnOnce(Bytes) -> Op,
     ) -> Result<OpReply, Error> {
         let t = self.target(key, version, None).await?;
-        let k = Bytes::from(t.key.clone().into_bytes());
+        let k = self.wire_key(&t.key);
         self.op(&t, retry, op(k)).await
     }
 

@@ -137,7 +137,7 @@ impl Write {
         let value = std::mem::replace(&mut self.value, Ok(Bytes::new()))?;
         let c = &self.cache;
         let t = c.target(&self.key, self.opts.version, Some(&value)).await?;
-        let op = make(Bytes::from(t.key.clone().into_bytes()), value, c.ttl(self.opts.timeout));
+        let op = make(c.wire_key(&t.key), value, c.ttl(self.opts.timeout));
         c.op(&t, retry, op).await
     }
 }
@@ -276,7 +276,7 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetMany<T> {
                     for (k, _) in &keys {
                         check(&conn.info, k, None)?;
                     }
-                    let kbs: Vec<Bytes> = keys.iter().map(|(k, _)| Bytes::from(k.clone().into_bytes())).collect();
+                    let kbs: Vec<Bytes> = keys.iter().map(|(k, _)| c.wire_key(k)).collect();
                     c.call(node, Retry::Safe, |cl, ctx| {
                         let kbs = kbs.clone();
                         async move { cl.get_many(ctx, kbs).await }
@@ -338,10 +338,10 @@ impl IntoFuture for SetMany {
                         failed.push(user);
                     } else if value.len() as u64 > info.max_value_bytes {
                         // Refused for its size: the old value goes too.
-                        too_large.push(Bytes::from(full.into_bytes()));
+                        too_large.push(c.wire_key(&full));
                         failed.push(user);
                     } else {
-                        send.push((Bytes::from(full.into_bytes()), value));
+                        send.push((c.wire_key(&full), value));
                         sent_keys.push(user);
                     }
                 }
@@ -409,7 +409,7 @@ impl IntoFuture for DeleteMany {
             let full = self.keys.iter().map(|k| (c.key(k, self.opts.version), ()));
             let calls = c.by_node(full).into_iter().map(|(n, keys)| async move {
                 let node = &c.inner.nodes[n];
-                let kbs: Vec<Bytes> = keys.into_iter().map(|(k, _)| Bytes::from(k.into_bytes())).collect();
+                let kbs: Vec<Bytes> = keys.iter().map(|(k, _)| c.wire_key(k)).collect();
                 c.call(node, Retry::Safe, |cl, ctx| {
                     let kbs = kbs.clone();
                     async move { cl.delete_many(ctx, kbs).await }
@@ -503,7 +503,7 @@ impl IntoFuture for IncrVersion {
             let new_version = version.checked_add(delta).ok_or(Error::Overflow)?;
             let from = c.target(&self.key, Some(version), None).await?;
             let to_key = c.key(&self.key, Some(new_version));
-            let (fb, tb) = (Bytes::from(from.key.clone().into_bytes()), Bytes::from(to_key.clone().into_bytes()));
+            let (fb, tb) = (c.wire_key(&from.key), c.wire_key(&to_key));
             if std::ptr::eq(from.node, c.node_for(&to_key)) {
                 done(c.op(&from, Retry::OnlyIfUnsent, Op::Rename(fb, tb)).await?)?;
             } else {

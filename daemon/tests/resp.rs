@@ -359,6 +359,17 @@ fn keys_cross_between_resp_and_the_rust_client() {
     assert!(e.to_string().to_lowercase().contains("decode"), "{e}");
     let _: () = c.del(":1:greeting").unwrap();
     assert_eq!(rt.block_on(rust.get::<String>("greeting").into_future()).unwrap(), None);
+    // A client of database 3 shares its keys with RESP's SELECT 3, and
+    // only with it.
+    let db3 = rt.block_on(cachet::Cache::builder().server(d.addrs[1].clone()).database(3).connect()).unwrap();
+    rt.block_on(db3.set("in3", &"three").into_future()).unwrap();
+    assert_eq!(c.get::<_, Option<Vec<u8>>>(":1:in3").unwrap(), None);
+    assert_eq!(cmd(&mut c, &["SELECT", "3"]).unwrap(), Value::Okay);
+    let raw3: Vec<u8> = c.get(":1:in3").unwrap();
+    assert_eq!(rmp_serde::from_slice::<String>(&raw3).unwrap(), "three");
+    rt.block_on(db3.clear_prefix()).unwrap();
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(0));
+    assert!(rt.block_on(cachet::Cache::builder().server(d.addrs[1].clone()).database(16).connect()).is_err());
 }
 
 #[test]

@@ -11,7 +11,6 @@ mod engine;
 mod error;
 mod evict;
 mod index;
-pub mod keyspace;
 pub mod record;
 mod replay;
 mod segment;
@@ -19,7 +18,7 @@ mod state;
 mod wheel;
 
 pub use budget::ReplyBudget;
-pub use cachet_types::Ttl;
+pub use cachet_types::{Ttl, keyspace};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use engine::{Config, Engine, Handle, SyncPolicy};
 #[cfg(feature = "testing")]

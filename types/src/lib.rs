@@ -3,6 +3,8 @@
 
 #![deny(missing_docs)]
 
+pub mod keyspace;
+
 use std::time::Duration;
 
 /// How long a write keeps its value, once resolved: the type the client

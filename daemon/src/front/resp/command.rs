@@ -366,11 +366,7 @@ pub type InfoText<'a> = dyn Fn(&Stats, &[(u64, u64)], &[String]) -> String + 'a;
 
 /// Builds the RESP reply for a plan from the engine's replies (one per
 /// command, in order). `info` renders `INFO` from the engine's stats.
-pub fn finish(
-    finish: &Finish,
-    replies: Vec<Result<Reply, StoreError>>,
-    info: &InfoText<'_>,
-) -> Value {
+pub fn finish(finish: &Finish, replies: Vec<Result<Reply, StoreError>>, info: &InfoText<'_>) -> Value {
     let mut values = Vec::with_capacity(replies.len());
     for r in replies {
         match r {

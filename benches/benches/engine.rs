@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use cachet_benches::{key16, value100, write_log};
 use cachet_storage::record::{self, Record, SegmentId, Seq};
-use cachet_storage::{Command, Config, Engine, SyncPolicy, Ttl, UnixMillis, Wheel};
+use cachet_storage::{Command, Config, Encoding, Engine, SyncPolicy, Ttl, UnixMillis, Wheel};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 // The daemon's allocator, so the figures match what cachetd does.
@@ -98,6 +98,7 @@ fn replay(c: &mut Criterion) {
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("record");
     let (key, value) = (key16(1), value100(1));
+    let set = Record::Set { key: &key, value: &value, expires: UnixMillis(0), encoding: Encoding::MessagePack };
     let mut buf = Vec::with_capacity(1 << 20);
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode_set", |b| {
@@ -105,31 +106,11 @@ fn codec(c: &mut Criterion) {
             if buf.len() > 1 << 19 {
                 buf.clear();
             }
-            record::encode(
-                &mut buf,
-                SegmentId(1),
-                Seq(1),
-                &Record::Set {
-                    key: &key,
-                    value: &value,
-                    expires: UnixMillis(0),
-                    encoding: cachet_storage::Encoding::MessagePack,
-                },
-            )
+            record::encode(&mut buf, SegmentId(1), Seq(1), &set)
         })
     });
     let mut one = Vec::new();
-    record::encode(
-        &mut one,
-        SegmentId(1),
-        Seq(1),
-        &Record::Set {
-            key: &key,
-            value: &value,
-            expires: UnixMillis(0),
-            encoding: cachet_storage::Encoding::MessagePack,
-        },
-    );
+    record::encode(&mut one, SegmentId(1), Seq(1), &set);
     g.bench_function("decode_set", |b| b.iter(|| record::decode(&one, SegmentId(1)).unwrap().2));
     g.finish();
 }

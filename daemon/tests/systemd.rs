@@ -61,42 +61,50 @@ async fn notify_ready_after_replay_watchdog_and_stopping() {
     messages_until(&sock, "STOPPING=1", Duration::from_secs(10));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn serves_a_listener_passed_by_socket_activation() {
-    let tmp = tempfile::tempdir().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let fd = listener.as_raw_fd();
-    let data = tmp.path().join("data");
+/// Starts cachetd as systemd would with `listeners` passed as fds 3, 4, …
+/// under the given names (`LISTEN_FDS`, `LISTEN_FDNAMES`).
+fn start_activated(listeners: &[(&std::net::TcpListener, &str)], data: &std::path::Path) -> Daemon {
+    let fds: Vec<i32> = listeners.iter().map(|(l, _)| l.as_raw_fd()).collect();
+    let names: Vec<&str> = listeners.iter().map(|(_, n)| *n).collect();
     // LISTEN_PID must be the daemon's own pid: a shell sets it to $$ and execs.
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
         .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
         .arg(support::bin())
         .arg("--data-dir")
-        .arg(&data)
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "cachet")
+        .arg(data)
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
         .env("NO_COLOR", "1")
         .env_remove("NOTIFY_SOCKET")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    // SAFETY: only dup2 and fcntl, async-signal-safe, between fork and exec.
-    // When the listener already is fd 3 (a quiet machine hands out low
-    // numbers), dup2 does nothing and leaves close-on-exec set, so the flag
-    // is cleared explicitly; it failed about one run in 50 before.
+    // SAFETY: only fcntl and dup2, async-signal-safe, between fork and exec.
+    // Every listener is first copied above the target range, so placing one
+    // at 3, 4, … never overwrites another, and the copies placed there lose
+    // close-on-exec. (A listener that already was fd 3 once kept the flag:
+    // dup2 onto itself does nothing; it failed about one run in 50.)
     unsafe {
         cmd.pre_exec(move || {
-            if fd != 3 && libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
+            let high: Vec<i32> = fds.iter().map(|fd| libc::fcntl(*fd, libc::F_DUPFD, 16)).collect();
+            for (i, fd) in high.into_iter().enumerate() {
+                let target = 3 + i as i32;
+                if fd < 0 || libc::dup2(fd, target) < 0 || libc::fcntl(target, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
-    let d = support::adopt(cmd.spawn().unwrap(), &data);
+    support::adopt(cmd.spawn().unwrap(), data)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_a_listener_passed_by_socket_activation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let d = start_activated(&[(&listener, "cachet")], &tmp.path().join("data"));
     assert_eq!(d.addr, addr, "it serves the passed socket, not --listen's default");
     let c = Cache::connect(&addr).await.unwrap();
     c.set("a", &1).await.unwrap();
@@ -111,35 +119,7 @@ fn a_socket_named_resp_speaks_resp() {
     let tarpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let resp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let resp_addr = resp.local_addr().unwrap().to_string();
-    let fds = [tarpc.as_raw_fd(), resp.as_raw_fd()];
-    let data = tmp.path().join("data");
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
-        .arg(support::bin())
-        .arg("--data-dir")
-        .arg(&data)
-        .env("LISTEN_FDS", "2")
-        .env("LISTEN_FDNAMES", "cachet:resp")
-        .env("NO_COLOR", "1")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    // SAFETY: only dup/dup2/fcntl, async-signal-safe, between fork and
-    // exec. Both are first moved above 4, so placing one at 3 or 4 never
-    // overwrites the other; the copies at 3 and 4 lose close-on-exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let high = [libc::fcntl(fds[0], libc::F_DUPFD, 10), libc::fcntl(fds[1], libc::F_DUPFD, 10)];
-            for (i, fd) in high.into_iter().enumerate() {
-                if fd < 0 || libc::dup2(fd, 3 + i as i32) < 0 || libc::fcntl(3 + i as i32, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let d = support::adopt(cmd.spawn().unwrap(), &data);
+    let d = start_activated(&[(&tarpc, "cachet"), (&resp, "resp")], &tmp.path().join("data"));
     assert_eq!(d.resp_addr(), resp_addr, "{:?}", d.addrs);
     let mut s = std::net::TcpStream::connect(&resp_addr).unwrap();
     s.write_all(b"SET k v\r\nGET k\r\n").unwrap();

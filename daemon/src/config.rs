@@ -76,6 +76,10 @@ pub struct Options {
     /// the replies a connection can make the daemon hold [default: 64].
     #[arg(long, env = "CACHET_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+    /// Threads that serve connections (the storage engine has its own)
+    /// [default: the CPUs this process may run on, per its affinity mask].
+    #[arg(long, env = "CACHET_IO_THREADS")]
+    pub io_threads: Option<usize>,
     /// Require the token in this file from clients (Cache::builder().auth_token).
     /// Kept in a file so it never shows in `ps` [default: no auth].
     #[arg(long, env = "CACHET_AUTH_TOKEN_FILE")]
@@ -122,6 +126,7 @@ struct FileOptions {
     segment_bytes: Option<Size>,
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
+    io_threads: Option<usize>,
     auth_token_file: Option<PathBuf>,
     unix_mode: Option<String>,
     unix_group: Option<String>,
@@ -163,6 +168,7 @@ pub struct Settings {
     pub segment_bytes: u64,
     pub max_connections: usize,
     pub max_in_flight: usize,
+    pub io_threads: usize,
     pub auth_token: Option<String>,
     pub unix_mode: u32,
     pub unix_group: Option<String>,
@@ -276,6 +282,14 @@ impl Settings {
                 1 << 20,
             )?,
             max_in_flight: in_range("max_in_flight", o.max_in_flight.or(file.max_in_flight).unwrap_or(64), 1, 65_536)?,
+            io_threads: in_range(
+                "io_threads",
+                o.io_threads
+                    .or(file.io_threads)
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+                1,
+                1024,
+            )?,
             auth_token: match o.auth_token_file.or(file.auth_token_file) {
                 Some(path) => {
                     let token = std::fs::read_to_string(&path)

@@ -57,9 +57,8 @@ pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
                     continue;
                 }
                 b'[' => {
-                    if let Some((matched, next)) = class(p, pi, s[si])
-                        && matched
-                    {
+                    let (matched, next) = class(p, pi, s[si]);
+                    if matched {
                         pi = next;
                         si += 1;
                         continue;
@@ -96,7 +95,7 @@ pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
 /// Matches `c` against the class that opens at `p[at] == b'['`; returns
 /// whether it matched and where the pattern goes on. An unclosed class
 /// runs to the end of the pattern, as in Redis.
-fn class(p: &[u8], at: usize, c: u8) -> Option<(bool, usize)> {
+fn class(p: &[u8], at: usize, c: u8) -> (bool, usize) {
     let mut i = at + 1;
     let negate = p.get(i) == Some(&b'^');
     if negate {
@@ -116,7 +115,7 @@ fn class(p: &[u8], at: usize, c: u8) -> Option<(bool, usize)> {
             i += 1;
         }
     }
-    Some((matched != negate, (i + 1).min(p.len())))
+    (matched != negate, (i + 1).min(p.len()))
 }
 
 #[cfg(test)]

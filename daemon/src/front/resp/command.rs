@@ -336,7 +336,7 @@ fn scan(args: &[Bytes], db: u8) -> Result<Plan, Refused> {
         .ok_or_else(|| Value::err("ERR invalid cursor"))?;
     let (mut count, mut pattern, mut only_strings) = (10usize, None, true);
     let mut i = 1;
-    while i + 1 < args.len() + 1 && i < args.len() {
+    while i < args.len() {
         let opt = String::from_utf8_lossy(&args[i]).to_ascii_uppercase();
         let Some(value) = args.get(i + 1) else { return Err(syntax()) };
         match opt.as_str() {

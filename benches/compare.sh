@@ -1,21 +1,39 @@
 #!/usr/bin/env bash
-# Side-by-side: cachet and Redis under the same load generator, on this
+# Side-by-side: cachet and Redis under the same load generators, on this
 # machine, each server pinned to core 0 and the load to core 1, persistence
 # matched (cachet --sync everysec <-> Redis appendonly yes + appendfsync
-# everysec; always <-> always). Several rounds, alternating; prints medians
-# and the cachet/Redis ratio, and appends everything to benches/RESULTS.md.
+# everysec; always <-> always). Prints, as Markdown tables:
+#   - cachet-load (the Rust client over tarpc, and a Redis client) at several
+#     connection counts and depths: medians of ROUNDS alternating rounds,
+#     with each server's CPU per operation;
+#   - restart time and memory with 1M keys;
+#   - redis-benchmark against cachetd's RESP listener and Redis
+#     (benches/resp_compare.sh).
 #
-#   benches/compare.sh            # ROUNDS=3 DURATION=5 by default
+#   benches/compare.sh [--record]   # ROUNDS=3 DURATION=5 by default
 #   ROUNDS=5 DURATION=10 benches/compare.sh
 #
-# It stops exactly the processes it started (by pid), even on failure.
+# --record appends the tables to benches/RESULTS.md (without it nothing is
+# written). If redis-server is missing it says so and installs it with
+# apt-get. It stops exactly the processes it started (by pid), even on
+# failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+RECORD=0
+case "${1:-}" in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    --record) RECORD=1 ;;
+    "") ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+esac
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 KEYS=${KEYS:-1000000}
 
-command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+    echo "redis-server or redis-benchmark is missing: installing redis-server and redis-tools with apt-get" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
 cargo build --release -q -p cachetd -p cachet-benches -p cachet --features cachet/cli
 LOAD=target/release/cachet-load
 CACHETD=target/release/cachetd
@@ -47,9 +65,15 @@ start_redis() { # $1 = appendfsync, $2 = dir
 stop_redis() { redis-cli -p $RPORT shutdown >/dev/null 2>&1 || kill -TERM "$RPID"; wait "$RPID" || true; }
 
 JSON="$WORK/runs.jsonl"
+CPU="$WORK/cpu.txt"
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 run_load() { # label target args...
     local label=$1 target=$2; shift 2
+    local pid=$CPID
+    case "$target" in redis://*) pid=$RPID ;; esac
+    local before; before=$(ticks "$pid")
     taskset -c 1 "$LOAD" --target "$target" --quiet --duration "$DURATION" --warmup 1 --json "$JSON" --label "$label" "$@" > /dev/null
+    echo "$label|$(( $(ticks "$pid") - before ))" >> "$CPU"
 }
 
 WORKLOADS=(
@@ -65,8 +89,8 @@ WORKLOADS=(
 echo "throughput rounds: $ROUNDS x ${DURATION}s per workload per system"
 start_cachet everysec "$WORK/cachet-everysec"
 start_redis everysec "$WORK/redis-everysec"
-taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --duration 0 --warmup 0 --preload 100000 > /dev/null
-taskset -c 1 "$LOAD" --target redis://127.0.0.1:$RPORT --quiet --duration 0 --warmup 0 --preload 100000 > /dev/null
+taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --only-preload --preload 100000 > /dev/null
+taskset -c 1 "$LOAD" --target redis://127.0.0.1:$RPORT --quiet --only-preload --preload 100000 > /dev/null
 for round in $(seq 1 "$ROUNDS"); do
     for w in "${WORKLOADS[@]}"; do
         name=${w%%|*}; args=${w#*|}
@@ -87,7 +111,7 @@ stop_cachet; stop_redis
 echo "restart and memory with 1M keys (16 B keys, 100 B values)"
 ms() { date +%s%3N; }
 start_cachet everysec "$WORK/cachet-1m"
-taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --duration 0 --warmup 0 --preload 1000000 --key-size 16 --value-size 100 > /dev/null
+taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --only-preload --preload 1000000 --key-size 16 --value-size 100 > /dev/null
 C_RSS=$(awk '/VmRSS/ {print $2}' /proc/$CPID/status)
 C_OWN=$(target/release/cachet --server 127.0.0.1:$CPORT stats | awk '/memory_bytes/ {print $2}')
 stop_cachet
@@ -95,7 +119,7 @@ C_LOG=$(du -sb "$WORK/cachet-1m" | cut -f1)
 t0=$(ms); start_cachet everysec "$WORK/cachet-1m"; C_READY=$(( $(ms) - t0 )); stop_cachet
 
 start_redis everysec "$WORK/redis-1m"
-taskset -c 1 "$LOAD" --target redis://127.0.0.1:$RPORT --quiet --duration 0 --warmup 0 --preload 1000000 --key-size 16 --value-size 100 > /dev/null
+taskset -c 1 "$LOAD" --target redis://127.0.0.1:$RPORT --quiet --only-preload --preload 1000000 --key-size 16 --value-size 100 > /dev/null
 R_USED=$(redis-cli -p $RPORT info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
 R_RSS=$(awk '/VmRSS/ {print $2}' /proc/$RPID/status)
 redis-cli -p $RPORT bgrewriteaof > /dev/null; sleep 1
@@ -104,24 +128,33 @@ stop_redis
 R_AOF=$(du -sb "$WORK/redis-1m" | cut -f1)
 t0=$(ms); start_redis everysec "$WORK/redis-1m"; R_READY=$(( $(ms) - t0 )); stop_redis
 
-python3 - "$JSON" "$ROUNDS" "$DURATION" <<PY
+echo "redis-benchmark against the RESP listener and Redis"
+RESP_TABLE=$(benches/resp_compare.sh | sed 's/^/    /')
+
+python3 - "$JSON" "$ROUNDS" "$DURATION" "$CPU" "$(getconf CLK_TCK)" "$RECORD" "$RESP_TABLE" <<PY
 import json, statistics, sys, datetime, subprocess, os
 runs = [json.loads(l) for l in open(sys.argv[1])]
-rounds, duration = sys.argv[2], sys.argv[3]
+rounds, duration = sys.argv[2], float(sys.argv[3])
+ticks = [l.rstrip("\n").rsplit("|", 1) for l in open(sys.argv[4])]
+clk, record, resp_table = int(sys.argv[5]), sys.argv[6] == "1", sys.argv[7]
 by = {}
-for r in runs:
+for r, (label, t) in zip(runs, ticks):
     system, name = r["label"].split("|", 1)
     ops = r["ops"]
     p99 = max(v["p99_us"] for v in ops.values()) if ops else 0
-    by.setdefault(name, {}).setdefault(system, []).append((r["total_ops_per_sec"], p99))
+    # Server CPU over the warm-up second and the run, per operation at the
+    # measured rate over the same time.
+    ops_total = r["total_ops_per_sec"] * (duration + 1)
+    cpu_us = int(t) / clk * 1e6 / ops_total if ops_total else 0
+    by.setdefault(name, {}).setdefault(system, []).append((r["total_ops_per_sec"], p99, cpu_us))
 def med(xs): return statistics.median(xs) if xs else 0
 lines = []
-lines.append("| workload | cachet ops/s | Redis ops/s | cachet/Redis | cachet p99 us | Redis p99 us |")
-lines.append("|---|---:|---:|---:|---:|---:|")
+lines.append("| workload | cachet ops/s | Redis ops/s | cachet/Redis | cachet p99 us | Redis p99 us | cachet CPU us/op | Redis CPU us/op |")
+lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
 for name, sys_runs in by.items():
     c = sys_runs.get("cachet", []); rd = sys_runs.get("redis", [])
     co, ro = med([x[0] for x in c]), med([x[0] for x in rd])
-    lines.append(f"| {name} | {co:,.0f} | {ro:,.0f} | {co/ro if ro else 0:.2f} | {med([x[1] for x in c]):.0f} | {med([x[1] for x in rd]):.0f} |")
+    lines.append(f"| {name} | {co:,.0f} | {ro:,.0f} | {co/ro if ro else 0:.2f} | {med([x[1] for x in c]):.0f} | {med([x[1] for x in rd]):.0f} | {med([x[2] for x in c]):.1f} | {med([x[2] for x in rd]):.1f} |")
 mem = [
     "| 1M keys, 16 B keys, 100 B values | cachet | Redis |",
     "|---|---:|---:|",
@@ -136,8 +169,13 @@ rc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdo
 head = [f"## {datetime.date.today()} — nproc {os.cpu_count()}, {cpu}",
         "", f"{rv}; {rc}; cachet {subprocess.run(['git','rev-parse','--short','HEAD'],capture_output=True,text=True).stdout.strip()}",
         f"Command: \`ROUNDS={rounds} DURATION={duration} benches/compare.sh\` (medians of {rounds} rounds of {duration} s; servers on core 0, load on core 1; 16 B keys, 100 B values; everysec unless noted)", ""]
-out = "\n".join(head + lines + [""] + mem + [""])
+resp = ["redis-benchmark (\`benches/resp_compare.sh\`), requests per second:", "", "\`\`\`", resp_table, "\`\`\`"]
+out = "\n".join(head + lines + [""] + mem + [""] + resp + [""])
 print(out)
-with open("benches/RESULTS.md", "a") as f:
-    f.write("\n" + out)
+if record:
+    with open("benches/RESULTS.md", "a") as f:
+        f.write("\n" + out)
+    print("appended to benches/RESULTS.md")
+else:
+    print("not written to benches/RESULTS.md (pass --record to append it)")
 PY

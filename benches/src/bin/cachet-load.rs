@@ -65,6 +65,14 @@ struct Args {
     /// Fill this many keys (0..N) before the run.
     #[arg(long, default_value_t = 0)]
     preload: u64,
+    /// Only fill the keys (`--preload N`), then exit without a run.
+    #[arg(long)]
+    only_preload: bool,
+    /// Also write each operation's latency distribution as an HdrHistogram
+    /// percentile file, `PREFIX-OP.hgrm` (microseconds; plot it with the
+    /// HdrHistogram plotter).
+    #[arg(long, value_name = "PREFIX")]
+    hgrm: Option<std::path::PathBuf>,
     /// Append a JSON record of the run to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -189,19 +197,26 @@ impl Client {
         }
     }
 
-    async fn run(&mut self, op: Op, keys: &[String], value: &ByteBuf, ttl: Option<u64>) -> Result<(), String> {
+    /// Runs one operation; returns how many keys it looked up and how many
+    /// of those were found (0, 0 for writes).
+    async fn run(&mut self, op: Op, keys: &[String], value: &ByteBuf, ttl: Option<u64>) -> Result<Lookups, String> {
+        let write = |r: Result<(), String>| r.map(|()| Lookups::default());
         match self {
             Client::Cachet(c) => {
                 let t = ttl.map_or(Timeout::Never, |s| Timeout::After(Duration::from_secs(s)));
                 let r = match op {
-                    Op::Get => c.get::<ByteBuf>(&keys[0]).await.map(drop),
-                    Op::Set => c.set(&keys[0], value).timeout(t).await,
+                    Op::Get => c.get::<ByteBuf>(&keys[0]).await.map(|v| Lookups::of(1, usize::from(v.is_some()))),
+                    Op::Set => c.set(&keys[0], value).timeout(t).await.map(|()| Lookups::default()),
                     Op::Incr => match c.incr(&keys[0]).await {
-                        Err(cachet::Error::NotFound) => c.add(&keys[0], &1i64).timeout(Timeout::Never).await.map(drop),
-                        r => r.map(drop),
+                        Err(cachet::Error::NotFound) => {
+                            c.add(&keys[0], &1i64).timeout(Timeout::Never).await.map(|_| Lookups::default())
+                        }
+                        r => r.map(|_| Lookups::default()),
                     },
-                    Op::GetMany(_) => c.get_many::<ByteBuf>(keys).await.map(drop),
-                    Op::SetMany(_) => c.set_many(keys.iter().map(|k| (k, value))).timeout(t).await.map(drop),
+                    Op::GetMany(_) => c.get_many::<ByteBuf>(keys).await.map(|m| Lookups::of(keys.len(), m.len())),
+                    Op::SetMany(_) => {
+                        c.set_many(keys.iter().map(|k| (k, value))).timeout(t).await.map(|_| Lookups::default())
+                    }
                 };
                 r.map_err(|e| kind_of_cachet(&e))
             }
@@ -212,7 +227,7 @@ impl Client {
                         .arg(&keys[0])
                         .query_async::<Option<Vec<u8>>>(con)
                         .await
-                        .map(drop)
+                        .map(|v| Lookups::of(1, usize::from(v.is_some())))
                         .map_err(kind),
                     Op::Set => {
                         let mut cmd = redis::cmd("SET");
@@ -220,14 +235,19 @@ impl Client {
                         if let Some(s) = ttl {
                             cmd.arg("EX").arg(s);
                         }
-                        cmd.query_async::<()>(con).await.map_err(kind)
+                        write(cmd.query_async::<()>(con).await.map_err(kind))
                     }
-                    Op::Incr => redis::cmd("INCR").arg(&keys[0]).query_async::<i64>(con).await.map(drop).map_err(kind),
+                    Op::Incr => redis::cmd("INCR")
+                        .arg(&keys[0])
+                        .query_async::<i64>(con)
+                        .await
+                        .map(|_| Lookups::default())
+                        .map_err(kind),
                     Op::GetMany(_) => redis::cmd("MGET")
                         .arg(keys)
                         .query_async::<Vec<Option<Vec<u8>>>>(con)
                         .await
-                        .map(drop)
+                        .map(|vs| Lookups::of(vs.len(), vs.iter().filter(|v| v.is_some()).count()))
                         .map_err(kind),
                     Op::SetMany(_) => {
                         // MSET has no TTL; with a TTL, a pipeline of SET EX in one round trip.
@@ -238,7 +258,7 @@ impl Client {
                                 c.arg("EX").arg(s);
                             }
                         }
-                        pipe.query_async::<()>(con).await.map_err(kind)
+                        write(pipe.query_async::<()>(con).await.map_err(kind))
                     }
                 }
             }
@@ -246,14 +266,28 @@ impl Client {
     }
 }
 
+/// Keys looked up by reads, and how many were found (for the hit ratio).
+#[derive(Clone, Copy, Debug, Default)]
+struct Lookups {
+    keys: u64,
+    found: u64,
+}
+
+impl Lookups {
+    fn of(keys: usize, found: usize) -> Lookups {
+        Lookups { keys: keys as u64, found: found as u64 }
+    }
+}
+
 struct Recorder {
     hist: HashMap<Op, Histogram<u64>>,
     errors: BTreeMap<String, u64>,
+    lookups: Lookups,
 }
 
 impl Recorder {
     fn new() -> Recorder {
-        Recorder { hist: HashMap::new(), errors: BTreeMap::new() }
+        Recorder { hist: HashMap::new(), errors: BTreeMap::new(), lookups: Lookups::default() }
     }
 }
 
@@ -278,6 +312,19 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if args.only_preload && args.preload == 0 {
+        return Err("--only-preload needs --preload N".into());
+    }
+    if !args.only_preload
+        && args.requests.is_none()
+        && args.duration.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    {
+        return Err(format!(
+            "--duration {} measures nothing; give a positive number of seconds (or --requests N), \
+             or --preload N --only-preload to only fill the keys",
+            args.duration
+        ));
+    }
     let mix = parse_mix(&args.mix)?;
     let ttls = parse_ttl(&args.ttl)?;
     let keys = Arc::new(match args.dist.as_str() {
@@ -317,6 +364,9 @@ async fn run(args: Args) -> Result<(), String> {
         }
         eprintln!("preloaded {} keys in {:.1} s", args.preload, t.elapsed().as_secs_f64());
     }
+    if args.only_preload {
+        return Ok(());
+    }
 
     let recording = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -349,7 +399,9 @@ async fn run(args: Args) -> Result<(), String> {
                     let took = t.elapsed().as_nanos() as u64;
                     if recording.load(Ordering::Relaxed) {
                         match r {
-                            Ok(()) => {
+                            Ok(found) => {
+                                rec.lookups.keys += found.keys;
+                                rec.lookups.found += found.found;
                                 rec.hist
                                     .entry(op)
                                     .or_insert_with(|| Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap())
@@ -393,8 +445,11 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let mut hist: BTreeMap<Op, Histogram<u64>> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut lookups = Lookups::default();
     for w in workers {
         let rec = w.await.map_err(|e| e.to_string())?;
+        lookups.keys += rec.lookups.keys;
+        lookups.found += rec.lookups.found;
         for (op, h) in rec.hist {
             hist.entry(op).or_insert_with(|| Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap()).add(h).unwrap();
         }
@@ -402,7 +457,7 @@ async fn run(args: Args) -> Result<(), String> {
             *errors.entry(k).or_default() += n;
         }
     }
-    report(&args, elapsed, &hist, &errors)
+    report(&args, elapsed, &hist, &errors, lookups)
 }
 
 fn report(
@@ -410,6 +465,7 @@ fn report(
     elapsed: f64,
     hist: &BTreeMap<Op, Histogram<u64>>,
     errors: &BTreeMap<String, u64>,
+    lookups: Lookups,
 ) -> Result<(), String> {
     let us = |ns: u64| ns as f64 / 1000.0;
     let total: u64 = hist.values().map(|h| h.len()).sum();
@@ -442,6 +498,16 @@ fn report(
         );
     }
     println!("{:<14} {:>12.0}", "total", total as f64 / elapsed);
+    let hit_ratio = (lookups.keys > 0).then(|| lookups.found as f64 / lookups.keys as f64);
+    if let Some(r) = hit_ratio {
+        println!("hit ratio      {r:>12.4}  ({} of {} keys read)", lookups.found, lookups.keys);
+    }
+    if let Some(prefix) = &args.hgrm {
+        for (op, h) in hist {
+            let path = std::path::PathBuf::from(format!("{}-{}.hgrm", prefix.display(), op.name().replace(':', "_")));
+            std::fs::write(&path, hgrm(h)).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
     for (k, n) in errors {
         println!("errors {k}: {n}");
     }
@@ -449,6 +515,7 @@ fn report(
         let rec = serde_json::json!({
             "label": args.label, "config": args, "elapsed_s": elapsed,
             "total_ops_per_sec": total as f64 / elapsed, "ops": ops_json, "errors": errors,
+            "hit_ratio": hit_ratio,
         });
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -459,4 +526,31 @@ fn report(
         writeln!(f, "{rec}").map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// A latency distribution in HdrHistogram's percentile text format (the
+/// `.hgrm` files its plotter reads), in microseconds.
+fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = format!("{:>12} {:>14} {:>10} {:>14}\n\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let mut total = 0u64;
+    for v in h.iter_quantiles(1) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inverse = if q < 1.0 { format!("{:>14.2}", 1.0 / (1.0 - q)) } else { String::new() };
+        out.push_str(&format!(
+            "{:>12.3} {:>14.12} {:>10} {}\n",
+            v.value_iterated_to() as f64 / 1000.0,
+            q,
+            total,
+            inverse
+        ));
+    }
+    out.push_str(&format!(
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]\n#[Max     = {:>12.3}, Total count    = {:>12}]\n",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0,
+        h.max() as f64 / 1000.0,
+        h.len()
+    ));
+    out
 }

@@ -10,7 +10,7 @@ use crate::connection::Node;
 use crate::error::Error;
 
 /// Configures a [`Cache`]; see [`Cache::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Builder {
     servers: Vec<String>,
     prefix: String,
@@ -20,6 +20,22 @@ pub struct Builder {
     token: Option<String>,
     down_is_miss: bool,
     database: u8,
+}
+
+/// Shows every setting but the auth token, which only shows as set or not.
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("servers", &self.servers)
+            .field("prefix", &self.prefix)
+            .field("version", &self.version)
+            .field("default_timeout", &self.default_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("down_is_miss", &self.down_is_miss)
+            .field("database", &self.database)
+            .finish()
+    }
 }
 
 impl Default for Builder {
@@ -140,5 +156,18 @@ impl Builder {
             Some(e) if up == 0 => Err(e),
             _ => Ok(cache),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let b = Builder::default().server("h:1").auth_token("s3cret-token-value");
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("h:1"), "{shown}");
     }
 }

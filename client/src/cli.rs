@@ -10,7 +10,7 @@ use crate::{Cache, Timeout};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cachet", version, about = "Talk to a cachetd server")]
+#[command(name = "cachet", version, about = "Talk to a cachetd server", allow_negative_numbers = true)]
 struct Cli {
     /// Server address: HOST:PORT or unix:/path/to.sock.
     #[arg(long, env = "CACHET_SERVER", default_value = "127.0.0.1:7311")]
@@ -44,8 +44,10 @@ enum Cmd {
     /// Delete a key; prints true if it existed.
     Delete { key: String },
     /// Add to an integer; prints the new value.
+    #[command(allow_negative_numbers = true)]
     Incr { key: String, delta: Option<i64> },
     /// Subtract from an integer; prints the new value.
+    #[command(allow_negative_numbers = true)]
     Decr { key: String, delta: Option<i64> },
     /// Set a new timeout on a key; prints true if it existed.
     Touch {
@@ -61,6 +63,10 @@ enum Cmd {
     Stats,
 }
 
+/// The longest `--timeout` taken: far past any cache's horizon, and far
+/// below where milliseconds since 1970 overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(10_000 * 365 * 86_400);
+
 fn parse_timeout(t: Option<String>) -> Result<Timeout, String> {
     match t.as_deref() {
         None => Ok(Timeout::Default),
@@ -69,8 +75,15 @@ fn parse_timeout(t: Option<String>) -> Result<Timeout, String> {
             .parse::<f64>()
             .ok()
             .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(|v| Timeout::After(Duration::from_secs_f64(v)))
-            .ok_or_else(|| format!("--timeout {s:?} is not a number of seconds or \"never\"")),
+            .and_then(|v| Duration::try_from_secs_f64(v).ok())
+            .filter(|d| *d <= MAX_TIMEOUT)
+            .map(Timeout::After)
+            .ok_or_else(|| {
+                format!(
+                    "--timeout {s:?} is not a number of seconds from 0 to {} (about 10,000 years) or \"never\"",
+                    MAX_TIMEOUT.as_secs()
+                )
+            }),
     }
 }
 
@@ -96,7 +109,15 @@ fn show(v: &rmpv::Value) -> String {
 /// `out`; returns the exit code: 0 success, 1 key not found, 2 error (the
 /// message is returned for the caller to print).
 pub async fn run(args: impl IntoIterator<Item = String>, out: &mut (dyn Write + Send)) -> Result<u8, String> {
-    let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        // Asked for: printed to `out`, and a success.
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+            write!(out, "{e}").map_err(|e| format!("writing output: {e}"))?;
+            return Ok(0);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     execute(cli, out).await
 }
 

@@ -37,7 +37,10 @@ const DEFAULT_LOG: &str = "info,tarpc=warn";
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CACHET_LOG").unwrap_or_else(|_| DEFAULT_LOG.into());
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    // Colour only on a terminal, and never with NO_COLOR set: a log file or
+    // a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).with_ansi(ansi);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         // The journal stamps lines itself and reads `<N>` as the priority.
         builder.with_ansi(false).event_format(systemd::JournalFormat).init();
@@ -74,8 +77,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            tracing::error!("{msg}");
-            eprintln!("cachetd: {msg}");
+            // Once: to the journal with its priority, else as a plain line
+            // (which a log filter cannot hide).
+            if std::env::var_os("JOURNAL_STREAM").is_some() {
+                tracing::error!("{msg}");
+            } else {
+                eprintln!("cachetd: {msg}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -19,6 +19,17 @@ fn cachet(d: &Daemon, args: &[&str]) -> (i32, String) {
 }
 
 #[test]
+fn help_and_version_succeed() {
+    let d = Daemon::start(&[]);
+    let (code, help) = cachet(&d, &["--help"]);
+    assert_eq!(code, 0);
+    assert!(help.contains("Usage"), "{help}");
+    let (code, version) = cachet(&d, &["--version"]);
+    assert_eq!(code, 0);
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+}
+
+#[test]
 fn set_get_incr_and_friends() {
     let d = Daemon::start(&[]);
     assert_eq!(cachet(&d, &["set", "n", "5"]).0, 0);
@@ -38,6 +49,12 @@ fn set_get_incr_and_friends() {
     assert_eq!(cachet(&d, &["get", "n"]).0, 1);
     let (code, _) = cachet(&d, &["set", "k", "v", "--timeout", "soon"]);
     assert_eq!(code, 2);
+    // A number too large for a timeout is an error, not a panic.
+    assert_eq!(cachet(&d, &["set", "k", "v", "--timeout", "1e30"]).0, 2);
+    // Negative deltas.
+    assert_eq!(cachet(&d, &["set", "m", "5"]).0, 0);
+    assert_eq!(cachet(&d, &["incr", "m", "-3"]), (0, "2".into()));
+    assert_eq!(cachet(&d, &["decr", "m", "-3"]), (0, "5".into()));
 }
 
 #[test]
@@ -92,4 +109,28 @@ fn check_and_repair_subcommands() {
     assert!(Command::new(support::bin()).arg("check").arg(&dir).output().unwrap().status.success());
     d.start_again();
     assert_eq!(cachet(&d, &["get", "z"]).1.trim(), "26");
+}
+
+#[test]
+fn a_start_up_error_is_printed_once_without_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(support::bin())
+        .args(["--max-connections", "0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env_remove("NO_COLOR")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("max_connections").count(), 1, "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+    // A daemon's log lines in a pipe carry no colour codes either.
+    let out = Command::new(support::bin())
+        .args(["check"])
+        .arg(tmp.path().join("nothing-here"))
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('\u{1b}'), "{:?}", String::from_utf8_lossy(&out.stderr));
 }

@@ -102,14 +102,20 @@ impl Builder {
         self
     }
 
+    /// The token the daemon requires (its `--auth-token-file`); never shown
+    /// by `Debug`.
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
     }
 
-    /// Connects to every server, so a wrong address or token shows up now.
-    /// With several servers it is enough that one answers (the others are
-    /// retried by later calls); a wrong token is always an error.
+    /// Builds the client and tries every server once, so a wrong token
+    /// shows up now (`Error::Unauthorized`). A server that cannot be reached
+    /// is not an error here, even when none can: the client connects lazily,
+    /// a call for a key on a server that is down fails fast with
+    /// `Error::Connection` naming that server (or is a miss under
+    /// [`down_is_miss`](Builder::down_is_miss)), and calls reconnect by
+    /// themselves once it is back.
     pub async fn connect(self) -> Result<Cache, Error> {
         if self.database >= cachet_types::keyspace::DATABASES {
             return Err(Error::InvalidKey(format!(
@@ -140,22 +146,16 @@ impl Builder {
             }),
         };
         let tries = cache.inner.nodes.iter().map(|n| n.conn(&cache.inner.token, cache.inner.request_timeout));
-        let mut first_error = None;
-        let mut up = 0;
         for r in futures::future::join_all(tries).await {
             match r {
-                Ok(_) => up += 1,
+                Ok(_) => {}
                 Err(Error::Connection { server, reason }) => {
                     tracing::warn!(server, reason, "cachet server not reachable; calls for its keys fail until it is");
-                    first_error.get_or_insert(Error::Connection { server, reason });
                 }
                 Err(e) => return Err(e),
             }
         }
-        match first_error {
-            Some(e) if up == 0 => Err(e),
-            _ => Ok(cache),
-        }
+        Ok(cache)
     }
 }
 

@@ -21,22 +21,26 @@ use serde::de::DeserializeOwned;
 
 use crate::builder::Builder;
 use crate::connection::{Conn, Node, Retry};
-use crate::error::Error;
+use crate::error::{DecodeError, Error};
 use crate::key::{key_scope, make_key};
 use crate::protocol::{Bytes, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, Ttl, WireStats};
 use crate::request::{
-    Add, Delete, DeleteMany, Get, GetMany, GetOrSet, GetOrSetWith, HasKey, Incr, IncrVersion, Opts, Set, SetMany,
-    Touch, Write,
+    Add, Delete, DeleteMany, Get, GetMany, GetOrSet, GetOrSetWith, GetRaw, HasKey, Incr, IncrVersion, KeyTtl, Opts,
+    Set, SetMany, Touch, Write,
 };
 use crate::shard;
 use crate::timeout::Timeout;
 use cachet_types::keyspace;
 
 /// Counters and sizes summed over all servers (read them as fields:
-/// `stats.entries`), with each server's own in `per_server`.
+/// `stats.entries`, through `Deref` to [`WireStats`]), with each server's
+/// own in `per_server`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// The sum over every server (the maximum for uptime, the longest
+    /// compaction pause and the read-only flag).
     pub total: WireStats,
+    /// Each server's address (as given to the builder) and its own figures.
     pub per_server: Vec<(String, WireStats)>,
 }
 
@@ -63,10 +67,32 @@ pub(crate) struct Inner {
     pub(crate) computing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// A handle to the cache. Cheap to clone; usable from many tasks at once.
+/// A handle to the cache: Django's low-level cache API over one or more
+/// cachetd servers. Cheap to clone (an `Arc`); usable from many tasks at
+/// once; clones share connections.
+///
+/// Every call returns a request that is refined (`.timeout(…)`,
+/// `.version(…)`, `.delta(…)`) and then awaited; see the crate's front page.
 #[derive(Clone)]
 pub struct Cache {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// Shows the settings, never the auth token.
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("Cache")
+            .field("servers", &i.addrs)
+            .field("prefix", &i.prefix)
+            .field("version", &i.version)
+            .field("default_timeout", &i.default_timeout)
+            .field("request_timeout", &i.request_timeout)
+            .field("token", &i.token.as_ref().map(|_| "<redacted>"))
+            .field("down_is_miss", &i.down_is_miss)
+            .field("database", &i.database)
+            .finish()
+    }
 }
 
 /// Where one single-key call goes: its full key, its server, and that
@@ -81,15 +107,17 @@ pub(crate) fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Bytes, Error> {
     Ok(Bytes::from(rmp_serde::to_vec_named(value)?))
 }
 
-/// Decodes a whole value: bytes left over after the MessagePack value (a
-/// value written by something other than this client, through RESP say)
-/// are an error, not silently ignored.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+/// Decodes a whole value of `key`: bytes left over after the MessagePack
+/// value (a value written by something other than this client, through
+/// RESP say) are an error, not silently ignored.
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error> {
+    let fail =
+        |source| Error::Decode(DecodeError { key: key.to_owned(), type_name: std::any::type_name::<T>(), source });
     let mut rest = bytes;
-    let value = T::deserialize(&mut rmp_serde::Deserializer::new(&mut rest))?;
+    let value = T::deserialize(&mut rmp_serde::Deserializer::new(&mut rest)).map_err(fail)?;
     let left = rest.len();
     if left > 0 {
-        return Err(Error::Decode(rmp_serde::decode::Error::Syntax(format!(
+        return Err(fail(rmp_serde::decode::Error::Syntax(format!(
             "{left} bytes left after a MessagePack value of {} bytes: the value was not written by this client \
              (through RESP, say) or not as this type",
             bytes.len() - left
@@ -120,30 +148,132 @@ pub(crate) fn check(info: &ServerInfo, key: &str, value: Option<&[u8]>) -> Resul
 }
 
 impl Cache {
+    /// Starts configuring a client: servers, key prefix, version, timeouts,
+    /// auth token, database.
+    ///
+    /// ```
+    /// # cachet::doctest::with_daemon(|addr| {
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use cachet::Cache;
+    /// use std::time::Duration;
+    ///
+    /// let cache = Cache::builder()
+    ///     .server(addr)
+    ///     .key_prefix("myapp")
+    ///     .default_timeout(Duration::from_secs(60))
+    ///     .connect()
+    ///     .await?;
+    /// cache.set("k", "v").await?;
+    /// # Ok::<(), cachet::Error>(()) }).unwrap() });
+    /// ```
     pub fn builder() -> Builder {
         Builder::default()
     }
 
-    /// Connects to one server with the defaults.
+    /// Connects to one server (`HOST:PORT` or `unix:/path`) with the
+    /// defaults: no key prefix, version 1, a 300 s default timeout.
+    ///
+    /// ```
+    /// # cachet::doctest::with_daemon(|addr| {
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache = cachet::Cache::connect(addr).await?;
+    /// # Ok::<(), cachet::Error>(()) }).unwrap() });
+    /// ```
     pub async fn connect(addr: impl Into<String>) -> Result<Cache, Error> {
         Cache::builder().server(addr).connect().await
     }
 
+    /// Django's `get(key)`: the value, or `None` on a miss. The type to read
+    /// is the type parameter or the annotation on the result; reading a
+    /// value as another type than it was stored as is `Error::Decode`,
+    /// naming the key and the type.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("answer", &42).await?;
+    /// assert_eq!(cache.get::<i64>("answer").await?, Some(42));
+    /// let missing: Option<String> = cache.get("nothing here").await?;
+    /// assert_eq!(missing, None);
+    /// // Django's get(key, default=…):
+    /// assert_eq!(cache.get("nothing here").default(7).await?, 7);
+    /// # Ok(()) });
+    /// ```
     pub fn get<T: DeserializeOwned + Send + 'static>(&self, key: impl AsRef<str>) -> Get<T> {
         Get { cache: self.clone(), key: key.as_ref().to_owned(), opts: Opts::default(), _t: PhantomData }
     }
 
+    /// The bytes stored under `key` as they are, not decoded: what a Redis
+    /// client wrote through the RESP listener, or MessagePack from another
+    /// client. `None` on a miss.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set_raw("page", b"<html>".to_vec()).await?;
+    /// assert_eq!(cache.get_raw("page").await?.as_deref(), Some(&b"<html>"[..]));
+    /// # Ok(()) });
+    /// ```
+    pub fn get_raw(&self, key: impl AsRef<str>) -> GetRaw {
+        GetRaw { cache: self.clone(), key: key.as_ref().to_owned(), opts: Opts::default() }
+    }
+
+    /// Django's `set(key, value, timeout=, version=)`: stores the value,
+    /// encoded as MessagePack, for `.timeout(…)` (default: the client's
+    /// `default_timeout`). A value over the server's limit is
+    /// `Error::ValueTooLarge` and removes the key's old value.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// use cachet::Timeout;
+    /// use std::time::Duration;
+    ///
+    /// cache.set("greeting", "hello").await?; // for the default timeout
+    /// cache.set("session", &vec![1, 2, 3]).timeout(Duration::from_secs(30)).await?;
+    /// cache.set("config", &true).timeout(Timeout::Never).await?;
+    /// cache.set("gone", &1).timeout(Duration::ZERO).await?; // stores nothing
+    /// assert_eq!(cache.get::<i32>("gone").await?, None);
+    /// # Ok(()) });
+    /// ```
     pub fn set<V: Serialize + ?Sized>(&self, key: impl AsRef<str>, value: &V) -> Set {
         Set { w: Write::new(self, key.as_ref(), encode(value)) }
     }
 
-    /// Stores only if the key is absent (or expired); resolves to whether it stored.
+    /// Like [`set`](Cache::set), storing the bytes as they are (no
+    /// MessagePack), so a Redis client's `GET` returns them unchanged.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set_raw("blob", vec![0u8, 159, 255]).await?;
+    /// assert_eq!(cache.get_raw("blob").await?.unwrap().as_ref(), &[0u8, 159, 255]);
+    /// # Ok(()) });
+    /// ```
+    pub fn set_raw(&self, key: impl AsRef<str>, value: impl Into<Bytes>) -> Set {
+        Set { w: Write::new(self, key.as_ref(), Ok(value.into())) }
+    }
+
+    /// Django's `add`: stores only if the key is absent (or expired);
+    /// resolves to whether it stored. Atomic on the server.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// assert!(cache.add("lock", "me").await?);
+    /// assert!(!cache.add("lock", "you").await?);
+    /// assert_eq!(cache.get::<String>("lock").await?.as_deref(), Some("me"));
+    /// # Ok(()) });
+    /// ```
     pub fn add<V: Serialize + ?Sized>(&self, key: impl AsRef<str>, value: &V) -> Add {
         Add { w: Write::new(self, key.as_ref(), encode(value)) }
     }
 
-    /// Returns the cached value, storing `default` first on a miss. Atomic on
-    /// the server: concurrent callers all get the winner's value.
+    /// Django's `get_or_set` with a value: the cached value, storing
+    /// `default` first on a miss. Atomic on the server: concurrent callers
+    /// all get the winner's value.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// assert_eq!(cache.get_or_set("n", &1).await?, 1);
+    /// assert_eq!(cache.get_or_set("n", &2).await?, 1);
+    /// # Ok(()) });
+    /// ```
     pub fn get_or_set<T: Serialize + DeserializeOwned + Send + 'static>(
         &self,
         key: impl AsRef<str>,
@@ -152,8 +282,20 @@ impl Cache {
         GetOrSet { w: Write::new(self, key.as_ref(), encode(default)), _t: PhantomData }
     }
 
-    /// Returns the cached value; on a miss runs `f` (only then, and once for
-    /// all concurrent callers on this `Cache`) and stores its result.
+    /// Django's `get_or_set` with a callable: the cached value; on a miss
+    /// runs `f` (only then, and once for all concurrent callers on this
+    /// `Cache`) and stores its result.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// let page: String = cache
+    ///     .get_or_set_with("page:/", || async { "rendered".to_string() })
+    ///     .await?;
+    /// assert_eq!(page, "rendered");
+    /// let again: String = cache.get_or_set_with("page:/", || async { unreachable!() }).await?;
+    /// assert_eq!(again, "rendered");
+    /// # Ok(()) });
+    /// ```
     pub fn get_or_set_with<T, F, Fut>(&self, key: impl AsRef<str>, f: F) -> GetOrSetWith<T, F>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
@@ -163,6 +305,18 @@ impl Cache {
         GetOrSetWith { cache: self.clone(), key: key.as_ref().to_owned(), f, opts: Opts::default(), _t: PhantomData }
     }
 
+    /// Django's `get_many`: the keys present, with their values, in one
+    /// request per server.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("a", &1).await?;
+    /// cache.set("b", &2).await?;
+    /// let got: std::collections::HashMap<String, i32> = cache.get_many(["a", "b", "c"]).await?;
+    /// assert_eq!(got.len(), 2);
+    /// assert_eq!(got["b"], 2);
+    /// # Ok(()) });
+    /// ```
     pub fn get_many<T: DeserializeOwned + Send + 'static>(
         &self,
         keys: impl IntoIterator<Item = impl AsRef<str>>,
@@ -175,16 +329,43 @@ impl Cache {
         }
     }
 
-    /// Stores many values; resolves to the keys that could not be stored.
+    /// Django's `set_many`: stores many values (one timeout for all);
+    /// resolves to the keys that could not be stored.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// let failed = cache.set_many([("a", 1), ("b", 2)]).await?;
+    /// assert!(failed.is_empty());
+    /// assert_eq!(cache.get::<i32>("b").await?, Some(2));
+    /// # Ok(()) });
+    /// ```
     pub fn set_many<K: AsRef<str>, V: Serialize>(&self, items: impl IntoIterator<Item = (K, V)>) -> SetMany {
         let items = items.into_iter().map(|(k, v)| (k.as_ref().to_owned(), encode(&v))).collect();
         SetMany { cache: self.clone(), items, opts: Opts::default() }
     }
 
+    /// Django's `delete`: resolves to whether a value was removed.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("k", &1).await?;
+    /// assert!(cache.delete("k").await?);
+    /// assert!(!cache.delete("k").await?);
+    /// # Ok(()) });
+    /// ```
     pub fn delete(&self, key: impl AsRef<str>) -> Delete {
         Delete { cache: self.clone(), key: key.as_ref().to_owned(), opts: Opts::default() }
     }
 
+    /// Django's `delete_many`: removes every key given.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set_many([("a", 1), ("b", 2)]).await?;
+    /// cache.delete_many(["a", "b"]).await?;
+    /// assert!(!cache.has_key("a").await?);
+    /// # Ok(()) });
+    /// ```
     pub fn delete_many(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) -> DeleteMany {
         DeleteMany {
             cache: self.clone(),
@@ -193,33 +374,125 @@ impl Cache {
         }
     }
 
-    /// Sets a new timeout on a live key; resolves to false if it is missing.
+    /// Django's `touch`: gives a live key a new timeout (default: the
+    /// client's `default_timeout`; `Timeout::Never` makes it permanent);
+    /// resolves to false if the key is missing.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// use cachet::Timeout;
+    ///
+    /// cache.set("k", &1).await?;
+    /// assert!(cache.touch("k").timeout(Timeout::Never).await?);
+    /// assert_eq!(cache.ttl("k").await?, Some(Timeout::Never));
+    /// assert!(!cache.touch("missing").await?);
+    /// # Ok(()) });
+    /// ```
     pub fn touch(&self, key: impl AsRef<str>) -> Touch {
         Touch { cache: self.clone(), key: key.as_ref().to_owned(), opts: Opts::default() }
     }
 
+    /// Django's `incr`: adds `.delta(d)` (default 1) to an integer and
+    /// resolves to the new value, keeping the entry's expiry. A missing key
+    /// is `Error::NotFound`, a value that is not an integer
+    /// `Error::NotAnInteger`, a result past `i64` `Error::Overflow`.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("hits", &10).await?;
+    /// assert_eq!(cache.incr("hits").await?, 11);
+    /// assert_eq!(cache.incr("hits").delta(5).await?, 16);
+    /// assert!(matches!(cache.incr("nobody").await, Err(cachet::Error::NotFound)));
+    /// # Ok(()) });
+    /// ```
     pub fn incr(&self, key: impl AsRef<str>) -> Incr {
         Incr { cache: self.clone(), key: key.as_ref().to_owned(), delta: 1, sign: 1, opts: Opts::default() }
     }
 
+    /// Django's `decr`: [`incr`](Cache::incr) by minus `.delta(d)`.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("stock", &3).await?;
+    /// assert_eq!(cache.decr("stock").await?, 2);
+    /// assert_eq!(cache.decr("stock").delta(5).await?, -3);
+    /// # Ok(()) });
+    /// ```
     pub fn decr(&self, key: impl AsRef<str>) -> Incr {
         Incr { cache: self.clone(), key: key.as_ref().to_owned(), delta: 1, sign: -1, opts: Opts::default() }
     }
 
+    /// Django's `has_key`: whether the key is present (and not expired).
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// assert!(!cache.has_key("k").await?);
+    /// cache.set("k", &()).await?;
+    /// assert!(cache.has_key("k").await?);
+    /// # Ok(()) });
+    /// ```
     pub fn has_key(&self, key: impl AsRef<str>) -> HasKey {
         HasKey { cache: self.clone(), key: key.as_ref().to_owned(), opts: Opts::default() }
     }
 
-    /// Moves the value to version + delta (keeping its expiry); resolves to the new version.
+    /// How long a key has left: `None` if missing, `Some(Timeout::Never)`
+    /// if it never expires, else `Some(Timeout::After(left))` (Redis's
+    /// `PTTL`).
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// use cachet::Timeout;
+    /// use std::time::Duration;
+    ///
+    /// cache.set("k", &1).timeout(Duration::from_secs(60)).await?;
+    /// let Some(Timeout::After(left)) = cache.ttl("k").await? else { panic!("k expires") };
+    /// assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
+    /// assert_eq!(cache.ttl("missing").await?, None);
+    /// # Ok(()) });
+    /// ```
+    pub fn ttl(&self, key: impl AsRef<str>) -> KeyTtl {
+        KeyTtl { cache: self.clone(), key: key.as_ref().to_owned(), opts: Opts::default() }
+    }
+
+    /// Django's `incr_version`: moves the value from `.version(v)` (default:
+    /// the client's) to version + delta, keeping its expiry; resolves to
+    /// the new version. A missing key is `Error::NotFound`.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("k", "old").await?;
+    /// assert_eq!(cache.incr_version("k").await?, 2);
+    /// assert_eq!(cache.get::<String>("k").await?, None);
+    /// assert_eq!(cache.get::<String>("k").version(2).await?.as_deref(), Some("old"));
+    /// # Ok(()) });
+    /// ```
     pub fn incr_version(&self, key: impl AsRef<str>) -> IncrVersion {
         IncrVersion { cache: self.clone(), key: key.as_ref().to_owned(), delta: 1, sign: 1, opts: Opts::default() }
     }
 
+    /// Django's `decr_version`: [`incr_version`](Cache::incr_version)
+    /// downwards.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("k", "v").version(3).await?;
+    /// assert_eq!(cache.decr_version("k").version(3).await?, 2);
+    /// # Ok(()) });
+    /// ```
     pub fn decr_version(&self, key: impl AsRef<str>) -> IncrVersion {
         IncrVersion { cache: self.clone(), key: key.as_ref().to_owned(), delta: 1, sign: -1, opts: Opts::default() }
     }
 
-    /// Removes everything, on every server.
+    /// Django's `clear`: removes everything, on every server, other
+    /// applications' keys included (see [`clear_prefix`](Cache::clear_prefix)).
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("k", &1).await?;
+    /// cache.clear().await?;
+    /// assert_eq!(cache.stats().await?.entries, 0);
+    /// # Ok(()) });
+    /// ```
     pub async fn clear(&self) -> Result<(), Error> {
         let calls = self
             .inner
@@ -233,6 +506,21 @@ impl Cache {
     /// (all versions), on every server, each server's share as one log
     /// record, so other applications' keys on the same daemons stay. (With
     /// no prefix set, that is every key a client without a prefix wrote.)
+    ///
+    /// ```
+    /// # cachet::doctest::with_daemon(|addr| {
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use cachet::Cache;
+    ///
+    /// let shop = Cache::builder().server(addr).key_prefix("shop").connect().await?;
+    /// let blog = Cache::builder().server(addr).key_prefix("blog").connect().await?;
+    /// shop.set("k", &1).await?;
+    /// blog.set("k", &2).await?;
+    /// shop.clear_prefix().await?;
+    /// assert_eq!(shop.get::<i32>("k").await?, None);
+    /// assert_eq!(blog.get::<i32>("k").await?, Some(2));
+    /// # Ok::<(), cachet::Error>(()) }).unwrap() });
+    /// ```
     pub async fn clear_prefix(&self) -> Result<(), Error> {
         let prefix = self.wire_key(&key_scope(&self.inner.prefix));
         let calls = self.inner.nodes.iter().map(|node| {
@@ -249,6 +537,17 @@ impl Cache {
         futures::future::try_join_all(calls).await.map(|_| ())
     }
 
+    /// The servers' counters and sizes: the sum in the fields
+    /// (`stats.entries`, `stats.hits` …), each server's own in `per_server`.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("k", &1).await?;
+    /// let _ = cache.get::<i32>("k").await?;
+    /// let stats = cache.stats().await?;
+    /// assert_eq!((stats.entries, stats.hits), (1, 1));
+    /// # Ok(()) });
+    /// ```
     pub async fn stats(&self) -> Result<Stats, Error> {
         let calls = self.inner.nodes.iter().map(|node| async move {
             let s = self.call(node, Retry::Safe, |c, ctx| async move { c.stats(ctx).await }).await?;
@@ -262,7 +561,54 @@ impl Cache {
         Ok(Stats { total, per_server })
     }
 
-    /// Drops the connections; a later call reconnects.
+    /// One round trip to every server (reconnecting if needed); resolves to
+    /// the slowest one's time.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// let rtt = cache.ping().await?;
+    /// assert!(rtt < std::time::Duration::from_secs(5));
+    /// # Ok(()) });
+    /// ```
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let started = std::time::Instant::now();
+        self.server_info().await?;
+        Ok(started.elapsed())
+    }
+
+    /// Each server's address with what it reports about itself: its
+    /// version and its key and value limits.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// for (addr, info) in cache.server_info().await? {
+    ///     println!("{addr}: cachetd {}, values up to {} bytes", info.version, info.max_value_bytes);
+    /// }
+    /// # Ok(()) });
+    /// ```
+    pub async fn server_info(&self) -> Result<Vec<(String, ServerInfo)>, Error> {
+        let calls = self.inner.nodes.iter().map(|node| async move {
+            let token = self.inner.token.clone();
+            let info = self
+                .call(node, Retry::Safe, |c, ctx| {
+                    let token = token.clone();
+                    async move { c.hello(ctx, token).await }
+                })
+                .await?;
+            Ok::<_, Error>((node.addr.clone(), info))
+        });
+        futures::future::try_join_all(calls).await
+    }
+
+    /// Django's `close`: drops the connections; a later call reconnects.
+    ///
+    /// ```
+    /// # cachet::doctest::run(|cache| async move {
+    /// cache.set("k", &1).await?;
+    /// cache.close().await?;
+    /// assert_eq!(cache.get::<i32>("k").await?, Some(1));
+    /// # Ok(()) });
+    /// ```
     pub async fn close(&self) -> Result<(), Error> {
         for node in &self.inner.nodes {
             node.drop_conn(None).await;
@@ -280,7 +626,7 @@ impl Cache {
         Bytes::from(keyspace::db_key(self.inner.database, full.as_bytes()))
     }
 
-    pub(crate) fn ttl(&self, t: Timeout) -> Ttl {
+    pub(crate) fn resolve_ttl(&self, t: Timeout) -> Ttl {
         t.resolve(self.inner.default_timeout)
     }
 

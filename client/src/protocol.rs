@@ -10,22 +10,39 @@ use serde::{Deserialize, Serialize};
 /// Errors as they cross the wire; the client maps them to [`crate::Error`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireError {
+    /// The key is missing or expired.
     NotFound,
+    /// The value is not an integer.
     NotAnInteger,
+    /// The result would not fit in an `i64`.
     Overflow,
+    /// The key is refused, with why.
     InvalidKey(String),
-    ValueTooLarge { size: u64, max: u64 },
+    /// The value is over the server's limit.
+    ValueTooLarge {
+        /// The value's size in bytes.
+        size: u64,
+        /// The server's `--max-value-bytes`.
+        max: u64,
+    },
+    /// The session has not presented the server's token.
     Unauthorized,
+    /// At the memory or entry cap, with no room to make.
     CacheFull(String),
+    /// The storage is read-only, with why.
     Unavailable(String),
+    /// Any other refusal, with its message.
     Server(String),
 }
 
 /// What the server tells a client at `hello`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
+    /// cachetd's version.
     pub version: String,
+    /// The longest key it takes (`--max-key-bytes`).
     pub max_key_bytes: u64,
+    /// The largest value it takes (`--max-value-bytes`).
     pub max_value_bytes: u64,
 }
 
@@ -62,14 +79,19 @@ wire_stats! {
     entries: sum,
     /// Memory as `--max-memory` counts it.
     memory_bytes: sum,
+    /// Reads that found their key.
     hits: sum,
+    /// Reads that did not.
     misses: sum,
+    /// Values stored.
     sets: sum,
+    /// Keys deleted.
     deletes: sum,
     /// Entries removed because their time ran out.
     expired: sum,
     /// Entries removed to stay under the memory or entry cap.
     evicted: sum,
+    /// Bytes of the log on disk.
     log_bytes: sum,
     /// Bytes of the log that hold live entries.
     log_live_bytes: sum,
@@ -81,7 +103,9 @@ wire_stats! {
     compaction_max_pause_us: max,
     /// 1 while the log cannot be written (writes refused, reads served).
     read_only: max,
+    /// Seconds since the daemon started.
     uptime_secs: max,
+    /// Client connections open now, every protocol.
     connections: sum,
 }
 
@@ -101,35 +125,57 @@ pub fn server_max_frame(max_value_bytes: usize) -> usize {
     max_value_bytes.saturating_mul(2).saturating_add(1 << 20)
 }
 
-#[tarpc::service]
-pub trait CacheService {
-    /// Starts a session: checks the token (when the server requires one) and
-    /// reports the server's limits.
-    async fn hello(token: Option<String>) -> Result<ServerInfo, WireError>;
-    /// One slot per key, in order.
-    async fn get_many(keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>, WireError>;
-    /// Returns the positions of the items that were refused.
-    async fn set_many(items: Vec<(Bytes, Bytes)>, ttl: Ttl) -> Result<Vec<u32>, WireError>;
-    async fn delete_many(keys: Vec<Bytes>) -> Result<(), WireError>;
-    async fn clear() -> Result<(), WireError>;
-    async fn stats() -> Result<WireStats, WireError>;
-    /// Several single-key operations in one request, applied back to back;
-    /// one reply per operation, in order. Every single-key call goes this
-    /// way: the client coalesces concurrent calls into batches, so
-    /// per-request overhead is paid once per batch.
-    async fn batch(ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError>;
+pub use service::*;
+
+/// The service's definition; tarpc generates the client
+/// ([`CacheServiceClient`]), the server side (`ServeCacheService`) and the
+/// request and response enums from it, without doc comments of their own.
+#[allow(missing_docs)]
+mod service {
+    use super::*;
+
+    /// The calls a cachetd serves over tarpc.
+    #[tarpc::service]
+    pub trait CacheService {
+        /// Starts a session: checks the token (when the server requires one) and
+        /// reports the server's limits.
+        async fn hello(token: Option<String>) -> Result<ServerInfo, WireError>;
+        /// One slot per key, in order.
+        async fn get_many(keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>, WireError>;
+        /// Returns the positions of the items that were refused.
+        async fn set_many(items: Vec<(Bytes, Bytes)>, ttl: Ttl) -> Result<Vec<u32>, WireError>;
+        /// Removes every key given.
+        async fn delete_many(keys: Vec<Bytes>) -> Result<(), WireError>;
+        /// Removes everything.
+        async fn clear() -> Result<(), WireError>;
+        /// The server's counters.
+        async fn stats() -> Result<WireStats, WireError>;
+        /// Several single-key operations in one request, applied back to back;
+        /// one reply per operation, in order. Every single-key call goes this
+        /// way: the client coalesces concurrent calls into batches, so
+        /// per-request overhead is paid once per batch.
+        async fn batch(ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError>;
+    }
 }
 
 /// One operation inside a `batch` request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
+    /// The value of a key.
     Get(Bytes),
+    /// Stores a value for a time.
     Set(Bytes, Bytes, Ttl),
+    /// Stores a value only if the key is absent.
     Add(Bytes, Bytes, Ttl),
+    /// The value held, storing this one first if the key is absent.
     GetOrAdd(Bytes, Bytes, Ttl),
+    /// Removes a key.
     Delete(Bytes),
+    /// A new time to live for a live key.
     Touch(Bytes, Ttl),
+    /// Adds to an integer value.
     Incr(Bytes, i64),
+    /// Whether a key is present.
     HasKey(Bytes),
     /// Moves a value to another key keeping its expiry (for `incr_version`).
     Rename(Bytes, Bytes),
@@ -137,17 +183,25 @@ pub enum Op {
     GetWithTtl(Bytes),
     /// Removes every key that starts with these bytes, as one log record.
     ClearPrefix(Bytes),
+    /// What is left of a key's time to live.
+    Ttl(Bytes),
 }
 
 /// The reply to one `Op` of a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpReply {
+    /// A value, or `None` on a miss.
     Value(Option<Bytes>),
+    /// Success, nothing to report.
     Done,
+    /// Yes or no (`add`, `delete`, `touch`, `has_key`).
     Bool(bool),
+    /// A number (`incr`).
     Int(i64),
     /// `GetWithTtl`: the value and the time it has left (`Millis` is at least 1).
     ValueWithTtl(Option<(Bytes, Ttl)>),
+    /// `Ttl`: what the key has left (`None` if it is missing).
+    Ttl(Option<Ttl>),
 }
 
 /// The MessagePack codec both sides use on the wire (rmp-serde, as

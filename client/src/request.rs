@@ -96,6 +96,10 @@ fn miss_if_down<T: Send + 'static>(
     })
 }
 
+/// `cache.get::<T>(key)`: resolves to `Some(value)`, or `None` on a miss.
+/// Refine with `.version(v)`, or turn into Django's `get(key, default=)`
+/// with [`Get::default`].
+#[must_use = "a request does nothing until it is awaited"]
 pub struct Get<T> {
     pub(crate) cache: Cache,
     pub(crate) key: String,
@@ -111,7 +115,89 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for Get<T> {
         let down_is_miss = self.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, None, async move {
             match self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::Get).await? {
-                OpReply::Value(v) => v.map(|b| decode(&b)).transpose(),
+                OpReply::Value(v) => v.map(|b| decode(&self.key, &b)).transpose(),
+                r => Err(unexpected(r)),
+            }
+        })
+    }
+}
+
+impl<T> Get<T> {
+    /// Django's `get(key, default=…)`: resolves to the cached value, or to
+    /// `value` on a miss (nothing is stored).
+    pub fn default(self, value: T) -> GetDefault<T> {
+        GetDefault { get: self, value }
+    }
+}
+
+/// `cache.get(key).default(value)`: the cached value, or `value` on a miss.
+#[must_use = "a request does nothing until it is awaited"]
+pub struct GetDefault<T> {
+    get: Get<T>,
+    value: T,
+}
+
+impl<T> GetDefault<T> {
+    /// Django's `version=` for this call (default: the client's `version`).
+    pub fn version(mut self, v: i64) -> Self {
+        self.get.opts.version = Some(v);
+        self
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetDefault<T> {
+    type Output = Result<T, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        let GetDefault { get, value } = self;
+        Box::pin(async move { Ok(get.await?.unwrap_or(value)) })
+    }
+}
+
+/// `cache.get_raw(key)`: the stored bytes as they are, not decoded (what a
+/// RESP client wrote, say).
+#[must_use = "a request does nothing until it is awaited"]
+pub struct GetRaw {
+    pub(crate) cache: Cache,
+    pub(crate) key: String,
+    pub(crate) opts: Opts,
+}
+options!(GetRaw: version);
+
+impl IntoFuture for GetRaw {
+    type Output = Result<Option<Bytes>, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        let down_is_miss = self.cache.inner.down_is_miss;
+        miss_if_down(down_is_miss, None, async move {
+            match self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::Get).await? {
+                OpReply::Value(v) => Ok(v),
+                r => Err(unexpected(r)),
+            }
+        })
+    }
+}
+
+/// `cache.ttl(key)`: how long a key has left. Resolves to `None` if the key
+/// is missing, `Some(Timeout::Never)` if it never expires, and
+/// `Some(Timeout::After(left))` otherwise.
+#[must_use = "a request does nothing until it is awaited"]
+pub struct KeyTtl {
+    pub(crate) cache: Cache,
+    pub(crate) key: String,
+    pub(crate) opts: Opts,
+}
+options!(KeyTtl: version);
+
+impl IntoFuture for KeyTtl {
+    type Output = Result<Option<Timeout>, Error>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            match self.cache.keyed(&self.key, self.opts.version, Retry::Safe, Op::Ttl).await? {
+                OpReply::Ttl(None) => Ok(None),
+                OpReply::Ttl(Some(Ttl::Never)) => Ok(Some(Timeout::Never)),
+                OpReply::Ttl(Some(Ttl::Millis(ms))) => Ok(Some(Timeout::After(std::time::Duration::from_millis(ms)))),
                 r => Err(unexpected(r)),
             }
         })
@@ -137,11 +223,14 @@ impl Write {
         let value = std::mem::replace(&mut self.value, Ok(Bytes::new()))?;
         let c = &self.cache;
         let t = c.target(&self.key, self.opts.version, Some(&value)).await?;
-        let op = make(c.wire_key(&t.key), value, c.ttl(self.opts.timeout));
+        let op = make(c.wire_key(&t.key), value, c.resolve_ttl(self.opts.timeout));
         c.op(&t, retry, op).await
     }
 }
 
+/// `cache.set(key, &value)`: stores the value. Refine with `.timeout(t)`
+/// and `.version(v)`.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct Set {
     pub(crate) w: Write,
 }
@@ -170,6 +259,9 @@ impl IntoFuture for Set {
     }
 }
 
+/// `cache.add(key, &value)`: stores only if the key is absent (or
+/// expired); resolves to whether it stored.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct Add {
     pub(crate) w: Write,
 }
@@ -187,6 +279,9 @@ impl IntoFuture for Add {
     }
 }
 
+/// `cache.get_or_set(key, &default)`: the cached value, storing `default`
+/// first on a miss.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct GetOrSet<T> {
     pub(crate) w: Write,
     pub(crate) _t: PhantomData<fn() -> T>,
@@ -200,13 +295,16 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetOrSet<T> {
         Box::pin(async move {
             let mut w = self.w;
             match w.send(Retry::Safe, Op::GetOrAdd).await? {
-                OpReply::Value(Some(held)) => decode(&held),
+                OpReply::Value(Some(held)) => decode(&w.key, &held),
                 r => Err(unexpected(r)),
             }
         })
     }
 }
 
+/// `cache.get_or_set_with(key, f)`: the cached value, computing it with
+/// `f` only on a miss.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct GetOrSetWith<T, F> {
     pub(crate) cache: Cache,
     pub(crate) key: String,
@@ -253,6 +351,8 @@ where
     }
 }
 
+/// `cache.get_many(keys)`: the keys present, with their values.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct GetMany<T> {
     pub(crate) cache: Cache,
     pub(crate) keys: Vec<String>,
@@ -293,7 +393,8 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetMany<T> {
             for group in futures::future::try_join_all(calls).await? {
                 for ((k, _), v) in group {
                     if let Some(v) = v {
-                        out.insert(user_part(&k, &c.inner.prefix, version).to_owned(), decode(&v)?);
+                        let user = user_part(&k, &c.inner.prefix, version);
+                        out.insert(user.to_owned(), decode(user, &v)?);
                     }
                 }
             }
@@ -302,6 +403,9 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for GetMany<T> {
     }
 }
 
+/// `cache.set_many(items)`: stores many values; resolves to the keys that
+/// could not be stored.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct SetMany {
     pub(crate) cache: Cache,
     pub(crate) items: Vec<(String, Result<Bytes, Error>)>,
@@ -315,7 +419,7 @@ impl IntoFuture for SetMany {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let c = &self.cache;
-            let ttl = c.ttl(self.opts.timeout);
+            let ttl = c.resolve_ttl(self.opts.timeout);
             let mut items = Vec::with_capacity(self.items.len());
             for (k, v) in self.items {
                 items.push((c.key(&k, self.opts.version), (k, v?)));
@@ -374,6 +478,8 @@ impl IntoFuture for SetMany {
     }
 }
 
+/// `cache.delete(key)`: resolves to whether a value was removed.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct Delete {
     pub(crate) cache: Cache,
     pub(crate) key: String,
@@ -392,6 +498,8 @@ impl IntoFuture for Delete {
     }
 }
 
+/// `cache.delete_many(keys)`: removes every key given.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct DeleteMany {
     pub(crate) cache: Cache,
     pub(crate) keys: Vec<String>,
@@ -421,6 +529,9 @@ impl IntoFuture for DeleteMany {
     }
 }
 
+/// `cache.touch(key)`: gives a live key a new timeout; resolves to false
+/// if it is missing.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct Touch {
     pub(crate) cache: Cache,
     pub(crate) key: String,
@@ -435,12 +546,15 @@ impl IntoFuture for Touch {
         let down_is_miss = self.cache.inner.down_is_miss;
         miss_if_down(down_is_miss, false, async move {
             let c = &self.cache;
-            let ttl = c.ttl(self.opts.timeout);
+            let ttl = c.resolve_ttl(self.opts.timeout);
             boolean(c.keyed(&self.key, self.opts.version, Retry::Safe, |k| Op::Touch(k, ttl)).await?)
         })
     }
 }
 
+/// `cache.incr(key)` / `cache.decr(key)`: adds (or subtracts) `delta`
+/// (default 1) and resolves to the new value.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct Incr {
     pub(crate) cache: Cache,
     pub(crate) key: String,
@@ -465,6 +579,8 @@ impl IntoFuture for Incr {
     }
 }
 
+/// `cache.has_key(key)`: resolves to whether the key is present.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct HasKey {
     pub(crate) cache: Cache,
     pub(crate) key: String,
@@ -483,6 +599,9 @@ impl IntoFuture for HasKey {
     }
 }
 
+/// `cache.incr_version(key)` / `cache.decr_version(key)`: moves the value
+/// to another version and resolves to the new version.
+#[must_use = "a request does nothing until it is awaited"]
 pub struct IncrVersion {
     pub(crate) cache: Cache,
     pub(crate) key: String,

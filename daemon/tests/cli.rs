@@ -8,14 +8,21 @@ use std::process::Command;
 use support::Daemon;
 
 fn cachet(d: &Daemon, args: &[&str]) -> (i32, String) {
+    let (code, out, _) = cachet_with(d, args, b"");
+    (code, String::from_utf8_lossy(&out).trim().to_string())
+}
+
+/// Runs the command line in-process with `stdin`; returns the exit code,
+/// the bytes written, and the error message (exit code 2).
+fn cachet_with(d: &Daemon, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
     let argv = ["cachet", "--server", d.addr.as_str()].iter().chain(args).map(|s| s.to_string()).collect::<Vec<_>>();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut out = Vec::new();
-    let code = match rt.block_on(cachet::cli::run(argv, &mut out)) {
-        Ok(code) => code as i32,
-        Err(_) => 2,
-    };
-    (code, String::from_utf8_lossy(&out).trim().to_string())
+    let mut input = stdin;
+    match rt.block_on(cachet::cli::run(argv, &mut input, &mut out)) {
+        Ok(code) => (code as i32, out, String::new()),
+        Err(msg) => (2, out, msg),
+    }
 }
 
 #[test]
@@ -55,6 +62,86 @@ fn set_get_incr_and_friends() {
     assert_eq!(cachet(&d, &["set", "m", "5"]).0, 0);
     assert_eq!(cachet(&d, &["incr", "m", "-3"]), (0, "2".into()));
     assert_eq!(cachet(&d, &["decr", "m", "-3"]), (0, "5".into()));
+}
+
+#[test]
+fn values_from_stdin_raw_bytes_and_durations() {
+    let d = Daemon::start(&[]);
+    // "-" reads stdin; one trailing newline goes, so a number stays a number.
+    assert_eq!(cachet_with(&d, &["set", "n", "-"], b"41\n").0, 0);
+    assert_eq!(cachet(&d, &["incr", "n"]), (0, "42".into()));
+    // Larger than any argument list may be.
+    let big = "x".repeat(300 << 10);
+    assert_eq!(cachet_with(&d, &["set", "big", "-"], big.as_bytes()).0, 0);
+    assert_eq!(cachet(&d, &["get", "big"]).1.len(), big.len());
+    // --raw: bytes in, the same bytes out, no newline added or taken.
+    let bytes: Vec<u8> = (0..=255u8).chain([b'\n']).collect();
+    assert_eq!(cachet_with(&d, &["--raw", "set", "bin", "-"], &bytes).0, 0);
+    assert_eq!(cachet_with(&d, &["get", "bin", "--raw"], b"").1, bytes);
+    assert_eq!(cachet_with(&d, &["--raw", "incr", "n"], b"").0, 2, "--raw is for get and set");
+    // Durations: seconds, 5m, 1h30m; "never"; nonsense is an error naming the forms.
+    assert_eq!(cachet(&d, &["set", "k", "v", "--timeout", "5m"]).0, 0);
+    let left: f64 = cachet(&d, &["ttl", "k"]).1.parse().unwrap();
+    assert!(left > 290.0 && left <= 300.0, "{left}");
+    assert_eq!(cachet(&d, &["touch", "k", "--timeout", "1h30m"]), (0, "true".into()));
+    let left: f64 = cachet(&d, &["ttl", "k"]).1.parse().unwrap();
+    assert!(left > 5390.0 && left <= 5400.0, "{left}");
+    assert_eq!(cachet(&d, &["touch", "k", "--timeout", "never"]).0, 0);
+    assert_eq!(cachet(&d, &["ttl", "k"]), (0, "never".into()));
+    assert_eq!(cachet(&d, &["ttl", "missing"]).0, 1);
+    let (code, _, msg) = cachet_with(&d, &["set", "k", "v", "--timeout", "5 fortnights"], b"");
+    assert_eq!(code, 2);
+    assert!(msg.contains("5m") && msg.contains("seconds"), "{msg}");
+    // "--" ends the options: a key may start with a dash.
+    assert_eq!(cachet(&d, &["set", "--", "-k", "-5"]).0, 0);
+    assert_eq!(cachet(&d, &["get", "--", "-k"]), (0, "-5".into()));
+}
+
+#[test]
+fn prefix_and_version_address_an_applications_keys() {
+    let d = Daemon::start(&[]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let app = cachet::Cache::builder().server(&d.addr).key_prefix("shop").version(3).connect().await.unwrap();
+        app.set("cart", "three items").await.unwrap();
+    });
+    assert_eq!(cachet(&d, &["get", "cart"]).0, 1, "not under the default :1:");
+    assert_eq!(cachet(&d, &["--prefix", "shop", "--version", "3", "get", "cart"]), (0, "three items".into()));
+    assert_eq!(cachet(&d, &["get", "cart", "--prefix", "shop", "--version", "3"]), (0, "three items".into()));
+    assert_eq!(cachet(&d, &["--prefix", "shop", "--version", "3", "set", "seen", "1"]).0, 0);
+    let seen: Option<i64> = rt.block_on(async {
+        let app = cachet::Cache::builder().server(&d.addr).key_prefix("shop").version(3).connect().await.unwrap();
+        app.get("seen").await.unwrap()
+    });
+    assert_eq!(seen, Some(1));
+    // --version alone (with a command) is a mistake that is explained.
+    let (code, _, msg) = cachet_with(&d, &["get", "cart", "--version"], b"");
+    assert_eq!(code, 2);
+    assert!(msg.contains("--version 2 get KEY"), "{msg}");
+}
+
+#[test]
+fn ping_info_and_stats_as_json_or_watched() {
+    let d = Daemon::start(&[]);
+    let (code, pong) = cachet(&d, &["ping"]);
+    assert_eq!(code, 0);
+    assert!(pong.starts_with("PONG "), "{pong}");
+    let (code, info) = cachet(&d, &["info"]);
+    assert_eq!(code, 0);
+    assert!(info.contains(&format!("# server {}", d.addr)) && info.contains("max_value_bytes 16777216"), "{info}");
+    assert!(info.contains("entries 0"), "{info}");
+    assert_eq!(cachet(&d, &["set", "a", "1"]).0, 0);
+    let (code, json) = cachet(&d, &["stats", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["total"]["entries"], 1, "{json}");
+    assert_eq!(v["per_server"][&d.addr]["sets"], 1, "{json}");
+    let (code, watched) = cachet(&d, &["stats", "--watch", "--interval", "0.05", "--count", "3"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = watched.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three lines: {watched}");
+    assert!(lines[0].contains("entries") && lines[0].contains("ops/s"), "{watched}");
+    assert!(lines[3].split_whitespace().next() == Some("1"), "{watched}");
 }
 
 #[test]

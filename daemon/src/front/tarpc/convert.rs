@@ -24,6 +24,7 @@ pub(super) fn command(op: Op) -> Command {
         Op::Rename(f, t) => Command::Rename { from: vec(f), to: vec(t) },
         Op::GetWithTtl(k) => Command::GetWithTtl { key: vec(k) },
         Op::ClearPrefix(p) => Command::ClearPrefix { prefix: vec(p) },
+        Op::Ttl(k) => Command::Ttl { key: vec(k) },
     }
 }
 
@@ -46,6 +47,7 @@ pub(super) fn op_reply(r: Reply) -> Result<OpReply, WireError> {
         Reply::Bool(b) => Ok(OpReply::Bool(b)),
         Reply::Int(n) => Ok(OpReply::Int(n)),
         Reply::ValueWithTtl(v) => Ok(OpReply::ValueWithTtl(v.map(|(v, t)| (Bytes::from(v), t)))),
+        Reply::Ttl(t) => Ok(OpReply::Ttl(t)),
         r => Err(unexpected(r)),
     }
 }

@@ -279,10 +279,10 @@ impl Node {
 
 /// `d` scaled by a factor in [0.5, 1.5), so clients that lost a server at the
 /// same moment do not all come back at the same moment.
+/// A wait between half and one and a half times `d`, so clients that lost
+/// a server together do not come back in lockstep.
 fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
-    let noise = (nanos as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54; // 0..1024
-    d.mul_f64(0.5 + noise as f64 / 1024.0)
+    d.mul_f64(rand::random_range(0.5..1.5))
 }
 
 fn client_config() -> tarpc::client::Config {

@@ -157,6 +157,9 @@ impl Size {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Vec<String>,
+    /// The listen options set by flag, environment or file (ignored, with
+    /// a warning, under socket activation).
+    pub listen_options_given: Vec<&'static str>,
     pub data_dir: PathBuf,
     pub sync: SyncPolicy,
     pub max_memory: Option<u64>,
@@ -215,6 +218,14 @@ impl Settings {
             (None, Some(s)) => s.parse().map_err(|e| format!("sync: {e}"))?,
             (None, None) => SyncPolicy::EverySec,
         };
+        let listen_options_given = [
+            ("--listen", !o.listen.is_empty() || file.listen.as_ref().is_some_and(|l| !l.is_empty())),
+            ("--unix-mode", o.unix_mode.is_some() || file.unix_mode.is_some()),
+            ("--unix-group", o.unix_group.is_some() || file.unix_group.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect();
         let listen = if !o.listen.is_empty() {
             o.listen
         } else {
@@ -250,6 +261,7 @@ impl Settings {
             in_range("max_unsent_reply_bytes_total", max_unsent_reply_bytes_total, max_unsent_reply_bytes, 1 << 42)?;
         Ok(Settings {
             listen,
+            listen_options_given,
             data_dir,
             sync,
             max_memory: size(o.max_memory, &file.max_memory, "max_memory")?

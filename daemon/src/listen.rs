@@ -71,52 +71,94 @@ pub struct UnixPerms {
     pub group: Option<String>,
 }
 
-impl Listener {
-    /// Binds `addr` (`HOST:PORT` or `unix:/path`). A unix socket file left by
-    /// a process that is gone is replaced; one still served is an error.
-    pub async fn bind(addr: &str, perms: &UnixPerms) -> Result<Listener> {
-        Self::bind_unchecked(addr, perms).await.map_err(Error::Listen)
+/// A listening socket bound before the runtime starts (by us, or passed by
+/// systemd), so a bad address fails in a millisecond, before the replay.
+pub enum Bound {
+    Tcp(std::net::TcpListener, Protocol),
+    /// A unix socket, its path, and whether we made it (and remove it on exit).
+    Unix(std::os::unix::net::UnixListener, PathBuf, bool, Protocol),
+}
+
+impl Bound {
+    /// Binds a `--listen` address (`HOST:PORT`, `unix:/path`, `resp://…`).
+    /// A unix socket file left by a process that is gone is replaced; one
+    /// still served is an error.
+    pub fn bind(listen: &str, perms: &UnixPerms) -> Result<Bound> {
+        let (protocol, addr) = Protocol::of(listen);
+        bind_unchecked(&addr, protocol, perms).map_err(Error::Listen)
     }
 
-    async fn bind_unchecked(addr: &str, perms: &UnixPerms) -> std::result::Result<Listener, String> {
-        if let Some(path) = addr.strip_prefix("unix:") {
-            let path = PathBuf::from(path);
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                use std::os::unix::fs::FileTypeExt;
-                // Only a socket left by a process that is gone is replaced:
-                // never a regular file, a directory or a link someone put there.
-                if !meta.file_type().is_socket() {
-                    return Err(format!(
-                        "{} exists and is not a socket; remove it or pick another path for --listen unix:",
-                        path.display()
-                    ));
-                }
-                if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                    return Err(format!(
-                        "{} is in use by a running server; stop it or pick another path",
-                        path.display()
-                    ));
-                }
-                std::fs::remove_file(&path).map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
+    /// Registers the socket with the runtime (call inside it).
+    pub fn into_listener(self) -> Result<(Listener, Protocol)> {
+        let registering = |e: std::io::Error| Error::Listen(format!("registering a listening socket: {e}"));
+        Ok(match self {
+            Bound::Tcp(l, p) => (Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(registering)?), p),
+            Bound::Unix(l, path, ours, p) => {
+                (Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(registering)?, path, ours), p)
             }
-            let l = tokio::net::UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perms.mode))
-                .map_err(|e| format!("setting mode of {}: {e}", path.display()))?;
-            if let Some(group) = &perms.group {
-                let gid = group_id(group)?;
-                std::os::unix::fs::chown(&path, None, Some(gid))
-                    .map_err(|e| format!("giving {} to group {group}: {e}", path.display()))?;
+        })
+    }
+}
+
+fn bind_unchecked(addr: &str, protocol: Protocol, perms: &UnixPerms) -> std::result::Result<Bound, String> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            // Only a socket left by a process that is gone is replaced:
+            // never a regular file, a directory or a link someone put there.
+            if !meta.file_type().is_socket() {
+                return Err(format!(
+                    "{} exists and is not a socket; remove it or pick another path for --listen unix:",
+                    path.display()
+                ));
             }
-            Ok(Listener::Unix(l, path, true))
-        } else {
-            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                format!("binding {addr}: {e}; is another server on that port? (--listen picks another)")
-            })?;
-            Ok(Listener::Tcp(l))
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(format!("{} is in use by a running server; stop it or pick another path", path.display()));
+            }
+            std::fs::remove_file(&path).map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
         }
+        let l =
+            std::os::unix::net::UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+        l.set_nonblocking(true).map_err(|e| format!("binding {}: {e}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perms.mode))
+            .map_err(|e| format!("setting mode of {}: {e}", path.display()))?;
+        if let Some(group) = &perms.group {
+            let gid = group_id(group)?;
+            std::os::unix::fs::chown(&path, None, Some(gid))
+                .map_err(|e| format!("giving {} to group {group}: {e}", path.display()))?;
+        }
+        Ok(Bound::Unix(l, path, true, protocol))
+    } else {
+        let failed = |e: std::io::Error| {
+            format!("binding {addr}: {e}; is another server on that port? (--listen picks another)")
+        };
+        let mut last = None;
+        let addrs = std::net::ToSocketAddrs::to_socket_addrs(addr).map_err(|e| {
+            format!("--listen {addr}: {e}; give HOST:PORT, unix:/path, resp://HOST:PORT or resp+unix:/path")
+        })?;
+        for a in addrs {
+            // As tokio's bind: SO_REUSEADDR, so a restart can bind at once
+            // while old connections linger in TIME_WAIT.
+            let bound = (|| {
+                let sock = socket2::Socket::new(socket2::Domain::for_address(a), socket2::Type::STREAM, None)?;
+                sock.set_reuse_address(true)?;
+                sock.set_nonblocking(true)?;
+                sock.bind(&a.into())?;
+                sock.listen(1024)?;
+                Ok::<_, std::io::Error>(std::net::TcpListener::from(sock))
+            })();
+            match bound {
+                Ok(l) => return Ok(Bound::Tcp(l, protocol)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map(failed).unwrap_or_else(|| format!("--listen {addr}: the name resolves to no address")))
     }
+}
 
+impl Listener {
     pub fn describe(&self) -> String {
         match self {
             Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "tcp".into()),
@@ -142,14 +184,11 @@ impl Listener {
 }
 
 fn group_id(name: &str) -> Result<u32, String> {
-    let c = std::ffi::CString::new(name).map_err(|_| format!("bad group name {name:?}"))?;
-    // SAFETY: getgrnam reads a NUL-terminated name and returns a pointer to
-    // static storage (or null), read at once before any other call.
-    let g = unsafe { libc::getgrnam(c.as_ptr()) };
-    if g.is_null() {
-        return Err(format!("no such group {name:?} (--unix-group)"));
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no such group {name:?} (--unix-group); create it or name another")),
+        Err(e) => Err(format!("looking up group {name:?} (--unix-group): {e}")),
     }
-    Ok(unsafe { (*g).gr_gid })
 }
 
 #[derive(Clone)]

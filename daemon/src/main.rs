@@ -26,7 +26,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use config::{Cli, Settings, Sub};
 use error::{Error, Result};
-use listen::{Limits, Listener, Protocol};
+use listen::{Bound, Limits};
 use shared::{ServerSettings, Shared};
 
 /// The log filter unless `CACHET_LOG` sets one: cachetd's own messages at
@@ -190,13 +190,38 @@ fn run(s: Settings) -> Result<()> {
         ..EngineConfig::new(&s.data_dir)
     };
     tracing::info!(data_dir = %s.data_dir.display(), sync = %s.sync, "opening");
-    // Taken before any thread starts (it edits the environment).
-    let activated = systemd::activated_listeners()?;
-    systemd::notify(&[sd_notify::NotifyState::Status("replaying the log")]);
+    // SAFETY: no other thread has started yet (the engine and the runtime
+    // come below).
+    let activated = unsafe { systemd::activated_listeners()? };
+    // Bound before the replay, so a bad or busy address fails now.
+    let bound = if activated.is_empty() {
+        let perms = listen::UnixPerms { mode: s.unix_mode, group: s.unix_group.clone() };
+        s.listen.iter().map(|addr| Bound::bind(addr, &perms)).collect::<Result<Vec<_>>>()?
+    } else {
+        tracing::info!("socket activation: serving {} listener(s) passed by systemd", activated.len());
+        if !s.listen_options_given.is_empty() {
+            tracing::warn!(
+                "socket activation: ignoring {} (systemd's socket units decide where and how cachetd listens: \
+                 edit ListenStream=, SocketMode= and SocketGroup= there)",
+                s.listen_options_given.join(", ")
+            );
+        }
+        activated
+    };
+    systemd::notify(&[
+        sd_notify::NotifyState::Status("replaying the log"),
+        sd_notify::NotifyState::ExtendTimeoutUsec(systemd::REPLAY_EXTEND_USEC),
+    ]);
+    let replay_started = Instant::now();
     let engine = Engine::open_with(engine_config, Arc::new(cachet_storage::SystemClock::new()), |p| {
-        let pct = (p.bytes_done * 100).checked_div(p.bytes_total).unwrap_or(100);
-        tracing::info!(records = p.records, "replay {pct}%");
-        systemd::notify(&[sd_notify::NotifyState::Status(&format!("replay {pct}%, {} records", p.records))]);
+        let status = systemd::replay_status(p.bytes_done, p.bytes_total, p.records, replay_started.elapsed());
+        tracing::info!(records = p.records, bytes = p.bytes_done, "{status}");
+        // Each report buys the start-up more time, so a long replay that
+        // is moving is never killed by TimeoutStartSec; a stuck one is.
+        systemd::notify(&[
+            sd_notify::NotifyState::Status(&status),
+            sd_notify::NotifyState::ExtendTimeoutUsec(systemd::REPLAY_EXTEND_USEC),
+        ]);
     })?;
     let r = engine.replay_report();
     tracing::info!(segments = r.segments, records = r.records, bytes = r.bytes, ms = r.elapsed_ms, "replay done");
@@ -206,7 +231,7 @@ fn run(s: Settings) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Runtime(format!("starting the async runtime: {e}")))?;
-    let outcome = rt.block_on(serve(&s, &engine, started, activated));
+    let outcome = rt.block_on(serve(&s, &engine, started, bound));
     drop(rt);
     let synced = engine.shutdown();
     outcome?;
@@ -215,7 +240,7 @@ fn run(s: Settings) -> Result<()> {
     Ok(())
 }
 
-async fn serve(s: &Settings, engine: &Engine, started: Instant, activated: Vec<systemd::Activated>) -> Result<()> {
+async fn serve(s: &Settings, engine: &Engine, started: Instant, bound: Vec<Bound>) -> Result<()> {
     let settings = ServerSettings {
         sync: s.sync.to_string(),
         max_memory: s.max_memory,
@@ -226,16 +251,7 @@ async fn serve(s: &Settings, engine: &Engine, started: Instant, activated: Vec<s
     };
     let shared =
         Arc::new(Shared::new(engine.handle(), s.auth_token.clone(), s.max_key_bytes, s.max_value_bytes, settings));
-    let mut listeners = activated.into_iter().map(systemd::Activated::into_listener).collect::<Result<Vec<_>, _>>()?;
-    if listeners.is_empty() {
-        let perms = listen::UnixPerms { mode: s.unix_mode, group: s.unix_group.clone() };
-        for addr in &s.listen {
-            let (protocol, addr) = Protocol::of(addr);
-            listeners.push((Listener::bind(&addr, &perms).await?, protocol));
-        }
-    } else {
-        tracing::info!("socket activation: serving {} listener(s) passed by systemd", listeners.len());
-    }
+    let listeners = bound.into_iter().map(Bound::into_listener).collect::<Result<Vec<_>>>()?;
     if s.auth_token.is_none() && listeners.iter().any(|(l, _)| l.is_exposed()) {
         tracing::warn!(
             "listening beyond loopback without authentication: anyone who can reach the port can read and change \

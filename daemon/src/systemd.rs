@@ -1,7 +1,7 @@
 //! systemd integration: socket activation, readiness and status, the
 //! watchdog, and log lines the journal understands.
 
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,77 +9,62 @@ use cachet_storage::{Command, Handle, Reply};
 use sd_notify::NotifyState;
 
 use crate::error::Error;
-use crate::listen::{Listener, Protocol};
+use crate::listen::{Bound, Protocol};
 
-/// A listening socket passed by systemd, before the runtime adopts it.
-pub enum Activated {
-    Tcp(std::net::TcpListener, Protocol),
-    Unix(std::os::unix::net::UnixListener, std::path::PathBuf, Protocol),
+/// Listeners passed by systemd (`LISTEN_FDS`), if any: TCP and unix
+/// sockets. A socket named `resp` (`FileDescriptorName=resp`) speaks RESP;
+/// any other, tarpc. The variables are cleared, as they are for us alone, not for
+/// anything we might start.
+///
+/// # Safety
+/// Edits the environment: call before any other thread starts.
+pub unsafe fn activated_listeners() -> Result<Vec<Bound>, Error> {
+    // SAFETY: the caller runs this before any other thread exists.
+    let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
+        .map_err(|e| Error::Systemd(format!("LISTEN_FDS: {e}")))?;
+    fds.map(|(fd, name)| from_fd(fd, &name).map_err(Error::Systemd)).collect()
 }
 
-impl Activated {
-    /// Registers the socket with the runtime (call inside it).
-    /// A socket named `resp` (`FileDescriptorName=resp`) speaks RESP; any
-    /// other, tarpc.
-    pub fn into_listener(self) -> Result<(Listener, Protocol), Error> {
-        let registering = |e: std::io::Error| Error::Systemd(format!("registering an activated socket: {e}"));
-        Ok(match self {
-            Activated::Tcp(l, p) => (Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(registering)?), p),
-            // systemd created the socket file and removes it: not ours to delete.
-            Activated::Unix(l, path, p) => {
-                (Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(registering)?, path, false), p)
-            }
-        })
-    }
-}
-
-/// Listeners passed by systemd (`LISTEN_FDS`), if any: TCP and unix sockets.
-pub fn activated_listeners() -> Result<Vec<Activated>, Error> {
-    let fds: Vec<(RawFd, String)> = match sd_notify::listen_fds_with_names() {
-        Ok(fds) => fds.collect(),
-        Err(_) => sd_notify::listen_fds()
-            .map_err(|e| Error::Systemd(format!("LISTEN_FDS: {e}")))?
-            .map(|fd| (fd, String::new()))
-            .collect(),
-    };
-    // The variables are for us alone, not for anything we might start.
-    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
-        // SAFETY: called before the runtime and any other thread start.
-        unsafe { std::env::remove_var(var) };
-    }
-    fds.into_iter().map(|(fd, name)| from_fd(fd, &name).map_err(Error::Systemd)).collect()
-}
-
-fn from_fd(fd: RawFd, name: &str) -> Result<Activated, String> {
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: getsockname writes at most `len` bytes into `addr`.
-    let rc = unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) };
-    if rc != 0 {
-        return Err(format!(
-            "socket activation: fd {fd} ({name}) is not a socket: {}",
-            std::io::Error::last_os_error()
-        ));
+fn from_fd(fd: RawFd, name: &str) -> Result<Bound, String> {
+    // SAFETY: systemd passed this descriptor to us; it stays open while we
+    // look at it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&borrowed);
+    let not_a_listener =
+        |what: String| format!("socket activation: fd {fd} ({name}) {what}; pass a ListenStream socket");
+    let addr = sock.local_addr().map_err(|e| not_a_listener(format!("is not a socket ({e})")))?;
+    match sock.r#type() {
+        Ok(t) if t == socket2::Type::STREAM => {}
+        _ => return Err(not_a_listener("is not a stream socket".into())),
     }
     let protocol = if name == "resp" { Protocol::Resp } else { Protocol::Tarpc };
-    match addr.ss_family as i32 {
-        libc::AF_UNIX => {
-            // SAFETY: systemd hands us ownership of the listening socket.
-            let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let path = l.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_path_buf())).unwrap_or_default();
-            Ok(Activated::Unix(l, path, protocol))
-        }
-        libc::AF_INET | libc::AF_INET6 => {
-            // SAFETY: as above.
-            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            Ok(Activated::Tcp(l, protocol))
-        }
-        other => {
-            Err(format!("socket activation: fd {fd} ({name}) has address family {other}; use TCP or unix sockets"))
-        }
+    if addr.is_unix() {
+        // SAFETY: systemd hands us ownership of the listening socket.
+        let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let path = l.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_path_buf())).unwrap_or_default();
+        // systemd created the socket file and removes it: not ours to delete.
+        Ok(Bound::Unix(l, path, false, protocol))
+    } else if addr.is_ipv4() || addr.is_ipv6() {
+        // SAFETY: as above.
+        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(Bound::Tcp(l, protocol))
+    } else {
+        Err(not_a_listener(format!("has address family {}", addr.family())))
     }
+}
+
+/// How much longer than now systemd should wait for READY=1 after each
+/// replay progress report (reports come every 64 MiB or million records).
+pub const REPLAY_EXTEND_USEC: u32 = 120_000_000;
+
+/// The replay's progress for `STATUS=` and the log: percent, bytes, rate.
+pub fn replay_status(done: u64, total: u64, records: u64, elapsed: Duration) -> String {
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let rate = mib(done) / elapsed.as_secs_f64().max(1e-3);
+    format!("replay {pct}%: {:.0} of {:.0} MiB, {records} records, {rate:.0} MiB/s", mib(done), mib(total))
 }
 
 pub fn notify(states: &[NotifyState]) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks the unit files with `systemd-analyze verify`, failing on any
-# warning. The units name /usr/local/bin/cachetd; a temporary copy points
+# warning, and scores the service's hardening. The units name /usr/local/bin/cachetd; a temporary copy points
 # them at the binary built here instead. Usage: verify.sh PATH/TO/cachetd
 set -euo pipefail
 bin=$(realpath "$1")
@@ -16,4 +16,11 @@ if [ -n "$out" ]; then
     echo "$out"
     exit 1
 fi
-echo "unit files verified"
+# Hardening: the exposure score systemd computes (0 best, 10 worst) must
+# stay at or below 2.5.
+score=$(cd "$tmp" && systemd-analyze security --offline=true cachetd.service 2>&1 | sed -n 's/.*Overall exposure level for cachetd.service: \([0-9.]*\).*/\1/p')
+if [ -z "$score" ] || ! awk -v s="$score" 'BEGIN { exit !(s <= 2.5) }'; then
+    echo "systemd-analyze security: exposure ${score:-unknown} for cachetd.service, above 2.5"
+    exit 1
+fi
+echo "unit files verified; security exposure $score (at most 2.5)"

@@ -199,6 +199,33 @@ fn check_and_repair_subcommands() {
 }
 
 #[test]
+fn a_busy_listen_address_fails_before_the_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(support::bin())
+        .args(["--listen", &addr, "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("CACHET_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("binding {addr}")), "{err}");
+    assert!(!err.contains("replay"), "the address is checked before the log is read: {err}");
+    let out = Command::new(support::bin())
+        .args(["--listen", "no-port-here", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give HOST:PORT"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_start_up_error_is_printed_once_without_colour_codes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(support::bin())

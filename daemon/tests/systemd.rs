@@ -49,9 +49,12 @@ async fn notify_ready_after_replay_watchdog_and_stopping() {
     });
     let before_ready = messages_until(&sock, "READY=1", Duration::from_secs(30));
     assert!(
-        before_ready.iter().any(|m| m.contains("STATUS=replay")),
-        "replay progress is reported before READY=1: {before_ready:?}"
+        before_ready.iter().any(|m| m.contains("STATUS=replay 100%") && m.contains("MiB")),
+        "replay progress, in bytes, is reported before READY=1: {before_ready:?}"
     );
+    // Each report extends the start-up timeout, so a long replay is never
+    // killed by TimeoutStartSec while it moves.
+    assert!(before_ready.iter().any(|m| m.contains("EXTEND_TIMEOUT_USEC=")), "{before_ready:?}");
     // Ready means replay is done: the value is there.
     let c = Cache::connect(&d.addr).await.unwrap();
     assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("v"));
@@ -63,7 +66,7 @@ async fn notify_ready_after_replay_watchdog_and_stopping() {
 
 /// Starts cachetd as systemd would with `listeners` passed as fds 3, 4, …
 /// under the given names (`LISTEN_FDS`, `LISTEN_FDNAMES`).
-fn start_activated(listeners: &[(&std::net::TcpListener, &str)], data: &std::path::Path) -> Daemon {
+fn start_activated(listeners: &[(&std::net::TcpListener, &str)], data: &std::path::Path, args: &[&str]) -> Daemon {
     let fds: Vec<i32> = listeners.iter().map(|(l, _)| l.as_raw_fd()).collect();
     let names: Vec<&str> = listeners.iter().map(|(_, n)| *n).collect();
     // LISTEN_PID must be the daemon's own pid: a shell sets it to $$ and execs.
@@ -73,6 +76,7 @@ fn start_activated(listeners: &[(&std::net::TcpListener, &str)], data: &std::pat
         .arg(support::bin())
         .arg("--data-dir")
         .arg(data)
+        .args(args)
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
         .env("NO_COLOR", "1")
@@ -104,12 +108,17 @@ async fn serves_a_listener_passed_by_socket_activation() {
     let tmp = tempfile::tempdir().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let d = start_activated(&[(&listener, "cachet")], &tmp.path().join("data"));
-    assert_eq!(d.addr, addr, "it serves the passed socket, not --listen's default");
+    let d = start_activated(&[(&listener, "cachet")], &tmp.path().join("data"), &["--listen", "127.0.0.1:1"]);
+    assert_eq!(d.addr, addr, "it serves the passed socket, not --listen");
     let c = Cache::connect(&addr).await.unwrap();
     c.set("a", &1).await.unwrap();
     assert_eq!(c.get::<i32>("a").await.unwrap(), Some(1));
-    assert!(d.log_text().contains("socket activation"));
+    let log = d.log_text();
+    assert!(log.contains("socket activation"), "{log}");
+    assert!(
+        log.contains("ignoring --listen") && log.contains("ListenStream="),
+        "a warning names what is ignored: {log}"
+    );
     drop(listener);
 }
 
@@ -119,7 +128,7 @@ fn a_socket_named_resp_speaks_resp() {
     let tarpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let resp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let resp_addr = resp.local_addr().unwrap().to_string();
-    let d = start_activated(&[(&tarpc, "cachet"), (&resp, "resp")], &tmp.path().join("data"));
+    let d = start_activated(&[(&tarpc, "cachet"), (&resp, "resp")], &tmp.path().join("data"), &[]);
     assert_eq!(d.resp_addr(), resp_addr, "{:?}", d.addrs);
     let mut s = std::net::TcpStream::connect(&resp_addr).unwrap();
     s.write_all(b"SET k v\r\nGET k\r\n").unwrap();

@@ -31,6 +31,10 @@ use crate::record::{self, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, Segment
 use crate::segment::{Listing, ManifestState, list_dir, list_segments, read_manifest, segment_path};
 use crate::state::State;
 
+/// Bytes between two progress reports (at most; a million records also
+/// makes one).
+const PROGRESS_BYTES: u64 = 64 << 20;
+
 /// Progress reported while replaying.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
@@ -338,6 +342,7 @@ fn verify<'a>(
     let mut bytes_done = 0u64;
     let mut records = 0u64;
     let newest = maps.last().map(|(id, _, _)| *id);
+    let mut reported = 0u64;
     for (n, (id, path, map)) in maps.iter().enumerate() {
         let bytes: &[u8] = map.bytes();
         let is_newest = Some(*id) == newest;
@@ -378,8 +383,12 @@ fn verify<'a>(
                         emit(Event::Applied { map: n, end: pos });
                         applied = pos;
                     }
-                    if records.is_multiple_of(1_000_000) {
-                        emit(Event::Progress(Progress { bytes_done: bytes_done + pos as u64, bytes_total, records }));
+                    // Every million records or 64 MiB, whichever comes first
+                    // (large values make records few and long).
+                    let done = bytes_done + pos as u64;
+                    if records.is_multiple_of(1_000_000) || done >= reported + PROGRESS_BYTES {
+                        emit(Event::Progress(Progress { bytes_done: done, bytes_total, records }));
+                        reported = done;
                     }
                 }
                 Err(err) => {

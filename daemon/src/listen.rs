@@ -227,11 +227,13 @@ pub async fn accept_loop(
             accepted = accept(&listener) => match accepted {
                 Ok(conn) => {
                     let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
+                        shared.metrics.refused("max_connections");
                         tracing::warn!("connection refused: at the limit of {} connections (--max-connections)", limits.max_connections);
                         continue;
                     };
                     let (shared, limits) = (shared.clone(), limits.clone());
                     tokio::spawn(async move {
+                        let _open = shared.metrics.connection(protocol);
                         match (conn, protocol) {
                             (Conn::Tcp(io), Protocol::Tarpc) => serve(io, shared, &limits).await,
                             (Conn::Unix(io), Protocol::Tarpc) => serve(io, shared, &limits).await,

@@ -12,6 +12,9 @@ mod config;
 mod error;
 mod front;
 mod listen;
+mod logging;
+mod metrics;
+mod reload;
 mod shared;
 mod systemd;
 
@@ -24,30 +27,20 @@ use cachet_storage::{Config as EngineConfig, Engine, Limits as EngineLimits};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-use config::{Cli, Settings, Sub};
+use config::{Cli, LogFormat, Settings, Sub};
+use reload::Reload;
+
+/// The log filter for the subcommands and for a configuration that does
+/// not resolve: `CACHET_LOG` if it is a valid filter, else the default.
+fn default_log() -> String {
+    std::env::var("CACHET_LOG")
+        .ok()
+        .filter(|f| tracing_subscriber::EnvFilter::try_new(f).is_ok())
+        .unwrap_or_else(|| config::DEFAULT_LOG.into())
+}
 use error::{Error, Result};
 use listen::{Bound, Limits};
 use shared::{ServerSettings, Shared};
-
-/// The log filter unless `CACHET_LOG` sets one: cachetd's own messages at
-/// `info`, tarpc's at `warn`, so tarpc does not build a tracing span for
-/// every request (a profile at 50 connections found it a measurable share
-/// of the daemon's CPU).
-const DEFAULT_LOG: &str = "info,tarpc=warn";
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CACHET_LOG").unwrap_or_else(|_| DEFAULT_LOG.into());
-    // Colour only on a terminal, and never with NO_COLOR set: a log file or
-    // a pipe gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).with_ansi(ansi);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        // The journal stamps lines itself and reads `<N>` as the priority.
-        builder.with_ansi(false).event_format(systemd::JournalFormat).init();
-    } else {
-        builder.init();
-    }
-}
 
 /// Panics caught at a connection (a frame whose decoding panics) are
 /// reported once per 10 s, so hostile input cannot flood the log.
@@ -66,13 +59,30 @@ fn quiet_panics() {
 
 fn main() -> ExitCode {
     ignore_reload_signals();
-    init_logging();
     quiet_panics();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Some(Sub::Check { dir }) => check(&dir),
-        Some(Sub::Repair { dir }) => repair(&dir),
-        None => Settings::resolve(cli.config.as_ref(), cli.opts).and_then(run),
+        Some(Sub::Check { dir }) => {
+            logging::init(&default_log(), LogFormat::Auto);
+            check(&dir)
+        }
+        Some(Sub::Repair { dir }) => {
+            logging::init(&default_log(), LogFormat::Auto);
+            repair(&dir)
+        }
+        None => {
+            let reload = Reload { config: cli.config.clone(), opts: cli.opts.clone() };
+            match Settings::resolve(cli.config.as_ref(), cli.opts) {
+                Ok(s) => {
+                    logging::init(&s.log, s.log_format);
+                    run(s, reload)
+                }
+                Err(e) => {
+                    logging::init(&default_log(), LogFormat::Auto);
+                    Err(e)
+                }
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,7 +102,8 @@ fn main() -> ExitCode {
 /// SIGHUP, SIGUSR1 and SIGUSR2 would end the process by default (an
 /// operator's `systemctl reload` or `kill -HUP` would drop the cache without a
 /// clean shutdown). They are ignored from the first instruction, through the
-/// replay; once serving, they are logged (see `serve`).
+/// replay; once serving, SIGHUP reloads (see `reload`) and the others are
+/// logged.
 fn signal_error(e: std::io::Error) -> Error {
     Error::Runtime(format!("installing a signal handler: {e}"))
 }
@@ -171,7 +182,7 @@ fn repair(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn run(s: Settings) -> Result<()> {
+fn run(s: Settings, reload: Reload) -> Result<()> {
     let started = Instant::now();
     let engine_config = EngineConfig {
         sync: s.sync,
@@ -231,7 +242,8 @@ fn run(s: Settings) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Runtime(format!("starting the async runtime: {e}")))?;
-    let outcome = rt.block_on(serve(&s, &engine, started, bound));
+    let replay = Duration::from_millis(r.elapsed_ms);
+    let outcome = rt.block_on(serve(s.clone(), reload, &engine, started, bound, replay));
     drop(rt);
     let synced = engine.shutdown();
     outcome?;
@@ -240,17 +252,35 @@ fn run(s: Settings) -> Result<()> {
     Ok(())
 }
 
-async fn serve(s: &Settings, engine: &Engine, started: Instant, bound: Vec<Bound>) -> Result<()> {
+async fn serve(
+    s: Settings,
+    reload: Reload,
+    engine: &Engine,
+    started: Instant,
+    bound: Vec<Bound>,
+    replay: Duration,
+) -> Result<()> {
     let settings = ServerSettings {
         sync: s.sync.to_string(),
-        max_memory: s.max_memory,
+        max_memory: std::sync::atomic::AtomicU64::new(s.max_memory.unwrap_or(0)),
         eviction: match s.eviction {
             cachet_storage::Eviction::S3Fifo => "s3fifo".into(),
             cachet_storage::Eviction::NoEviction => "noeviction".into(),
         },
     };
-    let shared =
-        Arc::new(Shared::new(engine.handle(), s.auth_token.clone(), s.max_key_bytes, s.max_value_bytes, settings));
+    let metrics = Arc::new(metrics::Metrics::new(s.slow_request, replay));
+    let shared = Arc::new(Shared::new(
+        engine.handle(),
+        s.auth_token.clone(),
+        s.max_key_bytes,
+        s.max_value_bytes,
+        settings,
+        metrics,
+    ));
+    let metrics_addr = match &s.metrics_listen {
+        Some(addr) => Some(metrics::http::serve(addr, shared.clone()).await?),
+        None => None,
+    };
     let listeners = bound.into_iter().map(Bound::into_listener).collect::<Result<Vec<_>>>()?;
     if s.auth_token.is_none() && listeners.iter().any(|(l, _)| l.is_exposed()) {
         tracing::warn!(
@@ -282,19 +312,26 @@ async fn serve(s: &Settings, engine: &Engine, started: Instant, bound: Vec<Bound
     let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(signal_error)?;
     let mut usr2 = signal(SignalKind::user_defined2()).map_err(signal_error)?;
+    // SIGHUP reloads what can change at run time; SIGUSR1/2 are logged.
+    let shared_for_reload = shared.clone();
+    let running = s.clone();
     let ignored = tokio::spawn(async move {
+        let mut running = running;
         loop {
-            let name = tokio::select! {
-                _ = hup.recv() => "SIGHUP",
-                _ = usr1.recv() => "SIGUSR1",
-                _ = usr2.recv() => "SIGUSR2",
-            };
-            tracing::warn!(
-                "{name} received and ignored: cachetd reads its configuration at start; restart it to apply changes \
-                 (SIGTERM shuts down cleanly)"
-            );
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    reload.apply(&mut running, &shared_for_reload).await;
+                }
+                _ = usr1.recv() => tracing::warn!("SIGUSR1 received and ignored (SIGHUP reloads, SIGTERM stops)"),
+                _ = usr2.recv() => tracing::warn!("SIGUSR2 received and ignored (SIGHUP reloads, SIGTERM stops)"),
+            }
         }
     });
+    let mut addrs = addrs;
+    if let Some(a) = metrics_addr {
+        addrs.push(format!("http://{a}/metrics"));
+    }
     tracing::info!("ready: listening on {} ({} ms after start)", addrs.join(", "), started.elapsed().as_millis());
     systemd::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("ready")]);
     let heartbeat = tokio::spawn(systemd::heartbeat(engine.handle(), shared.connections_counter()));

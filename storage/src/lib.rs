@@ -11,6 +11,7 @@ mod engine;
 mod error;
 mod evict;
 mod index;
+mod latency;
 pub mod record;
 mod replay;
 mod segment;
@@ -26,6 +27,7 @@ pub use engine::{Hook, HookPoint};
 pub use error::{CorruptReason, Error, Result};
 pub use evict::ENTRY_OVERHEAD;
 pub use index::MAX_KEY_LEN;
+pub use latency::{BOUNDS_US, Latencies};
 pub use record::Encoding;
 pub use replay::{CheckReport, Cut, Progress, RepairReport, ReplayReport, TornTail, check, repair};
 #[cfg(feature = "testing")]

@@ -39,7 +39,7 @@ fn entries_of(state: &State, now: u64) -> Entries {
 
 fn stats(engine: &Engine) -> Stats {
     match engine.handle().call_blocking(Command::Stats).unwrap() {
-        Reply::Stats(s) => s,
+        Reply::Stats(s) => *s,
         r => panic!("{r:?}"),
     }
 }

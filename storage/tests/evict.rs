@@ -23,7 +23,7 @@ fn get(state: &mut State, key: &str, now: u64) -> Option<Vec<u8>> {
 
 fn stats(state: &mut State) -> cachet_storage::Stats {
     match testing::apply(state, &Command::Stats, NOW, &mut NullSink).unwrap() {
-        Reply::Stats(s) => s,
+        Reply::Stats(s) => *s,
         r => panic!("{r:?}"),
     }
 }
@@ -51,6 +51,38 @@ fn max_memory_is_a_hard_bound() {
     }
     assert!(stats(&mut s).evicted > 0);
     assert!(s.memory_bytes() as u64 > max / 2, "the cache is used, not emptied");
+}
+
+#[test]
+fn caps_set_at_run_time_take_effect_at_once() {
+    let cmd = |s: &mut State, max_memory, max_entries| {
+        testing::apply(s, &Command::SetCaps { max_memory, max_entries }, NOW + 10, &mut NullSink).unwrap()
+    };
+    // No cap at start: S3-FIFO is not tracking anything yet.
+    let mut s = State::new(Limits::default(), NOW);
+    for i in 0..1000 {
+        set(&mut s, &format!("k{i}"), &[7u8; 100], Ttl::Never, NOW).unwrap();
+    }
+    set(&mut s, "short", &[7u8; 100], Ttl::Millis(5), NOW).unwrap();
+    assert_eq!(cmd(&mut s, None, Some(100)), Reply::Done);
+    assert_eq!(s.len(), 100);
+    let st = stats(&mut s);
+    assert_eq!((st.expired, st.evicted), (1, 900), "the expired entry went first");
+    // Later writes keep the new cap; lowering memory evicts down to it.
+    for i in 0..500 {
+        set(&mut s, &format!("n{i}"), &[7u8; 100], Ttl::Never, NOW).unwrap();
+        assert!(s.len() <= 100);
+    }
+    let max = s.memory_bytes() as u64 / 2;
+    cmd(&mut s, Some(max), None);
+    assert!(s.memory_bytes() as u64 <= max && s.len() > 10, "{} bytes, {} entries", s.memory_bytes(), s.len());
+    // Lifting the caps keeps what is there and evicts no more.
+    cmd(&mut s, None, None);
+    let held = s.len();
+    for i in 0..500 {
+        set(&mut s, &format!("m{i}"), &[7u8; 100], Ttl::Never, NOW).unwrap();
+    }
+    assert_eq!(s.len(), held + 500);
 }
 
 #[test]

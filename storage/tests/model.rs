@@ -183,7 +183,8 @@ fn keys_of(cmd: &Command) -> Vec<Vec<u8>> {
         | Command::Scan { .. }
         | Command::ClearPrefix { .. }
         | Command::ClearDb { .. }
-        | Command::DbSizes => vec![],
+        | Command::DbSizes
+        | Command::SetCaps { .. } => vec![],
     }
 }
 

@@ -22,7 +22,8 @@ use bytes::{Bytes, BytesMut};
 use cachet_storage::{Command, Reply, ReplyBudget, Stats, keyspace};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::listen::{Limits, UNAUTHENTICATED_MAX_FRAME};
+use crate::listen::{Limits, Protocol, UNAUTHENTICATED_MAX_FRAME};
+use crate::metrics;
 use crate::shared::Shared;
 use command::{Finish, Plan};
 use parse::Bounds;
@@ -77,7 +78,7 @@ where
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let budget = Arc::new(ReplyBudget::new(limits.reply_bytes_per_connection, limits.reply_bytes.clone()));
     let mut session = Session {
-        authed: shared.token.is_none(),
+        authed: shared.token().is_none(),
         shared: shared.clone(),
         budget,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -170,10 +171,13 @@ impl Session {
     /// Plans the commands, runs their engine commands as one batch, and
     /// writes their replies, in order, to `out`.
     async fn round(&mut self, cmds: Vec<Vec<Bytes>>, out: &mut Vec<u8>) {
+        let started = Instant::now();
         let mut batch = Vec::new();
         let mut outs = Vec::with_capacity(cmds.len());
+        let mut ops = Vec::with_capacity(cmds.len());
         for args in &cmds {
             let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+            ops.push(metrics::resp_op(&name));
             outs.push(self.dispatch(&name, &args[1..], &mut batch));
             if self.quit {
                 break;
@@ -194,6 +198,7 @@ impl Session {
         for o in outs {
             self.render(o, &mut replies, &failed).write(out, self.proto);
         }
+        self.shared.metrics.served(Protocol::Resp, ops, started.elapsed());
     }
 
     fn render(
@@ -305,7 +310,7 @@ impl Session {
                 self.db = 0;
                 self.proto = 2;
                 self.name = None;
-                self.authed = self.shared.token.is_none();
+                self.authed = self.shared.token().is_none();
                 Value::Simple("RESET")
             }
             "AUTH" if n == 1 || n == 2 => {
@@ -331,7 +336,7 @@ impl Session {
     }
 
     fn auth(&mut self, password: &Bytes, user: Option<&Bytes>) -> Value {
-        let Some(token) = &self.shared.token else {
+        let Some(token) = self.shared.token() else {
             return Value::err(
                 "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
             );
@@ -434,7 +439,7 @@ impl Session {
             ("save", String::new()),
             ("appendonly", "yes".into()),
             ("appendfsync", settings.sync.clone()),
-            ("maxmemory", settings.max_memory.unwrap_or(0).to_string()),
+            ("maxmemory", self.shared.max_memory().unwrap_or(0).to_string()),
             ("maxmemory-policy", settings.eviction.clone()),
             ("databases", keyspace::DATABASES.to_string()),
             ("proto-max-bulk-len", self.shared.max_value_bytes.to_string()),
@@ -480,12 +485,20 @@ impl Session {
                 ("uptime_in_days", (uptime / 86_400).to_string()),
             ],
         );
-        section("Clients", vec![("connected_clients", shared.connections.load(Ordering::Relaxed).to_string())]);
+        let m = &shared.metrics;
+        section(
+            "Clients",
+            vec![
+                ("connected_clients", shared.connections.load(Ordering::Relaxed).to_string()),
+                ("cachet_resp_clients", m.connections_of(Protocol::Resp).to_string()),
+                ("cachet_tarpc_clients", m.connections_of(Protocol::Tarpc).to_string()),
+            ],
+        );
         section(
             "Memory",
             vec![
                 ("used_memory", s.memory_bytes.to_string()),
-                ("maxmemory", shared.settings.max_memory.unwrap_or(0).to_string()),
+                ("maxmemory", shared.max_memory().unwrap_or(0).to_string()),
                 ("maxmemory_policy", shared.settings.eviction.clone()),
             ],
         );
@@ -508,6 +521,12 @@ impl Session {
         section(
             "Stats",
             vec![
+                (
+                    "total_commands_processed",
+                    (m.operations_of(Protocol::Resp) + m.operations_of(Protocol::Tarpc)).to_string(),
+                ),
+                ("cachet_resp_commands", m.operations_of(Protocol::Resp).to_string()),
+                ("cachet_tarpc_operations", m.operations_of(Protocol::Tarpc).to_string()),
                 ("keyspace_hits", s.hits.to_string()),
                 ("keyspace_misses", s.misses.to_string()),
                 ("expired_keys", s.expired.to_string()),

@@ -5,12 +5,43 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use cachet::protocol::{Bytes, CacheService, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, Ttl, WireError, WireStats};
 use cachet_storage::{Command, Error as StoreError, Reply, ReplyBudget};
 use tarpc::context::Context;
 
+use crate::listen::Protocol;
+use crate::metrics::{OpId, TARPC_OPS};
 use crate::shared::Shared;
+
+/// The id of a tarpc operation by its label.
+fn op_named(name: &str) -> OpId {
+    OpId(TARPC_OPS.iter().position(|n| *n == name).expect("a listed operation"))
+}
+
+/// The operations of one request.
+enum Ops<'a> {
+    One(OpId),
+    Many(&'a [OpId]),
+}
+
+/// Counts a request's operations when its handler is done.
+struct Served<'a> {
+    session: &'a Session,
+    ops: Ops<'a>,
+    since: Instant,
+}
+
+impl Drop for Served<'_> {
+    fn drop(&mut self) {
+        let (metrics, took) = (&self.session.shared.metrics, self.since.elapsed());
+        match self.ops {
+            Ops::One(op) => metrics.served(Protocol::Tarpc, [op], took),
+            Ops::Many(ops) => metrics.served(Protocol::Tarpc, ops.iter().copied(), took),
+        }
+    }
+}
 
 mod convert;
 use convert::{command, op_reply, unexpected};
@@ -25,7 +56,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(shared: Arc<Shared>, budget: Arc<ReplyBudget>) -> Session {
-        let open = shared.token.is_none();
+        let open = shared.token().is_none();
         Session { shared, authed: Arc::new(AtomicBool::new(open)), budget }
     }
 
@@ -77,6 +108,12 @@ impl Session {
         Ok(replies.into_iter().map(|r| r.map_err(|e| self.wire_error(e))).collect())
     }
 
+    /// Counts these operations as served, with the time until the guard
+    /// drops (when the handler returns its reply).
+    fn served<'a>(&'a self, ops: Ops<'a>) -> Served<'a> {
+        Served { session: self, ops, since: Instant::now() }
+    }
+
     /// The wire's form of an engine error; refusals are logged (rate-limited).
     fn wire_error(&self, e: StoreError) -> WireError {
         let (wire, refusal) = convert::wire_error(e);
@@ -89,7 +126,8 @@ impl Session {
 
 impl CacheService for Session {
     async fn hello(self, _: Context, token: Option<String>) -> Result<ServerInfo, WireError> {
-        if let Some(want) = &self.shared.token {
+        let _served = self.served(Ops::One(OpId(0)));
+        if let Some(want) = self.shared.token() {
             // Constant time: the comparison must not tell how much matched.
             let offered = token.as_deref().unwrap_or("").as_bytes();
             if !bool::from(subtle::ConstantTimeEq::ct_eq(offered, want.as_bytes())) {
@@ -106,34 +144,41 @@ impl CacheService for Session {
     }
 
     async fn get_many(self, _: Context, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>, WireError> {
+        let _served = self.served(Ops::One(op_named("get_many")));
         self.check_count("get_many", keys.len())?;
         convert::values(self.run(convert::get_many(keys)).await?)
     }
 
     async fn set_many(self, _: Context, items: Vec<(Bytes, Bytes)>, ttl: Ttl) -> Result<Vec<u32>, WireError> {
+        let _served = self.served(Ops::One(op_named("set_many")));
         self.check_count("set_many", items.len())?;
         convert::failed(self.run(convert::set_many(items, ttl)).await?)
     }
 
     async fn delete_many(self, _: Context, keys: Vec<Bytes>) -> Result<(), WireError> {
+        let _served = self.served(Ops::One(op_named("delete_many")));
         self.check_count("delete_many", keys.len())?;
         convert::done(self.run(convert::delete_many(keys)).await?)
     }
 
     async fn clear(self, _: Context) -> Result<(), WireError> {
+        let _served = self.served(Ops::One(op_named("clear")));
         convert::done(self.run(Command::Clear).await?)
     }
 
     async fn batch(self, _: Context, ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError> {
         self.check_count("batch", ops.len())?;
+        let ids: Vec<OpId> = ops.iter().map(convert::op_id).collect();
+        let _served = self.served(Ops::Many(&ids));
         let replies = self.run_many(ops.into_iter().map(command).collect()).await?;
         Ok(replies.into_iter().map(|r| r.and_then(op_reply)).collect())
     }
 
     async fn stats(self, _: Context) -> Result<WireStats, WireError> {
+        let _served = self.served(Ops::One(op_named("stats")));
         match self.run(Command::Stats).await? {
             Reply::Stats(s) => Ok(convert::stats(
-                s,
+                *s,
                 self.shared.started.elapsed().as_secs(),
                 self.shared.connections.load(Ordering::Relaxed),
             )),

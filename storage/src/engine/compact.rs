@@ -30,6 +30,8 @@ pub(super) struct Compactor {
     /// and without (the part the engine controls; the rest is the kernel).
     pub(super) max_pause_us: u64,
     pub(super) max_slice_cpu_us: u64,
+    /// How long each slice held the writer.
+    pub(super) pauses: crate::Latencies,
 }
 
 /// A compaction in progress: every segment below `cutoff` is being emptied
@@ -106,7 +108,9 @@ impl Writer {
                 self.start_finish(cutoff, first_seq);
             }
         }
-        self.compactor.max_pause_us = self.compactor.max_pause_us.max(started.elapsed().as_micros() as u64);
+        let pause = started.elapsed();
+        self.compactor.max_pause_us = self.compactor.max_pause_us.max(pause.as_micros() as u64);
+        self.compactor.pauses.record(pause);
     }
 
     /// Ends a compaction whose records are all re-appended. Its I/O (fsync,

@@ -129,7 +129,12 @@ impl Engine {
             max_batch: config.max_batch,
             expire_budget: config.expire_budget,
             log_bytes,
-            durability: Durability { policy: config.sync, dirty: false, last_sync: Instant::now() },
+            durability: Durability {
+                policy: config.sync,
+                dirty: false,
+                last_sync: Instant::now(),
+                fsyncs: crate::Latencies::default(),
+            },
             unavailable: None,
             compactor: Compactor { min_bytes: config.compact_min_bytes, ..Compactor::default() },
             hook,

@@ -52,6 +52,8 @@ pub(super) struct Durability {
     /// Whether bytes were written since the last fdatasync.
     pub(super) dirty: bool,
     pub(super) last_sync: Instant,
+    /// How long each fdatasync of the active segment took.
+    pub(super) fsyncs: crate::Latencies,
 }
 
 /// The writer's own counters, added to a `stats` reply.
@@ -61,6 +63,8 @@ struct EngineStats {
     compactions: u64,
     max_pause_us: u64,
     max_slice_cpu_us: u64,
+    pauses: crate::Latencies,
+    fsyncs: crate::Latencies,
 }
 
 /// Applies the commands of one batch.
@@ -96,6 +100,8 @@ impl Step<'_, '_> {
             stats.compactions = e.compactions;
             stats.compaction_max_pause_us = e.max_pause_us;
             stats.compaction_max_slice_cpu_us = e.max_slice_cpu_us;
+            stats.compaction_pauses = e.pauses;
+            stats.fsyncs = e.fsyncs;
             stats.read_only = self.unavailable.is_some();
         }
         (write || after_write, reply)
@@ -205,6 +211,8 @@ impl Writer {
             compactions: self.compactor.count,
             max_pause_us: self.compactor.max_pause_us,
             max_slice_cpu_us: self.compactor.max_slice_cpu_us,
+            pauses: self.compactor.pauses,
+            fsyncs: self.durability.fsyncs,
         };
         let max_reply = self.state.limits().max_reply_bytes;
         let room = |budget: &Option<Arc<ReplyBudget>>| budget.as_deref().map_or(max_reply, ReplyBudget::available);
@@ -266,7 +274,7 @@ impl Writer {
         self.log_bytes += self.buf.len() as u64;
         self.durability.dirty = true;
         if sync {
-            self.active.sync()?;
+            self.sync_active()?;
             self.durability.dirty = false;
             self.durability.last_sync = Instant::now();
         }
@@ -304,7 +312,7 @@ impl Writer {
     /// in the MANIFEST as the newest before anything is written to it.
     /// Returns the sequence number its first record will carry.
     pub(super) fn roll(&mut self) -> Result<u64> {
-        self.active.sync().map_err(Error::io("syncing", &self.active.path))?;
+        self.sync_active().map_err(Error::io("syncing", &self.active.path))?;
         self.hook("synced");
         let next = self.new_segment(self.active.id.next()?)?;
         self.log_bytes += next.len;
@@ -339,7 +347,7 @@ impl Writer {
             && self.durability.policy == SyncPolicy::EverySec
             && self.durability.last_sync.elapsed() >= Duration::from_secs(1)
         {
-            if let Err(e) = self.active.sync() {
+            if let Err(e) = self.sync_active() {
                 let msg = format!("fdatasync of {} failed: {e}", self.active.path.display());
                 tracing::error!("{msg}");
                 self.recover(&msg);
@@ -369,7 +377,15 @@ impl Writer {
         if self.unavailable.is_some() {
             return Err(Error::WriteFailed("the log was unavailable at shutdown; see earlier errors".into()));
         }
-        self.active.sync().map_err(Error::io("syncing", &self.active.path))
+        self.sync_active().map_err(Error::io("syncing", &self.active.path))
+    }
+
+    /// fdatasync of the active segment, timed for the `fsyncs` histogram.
+    fn sync_active(&mut self) -> std::io::Result<()> {
+        let started = Instant::now();
+        let synced = self.active.sync();
+        self.durability.fsyncs.record(started.elapsed());
+        synced
     }
 }
 

@@ -114,7 +114,7 @@ impl State {
                 self.rename(from, to, now, sink)?;
                 Reply::Done
             }
-            Command::Stats => Reply::Stats(self.stats()),
+            Command::Stats => Reply::Stats(Box::new(self.stats())),
             Command::SetWith { key, value, expiry, when, get } => {
                 let slot = self.live(key, now);
                 let old = match (get, slot) {
@@ -182,6 +182,10 @@ impl State {
             Command::ClearDb { db } => {
                 sink.append(&Record::ClearDb { db: *db });
                 self.remove_matching(|key| keyspace::db_of(key).0 == *db, true);
+                Reply::Done
+            }
+            Command::SetCaps { max_memory, max_entries } => {
+                self.set_caps(*max_memory, *max_entries, now);
                 Reply::Done
             }
             Command::DbSizes => {

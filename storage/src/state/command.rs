@@ -129,6 +129,13 @@ pub enum Command {
     /// How many live keys each RESP database holds (`DBSIZE`, `INFO`), in
     /// one pass: `Reply::Counts`, one per database.
     DbSizes,
+    /// New memory and entry caps (a daemon's reload), applied at once:
+    /// entries over the new caps are evicted now (expired ones first).
+    /// Nothing is logged; a restart applies the caps it is configured with.
+    SetCaps {
+        max_memory: Option<u64>,
+        max_entries: Option<u64>,
+    },
 }
 
 /// Which TTL `SetWith` gives the value.
@@ -173,6 +180,7 @@ impl Command {
                 | Command::Scan { .. }
                 | Command::DbSizes
                 | Command::Stats
+                | Command::SetCaps { .. }
         )
     }
 }
@@ -189,7 +197,7 @@ pub enum Reply {
     Int(i64),
     /// `SetMany`: positions of the items that were refused.
     Failed(Vec<usize>),
-    Stats(Stats),
+    Stats(Box<Stats>),
     /// `SetWith`: whether it stored, and the old value when asked for.
     Swapped {
         stored: bool,
@@ -225,6 +233,10 @@ pub struct Stats {
     pub compactions: u64,
     pub compaction_max_pause_us: u64,
     pub compaction_max_slice_cpu_us: u64,
+    /// How long each compaction slice held the writer.
+    pub compaction_pauses: crate::Latencies,
+    /// How long each fsync of the log took.
+    pub fsyncs: crate::Latencies,
     /// The log cannot be written: writes are refused, reads served.
     pub read_only: bool,
 }

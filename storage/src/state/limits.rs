@@ -99,6 +99,27 @@ impl State {
             || self.limits.max_entries.is_some_and(|max| (self.index.len() + add_entries) as u64 > max)
     }
 
+    /// Replaces the memory and entry caps and evicts (expired entries first)
+    /// until they hold. Setting a cap where there was none starts S3-FIFO
+    /// tracking, with every entry in its small queue.
+    pub(super) fn set_caps(&mut self, max_memory: Option<u64>, max_entries: Option<u64>, now: u64) {
+        self.limits.max_memory = max_memory;
+        self.limits.max_entries = max_entries;
+        let capped = max_memory.is_some() || max_entries.is_some();
+        if capped && self.limits.eviction == Eviction::S3Fifo && self.evict.is_none() {
+            let mut ev = crate::evict::S3Fifo::default();
+            let slots: Vec<(u32, u64)> = self.index.iter().map(|(slot, e)| (slot, self.index.hash(e.key()))).collect();
+            for (slot, hash) in slots {
+                ev.on_insert(&mut self.index, slot, hash);
+            }
+            self.evict = Some(ev);
+        }
+        if self.would_exceed(0, 0) {
+            self.expire(now, usize::MAX);
+            self.enforce_caps();
+        }
+    }
+
     /// Evicts until the caps hold; false if the policy has nothing to evict.
     pub(super) fn enforce_caps(&mut self) -> bool {
         while self.would_exceed(0, 0) {
@@ -196,7 +217,8 @@ impl State {
             | Command::Scan { .. }
             | Command::ClearPrefix { .. }
             | Command::ClearDb { .. }
-            | Command::DbSizes => Ok(()),
+            | Command::DbSizes
+            | Command::SetCaps { .. } => Ok(()),
         }
     }
 }

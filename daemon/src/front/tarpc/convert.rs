@@ -28,6 +28,24 @@ pub(super) fn command(op: Op) -> Command {
     }
 }
 
+/// An operation's place in `metrics::TARPC_OPS`, for its counters.
+pub(super) fn op_id(op: &Op) -> crate::metrics::OpId {
+    crate::metrics::OpId(match op {
+        Op::Get(_) => 1,
+        Op::Set(..) => 2,
+        Op::Add(..) => 3,
+        Op::GetOrAdd(..) => 4,
+        Op::Delete(_) => 5,
+        Op::Touch(..) => 6,
+        Op::Incr(..) => 7,
+        Op::HasKey(_) => 8,
+        Op::Rename(..) => 9,
+        Op::GetWithTtl(_) => 10,
+        Op::ClearPrefix(_) => 11,
+        Op::Ttl(_) => 12,
+    })
+}
+
 pub(super) fn get_many(keys: Vec<Bytes>) -> Command {
     Command::GetMany { keys: keys.into_iter().map(vec).collect() }
 }

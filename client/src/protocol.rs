@@ -155,8 +155,30 @@ mod service {
         /// way: the client coalesces concurrent calls into batches, so
         /// per-request overhead is paid once per batch.
         async fn batch(ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError>;
+        /// Starts an online backup: the server takes a snapshot of its log
+        /// (every write acknowledged before this call is in it) and lists
+        /// its files; read them with `backup_read`, then release it with
+        /// `backup_end` (a snapshot left idle for a minute is released).
+        async fn backup_begin() -> Result<BackupPlan, WireError>;
+        /// Up to `len` bytes of one file of a backup, from `offset`.
+        async fn backup_read(id: u64, file: String, offset: u64, len: u32) -> Result<Bytes, WireError>;
+        /// Releases a backup's snapshot.
+        async fn backup_end(id: u64) -> Result<(), WireError>;
     }
 }
+
+/// What `backup_begin` returns: the backup's id and its files, each with the
+/// bytes that belong to the backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPlan {
+    /// Names the backup in `backup_read` and `backup_end`.
+    pub id: u64,
+    /// File names (segments, oldest first, then the MANIFEST) and lengths.
+    pub files: Vec<(String, u64)>,
+}
+
+/// The most bytes one `backup_read` returns.
+pub const BACKUP_CHUNK: u32 = 1 << 20;
 
 /// One operation inside a `batch` request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,6 +32,19 @@ pub enum Sub {
     Check { dir: PathBuf },
     /// Cut a corrupt log back to its last good record (the damaged file is backed up).
     Repair { dir: PathBuf },
+    /// Copy a running daemon's data directory into DEST, live: every write
+    /// acknowledged before the backup starts is in it. DEST (new or empty)
+    /// is then a data directory: `cachetd check DEST`, or serve it with
+    /// `cachetd --data-dir DEST`.
+    Backup {
+        dest: PathBuf,
+        /// The daemon's tarpc address: HOST:PORT or unix:/path.
+        #[arg(long, env = "CACHET_SERVER", default_value = "127.0.0.1:7311")]
+        server: String,
+        /// The daemon's auth token file, if it requires one.
+        #[arg(long, env = "CACHET_AUTH_TOKEN_FILE")]
+        auth_token_file: Option<PathBuf>,
+    },
 }
 
 /// Options as given on the command line or in the environment (all optional).

@@ -70,6 +70,10 @@ fn main() -> ExitCode {
             logging::init(&default_log(), LogFormat::Auto);
             repair(&dir)
         }
+        Some(Sub::Backup { dest, server, auth_token_file }) => {
+            logging::init(&default_log(), LogFormat::Auto);
+            backup(&dest, &server, auth_token_file.as_deref())
+        }
         None => {
             let reload = Reload { config: cli.config.clone(), opts: cli.opts.clone() };
             match Settings::resolve(cli.config.as_ref(), cli.opts) {
@@ -144,6 +148,43 @@ fn check(dir: &std::path::Path) -> Result<()> {
     for stray in &r.strays {
         println!("ignored (not a segment name in the canonical form): {}", stray.display());
     }
+    Ok(())
+}
+
+fn backup(dest: &std::path::Path, server: &str, token_file: Option<&std::path::Path>) -> Result<()> {
+    let token = match token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("reading the auth token file {}: {e}", path.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(format!("starting the async runtime: {e}")))?;
+    let started = Instant::now();
+    let bytes = rt
+        .block_on(async {
+            let mut b = cachet::Cache::builder().server(server).request_timeout(Duration::from_secs(60));
+            if let Some(t) = token {
+                b = b.auth_token(t);
+            }
+            b.connect().await?.backup(dest).await
+        })
+        .map_err(|e| Error::Runtime(format!("backup of {server} into {}: {e}", dest.display())))?;
+    let report = cachet_storage::check(dest)?;
+    println!(
+        "{}: a backup of {server}: {bytes} bytes in {} segments, {} live entries, in {:.1} s; it checks sound \
+         (serve it with `cachetd --data-dir {}`)",
+        dest.display(),
+        report.replay.segments,
+        report.live_entries,
+        started.elapsed().as_secs_f64(),
+        dest.display()
+    );
     Ok(())
 }
 
@@ -335,6 +376,20 @@ async fn serve(
     tracing::info!("ready: listening on {} ({} ms after start)", addrs.join(", "), started.elapsed().as_millis());
     systemd::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("ready")]);
     let heartbeat = tokio::spawn(systemd::heartbeat(engine.handle(), shared.connections_counter()));
+    let backups = shared.clone();
+    let backup_reaper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            for id in backups.backups.expire(shared::BACKUP_IDLE) {
+                tracing::warn!(
+                    id,
+                    "backup {id} went unread for {} s; its snapshot is released",
+                    shared::BACKUP_IDLE.as_secs()
+                );
+            }
+        }
+    });
 
     tokio::select! {
         _ = term.recv() => {}
@@ -342,6 +397,7 @@ async fn serve(
     }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     heartbeat.abort();
+    backup_reaper.abort();
     ignored.abort();
     systemd::notify(&[sd_notify::NotifyState::Stopping]);
     tokio::spawn(async move {

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use cachet_storage::Handle;
+use cachet_storage::{Handle, Snapshot};
 
 use crate::metrics::Metrics;
 
@@ -34,7 +34,50 @@ pub struct Shared {
     pub max_value_bytes: usize,
     pub settings: ServerSettings,
     pub metrics: Arc<Metrics>,
+    /// Online backups in progress.
+    pub backups: Backups,
     refusals: Mutex<HashMap<&'static str, Instant>>,
+}
+
+/// Backups in progress: each holds a snapshot of the log (hard links) until
+/// its client ends it, or leaves it idle for `BACKUP_IDLE`.
+#[derive(Default)]
+pub struct Backups {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, (Arc<Snapshot>, Instant)>>,
+}
+
+/// How long a backup may go without a read before its snapshot is released.
+pub const BACKUP_IDLE: Duration = Duration::from_secs(60);
+
+impl Backups {
+    pub fn begin(&self, snapshot: Snapshot) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.open.lock().expect("lock poisoned").insert(id, (Arc::new(snapshot), Instant::now()));
+        id
+    }
+
+    /// The backup's snapshot, marking it used now.
+    pub fn get(&self, id: u64) -> Option<Arc<Snapshot>> {
+        let mut open = self.open.lock().expect("lock poisoned");
+        let (snap, used) = open.get_mut(&id)?;
+        *used = Instant::now();
+        Some(snap.clone())
+    }
+
+    pub fn end(&self, id: u64) -> bool {
+        self.open.lock().expect("lock poisoned").remove(&id).is_some()
+    }
+
+    /// Releases backups idle for longer than `idle`; returns their ids.
+    pub fn expire(&self, idle: Duration) -> Vec<u64> {
+        let mut open = self.open.lock().expect("lock poisoned");
+        let stale: Vec<u64> = open.iter().filter(|(_, (_, used))| used.elapsed() > idle).map(|(id, _)| *id).collect();
+        for id in &stale {
+            open.remove(id);
+        }
+        stale
+    }
 }
 
 impl Shared {
@@ -56,6 +99,7 @@ impl Shared {
             max_value_bytes,
             settings,
             metrics,
+            backups: Backups::default(),
             refusals: Mutex::new(HashMap::new()),
         }
     }

@@ -221,3 +221,80 @@ fn help_names_every_environment_variable() {
         assert!(help.contains(var), "{var} missing from --help:\n{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_backup_restores_every_write_acknowledged_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "backup-token-0123456789").unwrap();
+    let d = Daemon::start(&[
+        "--segment-bytes",
+        "65536",
+        "--compact-min-bytes",
+        "131072",
+        "--auth-token-file",
+        token.to_str().unwrap(),
+    ]);
+    let c = Cache::builder().server(&d.addr).auth_token("backup-token-0123456789").connect().await.unwrap();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.set(format!("k{i}"), &i).timeout(cachet::Timeout::Never).await.unwrap();
+                // Overwrites, so the log outgrows its live data and compacts.
+                c.set(format!("hot{}", i % 8), &vec![7u8; 300]).await.unwrap();
+                i += 1;
+                acked.store(i, std::sync::atomic::Ordering::Release);
+            }
+        })
+    };
+    support::eventually(Duration::from_secs(60), "some writes", || async {
+        acked.load(std::sync::atomic::Ordering::Acquire) >= 500
+    })
+    .await;
+    let before = acked.load(std::sync::atomic::Ordering::Acquire);
+    let dest = tmp.path().join("backup");
+    let (bin, addr, tok, to) = (support::bin(), d.addr.clone(), token.clone(), dest.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .arg("backup")
+            .arg(&to)
+            .args(["--server", &addr, "--auth-token-file", tok.to_str().unwrap()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let after = acked.load(std::sync::atomic::Ordering::Acquire);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("checks sound"), "{said}");
+    assert!(after > before, "writes went on during the backup ({before} -> {after})");
+    // Without the token the backup is refused.
+    let refused = std::process::Command::new(support::bin())
+        .arg("backup")
+        .arg(tmp.path().join("other"))
+        .args(["--server", &d.addr])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let restored = Daemon::start_in(&dest, "127.0.0.1:0", &["--auth-token-file", token.to_str().unwrap()]);
+    let r = Cache::builder().server(&restored.addr).auth_token("backup-token-0123456789").connect().await.unwrap();
+    let keys: Vec<String> = (0..before).map(|i| format!("k{i}")).collect();
+    let got: std::collections::HashMap<String, u64> = r.get_many(&keys).await.unwrap();
+    let missing: Vec<&String> = keys.iter().filter(|k| !got.contains_key(*k)).take(5).collect();
+    assert!(missing.is_empty(), "acknowledged before the backup yet missing from it: {missing:?}");
+    assert!(got.iter().all(|(k, v)| k[1..].parse::<u64>().unwrap() == *v));
+    assert!(d.log_text().contains("backup 1 finished"), "{}", d.log_text());
+}

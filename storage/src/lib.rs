@@ -21,7 +21,7 @@ mod wheel;
 pub use budget::ReplyBudget;
 pub use cachet_types::{Ttl, keyspace};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
-pub use engine::{Config, Engine, Handle, SyncPolicy};
+pub use engine::{Config, Engine, Handle, Snapshot, SnapshotFile, SyncPolicy, prepare_dest};
 #[cfg(feature = "testing")]
 pub use engine::{Hook, HookPoint};
 pub use error::{CorruptReason, Error, Result};

@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use cachet::protocol::{Bytes, CacheService, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, Ttl, WireError, WireStats};
+use cachet::protocol::{
+    BACKUP_CHUNK, BackupPlan, Bytes, CacheService, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, Ttl, WireError,
+    WireStats,
+};
 use cachet_storage::{Command, Error as StoreError, Reply, ReplyBudget};
 use tarpc::context::Context;
 
 use crate::listen::Protocol;
 use crate::metrics::{OpId, TARPC_OPS};
-use crate::shared::Shared;
+use crate::shared::{BACKUP_IDLE, Shared};
 
 /// The id of a tarpc operation by its label.
 fn op_named(name: &str) -> OpId {
@@ -172,6 +175,43 @@ impl CacheService for Session {
         let _served = self.served(Ops::Many(&ids));
         let replies = self.run_many(ops.into_iter().map(command).collect()).await?;
         Ok(replies.into_iter().map(|r| r.and_then(op_reply)).collect())
+    }
+
+    async fn backup_begin(self, _: Context) -> Result<BackupPlan, WireError> {
+        let snapshot = self.admit(self.shared.engine.snapshot()).await?.map_err(|e| self.wire_error(e))?;
+        let files: Vec<(String, u64)> = snapshot.files.iter().map(|f| (f.name.clone(), f.len)).collect();
+        let bytes = snapshot.bytes();
+        let id = self.shared.backups.begin(snapshot);
+        tracing::info!(id, files = files.len(), bytes, "backup {id} started: a snapshot of {bytes} bytes of log");
+        Ok(BackupPlan { id, files })
+    }
+
+    async fn backup_read(self, _: Context, id: u64, file: String, offset: u64, len: u32) -> Result<Bytes, WireError> {
+        let snapshot = self.admit(async { self.shared.backups.get(id) }).await?.ok_or_else(|| {
+            WireError::Server(format!(
+                "no backup {id}: it ended, or went unread for over {} s; start it again",
+                BACKUP_IDLE.as_secs()
+            ))
+        })?;
+        let len = len.min(BACKUP_CHUNK) as usize;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            snapshot.read_at(&file, offset, &mut buf).map(|n| {
+                buf.truncate(n);
+                Bytes::from(buf)
+            })
+        });
+        match read.await {
+            Ok(r) => r.map_err(|e| self.wire_error(e)),
+            Err(e) => Err(WireError::Server(format!("reading the backup failed: {e}"))),
+        }
+    }
+
+    async fn backup_end(self, _: Context, id: u64) -> Result<(), WireError> {
+        if self.admit(async { self.shared.backups.end(id) }).await? {
+            tracing::info!(id, "backup {id} finished; its snapshot is released");
+        }
+        Ok(())
     }
 
     async fn stats(self, _: Context) -> Result<WireStats, WireError> {

@@ -13,6 +13,8 @@ pub(super) enum Msg {
     One(Command, Option<Arc<ReplyBudget>>, oneshot::Sender<Result<Reply>>),
     Many(Vec<Command>, Option<Arc<ReplyBudget>>, oneshot::Sender<Vec<Result<Reply>>>),
     Shutdown(oneshot::Sender<Result<()>>),
+    /// Take a snapshot once the batch it arrives in is written.
+    Snapshot(oneshot::Sender<Result<super::Snapshot>>),
 }
 
 /// A cheap, cloneable way to send commands to the engine.
@@ -74,6 +76,21 @@ impl Handle {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Many(cmds, budget, tx))?;
         rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// The log as of now, for a backup (see `Snapshot`): everything
+    /// acknowledged before this call is in it.
+    pub async fn snapshot(&self) -> Result<super::Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Snapshot(tx))?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// `snapshot`, waiting on this thread.
+    pub fn snapshot_blocking(&self) -> Result<super::Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Snapshot(tx))?;
+        rx.blocking_recv().unwrap_or(Err(Error::Closed))
     }
 
     pub fn call_many_blocking(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply>>> {

@@ -15,6 +15,7 @@ mod compact;
 mod config;
 mod handle;
 mod recover;
+mod snapshot;
 mod writer;
 
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub use config::{Hook, HookPoint};
 #[cfg(not(feature = "testing"))]
 use config::{Hook, HookPoint};
 pub use handle::Handle;
+pub use snapshot::{Snapshot, SnapshotFile, prepare_dest};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -65,6 +67,7 @@ impl Engine {
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir).map_err(Error::io("creating data directory", &dir))?;
         let lock = lock_dir(&dir)?;
+        snapshot::remove_stale(&dir);
         let (hook, faults) = config.test_hooks();
         let now = clock.now().0;
         let mut state = State::new(config.limits, now);
@@ -140,6 +143,7 @@ impl Engine {
             hook,
             faults,
             manifest,
+            snapshots: 0,
             _lock: lock,
         };
         let thread = std::thread::Builder::new()

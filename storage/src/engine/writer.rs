@@ -43,6 +43,8 @@ pub(super) struct Writer {
     pub(super) faults: Option<Arc<Faults>>,
     /// What the log must contain; shared with the compaction finisher.
     pub(super) manifest: SharedManifest,
+    /// Snapshots taken (names each snapshot's directory).
+    pub(super) snapshots: u64,
     pub(super) _lock: File,
 }
 
@@ -155,12 +157,24 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let snapshots: Vec<_> = msgs
+                .extract_if(.., |m| matches!(m, Msg::Snapshot(_)))
+                .filter_map(|m| match m {
+                    Msg::Snapshot(tx) => Some(tx),
+                    _ => None,
+                })
+                .collect();
             let shutdown = self.apply_batch(&mut msgs, &mut pending);
             for p in pending.drain(..) {
                 match p {
                     Pending::One(tx, _, r) => drop(tx.send(r)),
                     Pending::Many(tx, rs) => drop(tx.send(rs.into_iter().map(|(_, r)| r).collect())),
                 }
+            }
+            // After the batch is written: a snapshot holds every write
+            // acknowledged before it was asked for.
+            for tx in snapshots {
+                let _ = tx.send(self.snapshot());
             }
             let now = self.clock.now().0;
             self.state.expire(now, self.expire_budget);
@@ -239,6 +253,7 @@ impl Writer {
                     pending.push(Pending::Many(tx, rs));
                 }
                 Msg::Shutdown(tx) => shutdown = Some(tx),
+                Msg::Snapshot(_) => unreachable!("snapshot requests are taken out before the batch"),
             }
         }
         if self.buf.is_empty() {

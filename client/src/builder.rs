@@ -20,6 +20,8 @@ pub struct Builder {
     token: Option<String>,
     down_is_miss: bool,
     database: u8,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::Tls>,
 }
 
 /// Shows every setting but the auth token, which only shows as set or not.
@@ -34,6 +36,7 @@ impl std::fmt::Debug for Builder {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("down_is_miss", &self.down_is_miss)
             .field("database", &self.database)
+            .field("tls", &self.tls_shown())
             .finish()
     }
 }
@@ -49,6 +52,8 @@ impl Default for Builder {
             token: None,
             down_is_miss: false,
             database: 0,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -102,6 +107,33 @@ impl Builder {
         self
     }
 
+    /// Connects to every TCP server with TLS (a daemon's `tls://`
+    /// listeners), checking its certificate against `tls`'s CA. Unix socket
+    /// servers are unaffected.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS server name for `addr`, when TLS is on and `addr` is TCP.
+    #[cfg(feature = "tls")]
+    fn tls_name(&self, addr: &str) -> Result<Option<rustls::pki_types::ServerName<'static>>, Error> {
+        match &self.tls {
+            Some(t) if !addr.starts_with("unix:") => {
+                t.name_for(addr).map(Some).map_err(|reason| Error::Connection { server: addr.to_string(), reason })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn tls_shown(&self) -> Option<String> {
+        #[cfg(feature = "tls")]
+        return self.tls.as_ref().map(|t| format!("{t:?}"));
+        #[cfg(not(feature = "tls"))]
+        None
+    }
+
     /// The token the daemon requires (its `--auth-token-file`); never shown
     /// by `Debug`.
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
@@ -133,7 +165,25 @@ impl Builder {
         }
         let cache = Cache {
             inner: Arc::new(Inner {
-                nodes: self.servers.iter().cloned().map(Node::new).collect(),
+                nodes: {
+                    #[cfg(feature = "tls")]
+                    let tls = match &self.tls {
+                        Some(t) => Some(Arc::new(t.connector()?)),
+                        None => None,
+                    };
+                    let mut nodes = Vec::with_capacity(self.servers.len());
+                    for addr in &self.servers {
+                        #[cfg(feature = "tls")]
+                        let secure = match (&tls, self.tls_name(addr)?) {
+                            (Some(c), Some(name)) => Some(crate::connection::TlsTo { connector: c.clone(), name }),
+                            _ => None,
+                        };
+                        #[cfg(not(feature = "tls"))]
+                        let secure = None;
+                        nodes.push(Node::new(addr.clone(), secure));
+                    }
+                    nodes
+                },
                 addrs: self.servers,
                 prefix: self.prefix,
                 version: self.version,

@@ -39,13 +39,34 @@ pub(crate) struct Conn {
     queue: mpsc::UnboundedSender<(Op, Slot)>,
 }
 
+/// How to reach a server over TLS: the connector (CA, client
+/// certificate) and the name its certificate must carry.
+#[cfg(feature = "tls")]
+pub(crate) struct TlsTo {
+    pub(crate) connector: Arc<tokio_rustls::TlsConnector>,
+    pub(crate) name: rustls::pki_types::ServerName<'static>,
+}
+
+/// Without the "tls" feature there is no way to ask for TLS.
+#[cfg(not(feature = "tls"))]
+pub(crate) enum TlsTo {}
+
 pub(crate) struct Node {
     pub(crate) addr: String,
+    tls: Option<TlsTo>,
     conn: Mutex<Option<Arc<Conn>>>,
     /// After a failed connect: no new attempt before this instant, and the
     /// next wait (exponential, with jitter), so a dead server costs callers
     /// nothing but a fast error.
-    backoff: std::sync::Mutex<Option<(Instant, Duration)>>,
+    backoff: std::sync::Mutex<Option<Backoff>>,
+}
+
+/// After a failed connect: no new attempt before `until`; the next wait;
+/// and why the last attempt failed (repeated to callers in the meantime).
+struct Backoff {
+    until: Instant,
+    wait: Duration,
+    reason: String,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -127,8 +148,8 @@ fn deliver(outcome: BatchOutcome, slots: Vec<Slot>) {
 }
 
 impl Node {
-    pub(crate) fn new(addr: String) -> Node {
-        Node { addr, conn: Mutex::new(None), backoff: std::sync::Mutex::new(None) }
+    pub(crate) fn new(addr: String, tls: Option<TlsTo>) -> Node {
+        Node { addr, tls, conn: Mutex::new(None), backoff: std::sync::Mutex::new(None) }
     }
 
     pub(crate) async fn conn(&self, token: &Option<String>, timeout: Duration) -> Result<Arc<Conn>, Error> {
@@ -136,10 +157,10 @@ impl Node {
         if let Some(c) = &*slot {
             return Ok(c.clone());
         }
-        if let Some((until, _)) = *self.backoff.lock().expect("lock poisoned")
-            && Instant::now() < until
+        if let Some(b) = &*self.backoff.lock().expect("lock poisoned")
+            && Instant::now() < b.until
         {
-            return Err(self.conn_error("server is down (failed to connect recently; retrying with backoff)"));
+            return Err(self.conn_error(format!("{} (a recent attempt; retrying with backoff)", b.reason)));
         }
         match self.connect(token, timeout).await {
             Ok(conn) => {
@@ -149,10 +170,10 @@ impl Node {
                 Ok(conn)
             }
             Err(e) => {
-                if matches!(e, Error::Connection { .. }) {
+                if let Error::Connection { reason, .. } = &e {
                     let mut b = self.backoff.lock().expect("lock poisoned");
-                    let wait = b.map_or(FIRST_BACKOFF, |(_, w)| (w * 2).min(MAX_BACKOFF));
-                    *b = Some((Instant::now() + jitter(wait), wait));
+                    let wait = b.as_ref().map_or(FIRST_BACKOFF, |b| (b.wait * 2).min(MAX_BACKOFF));
+                    *b = Some(Backoff { until: Instant::now() + jitter(wait), wait, reason: reason.clone() });
                 }
                 Err(e)
             }
@@ -185,8 +206,33 @@ impl Node {
             } else {
                 let io = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| self.conn_error(e))?;
                 let _ = io.set_nodelay(true);
-                let transport = tarpc::serde_transport::new(codec().new_framed(io), crate::protocol::Codec::default());
-                CacheServiceClient::new(client_config(), transport).spawn()
+                match &self.tls {
+                    #[cfg(feature = "tls")]
+                    Some(tls) => {
+                        let io = tls.connector.connect(tls.name.clone(), io).await.map_err(|e| {
+                            self.conn_error(format!(
+                                "TLS handshake failed: {e}; check that the server listens with tls:// and that its \
+                                 certificate is signed by the CA given to Tls::with_ca_file and names this host"
+                            ))
+                        })?;
+                        let framed = codec().new_framed(io);
+                        CacheServiceClient::new(
+                            client_config(),
+                            tarpc::serde_transport::new(framed, crate::protocol::Codec::default()),
+                        )
+                        .spawn()
+                    }
+                    #[cfg(not(feature = "tls"))]
+                    Some(never) => match *never {},
+                    None => {
+                        let framed = codec().new_framed(io);
+                        CacheServiceClient::new(
+                            client_config(),
+                            tarpc::serde_transport::new(framed, crate::protocol::Codec::default()),
+                        )
+                        .spawn()
+                    }
+                }
             };
             let info = match client.hello(ctx(timeout), token.clone()).await {
                 Ok(Ok(info)) => info,

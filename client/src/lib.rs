@@ -54,6 +54,8 @@ pub mod protocol;
 mod request;
 mod shard;
 mod timeout;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use builder::Builder;
 pub use cache::{Cache, Stats};
@@ -63,3 +65,5 @@ pub use request::{
     KeyTtl, Set, SetMany, Touch,
 };
 pub use timeout::Timeout;
+#[cfg(feature = "tls")]
+pub use tls::Tls;

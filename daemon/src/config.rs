@@ -50,7 +50,10 @@ pub enum Sub {
 /// Options as given on the command line or in the environment (all optional).
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct Options {
-    /// Address to serve: HOST:PORT or unix:/path (repeatable) [default: 127.0.0.1:7311].
+    /// Address to serve (repeatable): HOST:PORT or unix:/path (tarpc),
+    /// resp://HOST:PORT or resp+unix:/path (Redis protocol), tls://HOST:PORT
+    /// or resp+tls://HOST:PORT (the same over TLS)
+    /// [default: 127.0.0.1:7311, resp://127.0.0.1:7379].
     #[arg(long, env = "CACHET_LISTEN", value_delimiter = ',')]
     pub listen: Vec<String>,
     /// Data directory [default: $STATE_DIRECTORY under systemd, else ./cachet-data].
@@ -121,6 +124,15 @@ pub struct Options {
     /// The same across all connections [default: 512MiB].
     #[arg(long, env = "CACHET_MAX_UNSENT_REPLY_BYTES_TOTAL", value_parser = parse_bytes)]
     pub max_unsent_reply_bytes_total: Option<u64>,
+    /// TLS certificate chain (PEM) for tls:// and resp+tls:// listeners.
+    #[arg(long, env = "CACHET_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the certificate.
+    #[arg(long, env = "CACHET_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "CACHET_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics [default: off].
     #[arg(long, env = "CACHET_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -174,6 +186,9 @@ struct FileOptions {
     max_buffered_request_bytes: Option<Size>,
     max_unsent_reply_bytes: Option<Size>,
     max_unsent_reply_bytes_total: Option<Size>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     metrics_listen: Option<String>,
     slow_request_ms: Option<u64>,
     log: Option<String>,
@@ -223,6 +238,8 @@ pub struct Settings {
     pub max_buffered_request_bytes: usize,
     pub max_unsent_reply_bytes: usize,
     pub max_unsent_reply_bytes_total: usize,
+    /// Certificate, key and optional client CA, for TLS listeners.
+    pub tls: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
     pub metrics_listen: Option<String>,
     pub slow_request: std::time::Duration,
     /// The log filter.
@@ -392,6 +409,15 @@ impl Settings {
             max_buffered_request_bytes: max_buffered_request_bytes as usize,
             max_unsent_reply_bytes: max_unsent_reply_bytes as usize,
             max_unsent_reply_bytes_total: max_unsent_reply_bytes_total as usize,
+            tls: match (
+                o.tls_cert.or(file.tls_cert),
+                o.tls_key.or(file.tls_key),
+                o.tls_client_ca.or(file.tls_client_ca),
+            ) {
+                (Some(cert), Some(key), ca) => Some((cert, key, ca)),
+                (None, None, None) => None,
+                _ => return Err("TLS needs both --tls-cert and --tls-key (--tls-client-ca is optional)".into()),
+            },
             metrics_listen: o.metrics_listen.or(file.metrics_listen),
             slow_request: std::time::Duration::from_millis(in_range(
                 "slow_request_ms",

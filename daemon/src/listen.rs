@@ -32,33 +32,42 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// Splits a `--listen` address into its protocol and the address to
-    /// bind: `resp://HOST:PORT` and `resp+unix:/path` speak RESP;
-    /// `HOST:PORT`, `tarpc://HOST:PORT` and `unix:/path` speak tarpc.
-    pub fn of(addr: &str) -> (Protocol, String) {
+    /// Splits a `--listen` address into its protocol, the address to bind
+    /// and whether it is TLS: `resp://HOST:PORT` and `resp+unix:/path` speak
+    /// RESP, `resp+tls://HOST:PORT` RESP over TLS; `HOST:PORT`,
+    /// `tarpc://HOST:PORT` and `unix:/path` speak tarpc, `tls://HOST:PORT`
+    /// tarpc over TLS.
+    pub fn of(addr: &str) -> (Protocol, String, bool) {
         if let Some(rest) = addr.strip_prefix("resp://") {
-            (Protocol::Resp, rest.to_string())
+            (Protocol::Resp, rest.to_string(), false)
+        } else if let Some(rest) = addr.strip_prefix("resp+tls://") {
+            (Protocol::Resp, rest.to_string(), true)
         } else if let Some(rest) = addr.strip_prefix("resp+unix:") {
-            (Protocol::Resp, format!("unix:{rest}"))
+            (Protocol::Resp, format!("unix:{rest}"), false)
         } else if let Some(rest) = addr.strip_prefix("tarpc://") {
-            (Protocol::Tarpc, rest.to_string())
+            (Protocol::Tarpc, rest.to_string(), false)
+        } else if let Some(rest) = addr.strip_prefix("tls://") {
+            (Protocol::Tarpc, rest.to_string(), true)
         } else {
-            (Protocol::Tarpc, addr.to_string())
+            (Protocol::Tarpc, addr.to_string(), false)
         }
     }
 
     /// How a listener of this protocol is named in logs (as `--listen` takes it).
-    pub fn describe(self, bound: &str) -> String {
-        match (self, bound.strip_prefix("unix:")) {
-            (Protocol::Tarpc, _) => bound.to_string(),
-            (Protocol::Resp, Some(path)) => format!("resp+unix:{path}"),
-            (Protocol::Resp, None) => format!("resp://{bound}"),
+    pub fn describe(self, bound: &str, tls: bool) -> String {
+        match (self, bound.strip_prefix("unix:"), tls) {
+            (Protocol::Tarpc, _, false) => bound.to_string(),
+            (Protocol::Tarpc, _, true) => format!("tls://{bound}"),
+            (Protocol::Resp, Some(path), _) => format!("resp+unix:{path}"),
+            (Protocol::Resp, None, false) => format!("resp://{bound}"),
+            (Protocol::Resp, None, true) => format!("resp+tls://{bound}"),
         }
     }
 }
 
 pub enum Listener {
-    Tcp(tokio::net::TcpListener),
+    /// A TCP listener, with the TLS handshake its connections start with.
+    Tcp(tokio::net::TcpListener, Option<tokio_rustls::TlsAcceptor>),
     /// A unix socket, its path, and whether we made it (and remove it on exit).
     Unix(tokio::net::UnixListener, PathBuf, bool),
 }
@@ -74,7 +83,8 @@ pub struct UnixPerms {
 /// A listening socket bound before the runtime starts (by us, or passed by
 /// systemd), so a bad address fails in a millisecond, before the replay.
 pub enum Bound {
-    Tcp(std::net::TcpListener, Protocol),
+    /// A TCP listener, and whether it speaks TLS.
+    Tcp(std::net::TcpListener, Protocol, bool),
     /// A unix socket, its path, and whether we made it (and remove it on exit).
     Unix(std::os::unix::net::UnixListener, PathBuf, bool, Protocol),
 }
@@ -84,15 +94,30 @@ impl Bound {
     /// A unix socket file left by a process that is gone is replaced; one
     /// still served is an error.
     pub fn bind(listen: &str, perms: &UnixPerms) -> Result<Bound> {
-        let (protocol, addr) = Protocol::of(listen);
-        bind_unchecked(&addr, protocol, perms).map_err(Error::Listen)
+        let (protocol, addr, tls) = Protocol::of(listen);
+        bind_unchecked(&addr, protocol, tls, perms).map_err(Error::Listen)
     }
 
-    /// Registers the socket with the runtime (call inside it).
-    pub fn into_listener(self) -> Result<(Listener, Protocol)> {
+    /// Whether its connections start with a TLS handshake.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Bound::Tcp(_, _, true))
+    }
+
+    /// Registers the socket with the runtime (call inside it); a TLS
+    /// listener takes `tls` (checked at start to be there).
+    pub fn into_listener(self, tls: Option<&tokio_rustls::TlsAcceptor>) -> Result<(Listener, Protocol)> {
         let registering = |e: std::io::Error| Error::Listen(format!("registering a listening socket: {e}"));
         Ok(match self {
-            Bound::Tcp(l, p) => (Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(registering)?), p),
+            Bound::Tcp(l, p, secure) => {
+                let acceptor = match (secure, tls) {
+                    (false, _) => None,
+                    (true, Some(a)) => Some(a.clone()),
+                    (true, None) => {
+                        return Err(Error::Config("a tls:// listener needs --tls-cert and --tls-key".into()));
+                    }
+                };
+                (Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(registering)?, acceptor), p)
+            }
             Bound::Unix(l, path, ours, p) => {
                 (Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(registering)?, path, ours), p)
             }
@@ -100,7 +125,7 @@ impl Bound {
     }
 }
 
-fn bind_unchecked(addr: &str, protocol: Protocol, perms: &UnixPerms) -> std::result::Result<Bound, String> {
+fn bind_unchecked(addr: &str, protocol: Protocol, tls: bool, perms: &UnixPerms) -> std::result::Result<Bound, String> {
     if let Some(path) = addr.strip_prefix("unix:") {
         let path = PathBuf::from(path);
         if let Ok(meta) = std::fs::symlink_metadata(&path) {
@@ -150,7 +175,7 @@ fn bind_unchecked(addr: &str, protocol: Protocol, perms: &UnixPerms) -> std::res
                 Ok::<_, std::io::Error>(std::net::TcpListener::from(sock))
             })();
             match bound {
-                Ok(l) => return Ok(Bound::Tcp(l, protocol)),
+                Ok(l) => return Ok(Bound::Tcp(l, protocol, tls)),
                 Err(e) => last = Some(e),
             }
         }
@@ -161,7 +186,7 @@ fn bind_unchecked(addr: &str, protocol: Protocol, perms: &UnixPerms) -> std::res
 impl Listener {
     pub fn describe(&self) -> String {
         match self {
-            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "tcp".into()),
+            Listener::Tcp(l, _) => l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "tcp".into()),
             Listener::Unix(_, p, _) => format!("unix:{}", p.display()),
         }
     }
@@ -177,7 +202,7 @@ impl Listener {
     /// Whether anyone beyond this machine can reach it.
     pub fn is_exposed(&self) -> bool {
         match self {
-            Listener::Tcp(l) => l.local_addr().map(|a| !a.ip().is_loopback()).unwrap_or(true),
+            Listener::Tcp(l, _) => l.local_addr().map(|a| !a.ip().is_loopback()).unwrap_or(true),
             Listener::Unix(..) => false,
         }
     }
@@ -232,13 +257,26 @@ pub async fn accept_loop(
                         continue;
                     };
                     let (shared, limits) = (shared.clone(), limits.clone());
+                    let tls = match &listener {
+                        Listener::Tcp(_, tls) => tls.clone(),
+                        Listener::Unix(..) => None,
+                    };
                     tokio::spawn(async move {
                         let _open = shared.metrics.connection(protocol);
-                        match (conn, protocol) {
-                            (Conn::Tcp(io), Protocol::Tarpc) => serve(io, shared, &limits).await,
-                            (Conn::Unix(io), Protocol::Tarpc) => serve(io, shared, &limits).await,
-                            (Conn::Tcp(io), Protocol::Resp) => crate::front::resp::serve(io, shared, &limits).await,
-                            (Conn::Unix(io), Protocol::Resp) => crate::front::resp::serve(io, shared, &limits).await,
+                        match (conn, tls) {
+                            (Conn::Tcp(io), Some(acceptor)) => {
+                                // The handshake gets the time a frame gets, so a
+                                // client that connects and stalls is dropped.
+                                match tokio::time::timeout(limits.read_timeout, acceptor.accept(io)).await {
+                                    Ok(Ok(io)) => serve_protocol(io, protocol, shared, &limits).await,
+                                    Ok(Err(e)) => shared.note("tls_handshake", &format!(
+                                        "a TLS handshake failed ({e}); a plain-text client on a TLS port, or a certificate the client or server does not trust"
+                                    )),
+                                    Err(_) => shared.note("tls_handshake", "a client did not finish its TLS handshake within --read-timeout"),
+                                }
+                            }
+                            (Conn::Tcp(io), None) => serve_protocol(io, protocol, shared, &limits).await,
+                            (Conn::Unix(io), _) => serve_protocol(io, protocol, shared, &limits).await,
                         }
                         drop(permit);
                     });
@@ -260,12 +298,23 @@ enum Conn {
 
 async fn accept(l: &Listener) -> std::io::Result<Conn> {
     match l {
-        Listener::Tcp(l) => {
+        Listener::Tcp(l, _) => {
             let (io, _) = l.accept().await?;
             let _ = io.set_nodelay(true);
             Ok(Conn::Tcp(io))
         }
         Listener::Unix(l, _, _) => Ok(Conn::Unix(l.accept().await?.0)),
+    }
+}
+
+/// Serves one connection in its listener's protocol.
+async fn serve_protocol<IO>(io: IO, protocol: Protocol, shared: Arc<Shared>, limits: &Limits)
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    match protocol {
+        Protocol::Tarpc => serve(io, shared, limits).await,
+        Protocol::Resp => crate::front::resp::serve(io, shared, limits).await,
     }
 }
 

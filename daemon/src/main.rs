@@ -17,6 +17,7 @@ mod metrics;
 mod reload;
 mod shared;
 mod systemd;
+mod tls;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -245,6 +246,11 @@ fn run(s: Settings, reload: Reload) -> Result<()> {
     // SAFETY: no other thread has started yet (the engine and the runtime
     // come below).
     let activated = unsafe { systemd::activated_listeners()? };
+    // The TLS files are read before the replay too, so a bad one fails now.
+    let tls = match &s.tls {
+        Some((cert, key, ca)) => Some(tls::acceptor(cert, key, ca.as_deref())?),
+        None => None,
+    };
     // Bound before the replay, so a bad or busy address fails now.
     let bound = if activated.is_empty() {
         let perms = listen::UnixPerms { mode: s.unix_mode, group: s.unix_group.clone() };
@@ -260,6 +266,9 @@ fn run(s: Settings, reload: Reload) -> Result<()> {
         }
         activated
     };
+    if tls.is_none() && bound.iter().any(Bound::is_tls) {
+        return Err(Error::Config("a tls:// or resp+tls:// listener needs --tls-cert and --tls-key".into()));
+    }
     systemd::notify(&[
         sd_notify::NotifyState::Status("replaying the log"),
         sd_notify::NotifyState::ExtendTimeoutUsec(systemd::REPLAY_EXTEND_USEC),
@@ -284,7 +293,7 @@ fn run(s: Settings, reload: Reload) -> Result<()> {
         .build()
         .map_err(|e| Error::Runtime(format!("starting the async runtime: {e}")))?;
     let replay = Duration::from_millis(r.elapsed_ms);
-    let outcome = rt.block_on(serve(s.clone(), reload, &engine, started, bound, replay));
+    let outcome = rt.block_on(serve(s.clone(), reload, &engine, started, bound, tls, replay));
     drop(rt);
     let synced = engine.shutdown();
     outcome?;
@@ -299,6 +308,7 @@ async fn serve(
     engine: &Engine,
     started: Instant,
     bound: Vec<Bound>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     replay: Duration,
 ) -> Result<()> {
     let settings = ServerSettings {
@@ -322,14 +332,17 @@ async fn serve(
         Some(addr) => Some(metrics::http::serve(addr, shared.clone()).await?),
         None => None,
     };
-    let listeners = bound.into_iter().map(Bound::into_listener).collect::<Result<Vec<_>>>()?;
+    let listeners = bound.into_iter().map(|b| b.into_listener(tls.as_ref())).collect::<Result<Vec<_>>>()?;
     if s.auth_token.is_none() && listeners.iter().any(|(l, _)| l.is_exposed()) {
         tracing::warn!(
             "listening beyond loopback without authentication: anyone who can reach the port can read and change \
              the cache; set --auth-token-file, or listen on 127.0.0.1 or a unix socket"
         );
     }
-    let addrs: Vec<String> = listeners.iter().map(|(l, p)| p.describe(&l.describe())).collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|(l, p)| p.describe(&l.describe(), matches!(l, listen::Listener::Tcp(_, Some(_)))))
+        .collect();
     let sockets: Vec<_> = listeners.iter().filter_map(|(l, _)| l.socket_path()).collect();
     let limits = Limits {
         connections: Arc::new(tokio::sync::Semaphore::new(s.max_connections)),

@@ -110,6 +110,7 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("max_in_flight", old.max_in_flight != new.max_in_flight);
     check("io_threads", old.io_threads != new.io_threads);
     check("metrics_listen", old.metrics_listen != new.metrics_listen);
+    check("tls", old.tls != new.tls);
     check("log_format", old.log_format != new.log_format);
     check("slow_request_ms", old.slow_request != new.slow_request);
     out

@@ -49,7 +49,7 @@ fn from_fd(fd: RawFd, name: &str) -> Result<Bound, String> {
         // SAFETY: as above.
         let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
-        Ok(Bound::Tcp(l, protocol))
+        Ok(Bound::Tcp(l, protocol, false))
     } else {
         Err(not_a_listener(format!("has address family {}", addr.family())))
     }

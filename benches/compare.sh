@@ -13,6 +13,8 @@
 #   benches/compare.sh [--record]   # ROUNDS=3 DURATION=5 by default
 #   ROUNDS=5 DURATION=10 benches/compare.sh
 #
+# CACHETD=path runs another cachetd build than this checkout's.
+#
 # --record appends the tables to benches/RESULTS.md (without it nothing is
 # written). If redis-server is missing it says so and installs it with
 # apt-get. It stops exactly the processes it started (by pid), even on
@@ -36,7 +38,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
 fi
 cargo build --release -q -p cachetd -p cachet-benches -p cachet --features cachet/cli
 LOAD=target/release/cachet-load
-CACHETD=target/release/cachetd
+CACHETD=${CACHETD:-target/release/cachetd}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {

@@ -413,15 +413,47 @@ impl ActiveSegment {
     }
 
     pub(crate) fn sync(&self) -> std::io::Result<()> {
-        if let Some(f) = &self.faults
-            && Faults::take(&f.syncs)
-        {
-            return Err(std::io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.file.sync_data()?;
-        if let Some(f) = &self.faults {
-            f.note_durable(&self.path, self.len);
-        }
-        Ok(())
+        sync_file(&self.file, &self.faults, &self.path, self.len)
     }
+
+    /// What a sync of the segment as it is now needs, to run on another
+    /// thread while writes go on (they only add bytes past `len`).
+    pub(crate) fn sync_job(&self) -> std::io::Result<SyncJob> {
+        Ok(SyncJob {
+            id: self.id,
+            file: self.file.try_clone()?,
+            faults: self.faults.clone(),
+            path: self.path.clone(),
+            len: self.len,
+        })
+    }
+}
+
+/// An fdatasync of a segment, made durable up to `len` at least.
+pub(crate) struct SyncJob {
+    pub(crate) id: SegmentId,
+    file: File,
+    faults: Option<Arc<Faults>>,
+    pub(crate) path: PathBuf,
+    pub(crate) len: u64,
+}
+
+impl SyncJob {
+    pub(crate) fn run(&self) -> std::io::Result<()> {
+        sync_file(&self.file, &self.faults, &self.path, self.len)
+    }
+}
+
+/// fdatasync, or the injected failure under test.
+fn sync_file(file: &File, faults: &Option<Arc<Faults>>, path: &Path, len: u64) -> std::io::Result<()> {
+    if let Some(f) = faults
+        && Faults::take(&f.syncs)
+    {
+        return Err(std::io::Error::from_raw_os_error(libc::EIO));
+    }
+    file.sync_data()?;
+    if let Some(f) = faults {
+        f.note_durable(path, len);
+    }
+    Ok(())
 }

@@ -58,10 +58,7 @@ impl Writer {
             self.join_finisher();
         }
         let Some(c) = &self.compactor.running else {
-            let live = self.state.live_log_bytes();
-            // Segments a running finish is about to unlink do not count.
-            let log = self.log_bytes.saturating_sub(self.compactor.pending_free);
-            if log > self.compactor.min_bytes && log > 2 * live {
+            if self.compaction_due() {
                 if self.compactor.finishing.is_some() {
                     // The log outran the finish: wait for it, so the log
                     // stays bounded however slow the disk is.
@@ -76,7 +73,11 @@ impl Writer {
                         return;
                     }
                 };
-                tracing::info!(log_bytes = self.log_bytes, live_bytes = live, "compaction started");
+                tracing::info!(
+                    log_bytes = self.log_bytes,
+                    live_bytes = self.state.live_log_bytes(),
+                    "compaction started"
+                );
                 self.compactor.running = Some(Compaction { cutoff: self.active.id, first_seq, cursor: 0 });
             }
             return;
@@ -111,6 +112,14 @@ impl Writer {
         let pause = started.elapsed();
         self.compactor.max_pause_us = self.compactor.max_pause_us.max(pause.as_micros() as u64);
         self.compactor.pauses.record(pause);
+    }
+
+    /// Whether the log has outgrown its live data enough to compact: over
+    /// `--compact-min-bytes` and over twice the live bytes (segments a
+    /// running finish is about to unlink do not count).
+    pub(super) fn compaction_due(&self) -> bool {
+        let log = self.log_bytes.saturating_sub(self.compactor.pending_free);
+        log > self.compactor.min_bytes && log > 2 * self.state.live_log_bytes()
     }
 
     /// Ends a compaction whose records are all re-appended. Its I/O (fsync,

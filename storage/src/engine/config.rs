@@ -55,6 +55,10 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Most expired entries removed per loop.
     pub expire_budget: usize,
+    /// Apply commands on the threads that send them (under `everysec` and
+    /// `never`); false sends every command through the engine thread, as
+    /// `always` does. (On by default; benches compare the two.)
+    pub apply_on_callers: bool,
     /// Compaction starts when the log is over twice the live data and over
     /// this size.
     pub compact_min_bytes: u64,
@@ -105,6 +109,7 @@ impl Config {
             max_batch: 1024,
             queue_capacity: 4096,
             expire_budget: 1000,
+            apply_on_callers: true,
             compact_min_bytes: 64 << 20,
             #[cfg(feature = "testing")]
             hook: None,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::oneshot;
 
+use super::core::{Core, take};
 use crate::budget::ReplyBudget;
 use crate::error::{Error, Result};
 use crate::state::{Command, Reply};
@@ -15,12 +16,18 @@ pub(super) enum Msg {
     Shutdown(oneshot::Sender<Result<()>>),
     /// Take a snapshot once the batch it arrives in is written.
     Snapshot(oneshot::Sender<Result<super::Snapshot>>),
+    /// Nothing to do but re-plan: a caller left timer work for the engine
+    /// thread sooner than it meant to wake.
+    Wake,
 }
 
-/// A cheap, cloneable way to send commands to the engine.
+/// A cheap, cloneable way to send commands to the engine: run on the
+/// caller's thread under `everysec` and `never`, through the engine
+/// thread under `always` (see `core`).
 #[derive(Clone)]
 pub struct Handle {
     pub(super) tx: Sender<Msg>,
+    pub(super) core: Arc<Core>,
 }
 
 impl Handle {
@@ -52,12 +59,20 @@ impl Handle {
     /// replies): it may return no more than the budget has left.
     pub async fn call_with(&self, cmd: Command, budget: Option<Arc<ReplyBudget>>) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
+        if self.core.inline {
+            self.core.turn_inline(Msg::One(cmd, budget, tx))?;
+            return take(rx)?;
+        }
         self.send(Msg::One(cmd, budget, tx))?;
         rx.await.unwrap_or(Err(Error::Closed))
     }
 
     pub fn call_blocking(&self, cmd: Command) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
+        if self.core.inline {
+            self.core.turn_inline(Msg::One(cmd, None, tx))?;
+            return take(rx)?;
+        }
         self.send(Msg::One(cmd, None, tx))?;
         rx.blocking_recv().unwrap_or(Err(Error::Closed))
     }
@@ -74,6 +89,10 @@ impl Handle {
         budget: Option<Arc<ReplyBudget>>,
     ) -> Result<Vec<Result<Reply>>> {
         let (tx, rx) = oneshot::channel();
+        if self.core.inline {
+            self.core.turn_inline(Msg::Many(cmds, budget, tx))?;
+            return take(rx);
+        }
         self.send(Msg::Many(cmds, budget, tx))?;
         rx.await.map_err(|_| Error::Closed)
     }
@@ -95,6 +114,10 @@ impl Handle {
 
     pub fn call_many_blocking(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply>>> {
         let (tx, rx) = oneshot::channel();
+        if self.core.inline {
+            self.core.turn_inline(Msg::Many(cmds, None, tx))?;
+            return take(rx);
+        }
         self.send(Msg::Many(cmds, None, tx))?;
         rx.blocking_recv().map_err(|_| Error::Closed)
     }

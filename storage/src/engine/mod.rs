@@ -13,6 +13,7 @@
 
 mod compact;
 mod config;
+mod core;
 mod handle;
 mod recover;
 mod snapshot;
@@ -144,13 +145,20 @@ impl Engine {
             faults,
             manifest,
             snapshots: 0,
+            appended_since_background: 0,
             _lock: lock,
         };
+        // Under `always` requests go through the engine thread, so that
+        // concurrent writers share one fsync; otherwise callers apply their
+        // own (see `core`).
+        let inline = config.sync != SyncPolicy::Always && config.apply_on_callers;
+        let core = Arc::new(core::Core::new(writer, inline, tx.clone()));
+        let engine_core = core.clone();
         let thread = std::thread::Builder::new()
             .name("cachet-engine".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || engine_core.run(rx))
             .map_err(Error::io("starting engine thread", &dir))?;
-        Ok(Engine { handle: Handle { tx }, thread: Some(thread), report })
+        Ok(Engine { handle: Handle { tx, core }, thread: Some(thread), report })
     }
 
     pub fn handle(&self) -> Handle {

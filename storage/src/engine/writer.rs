@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
 use super::compact::Compactor;
@@ -20,7 +19,12 @@ use crate::record::{self, Record, SegmentId, Seq};
 use crate::segment::{ActiveSegment, Faults, SharedManifest, list_segments, segment_path, sync_dir};
 use crate::state::{Command, Reply, Sink, State};
 
-/// The writer thread's state.
+/// Log bytes callers write between two compaction steps they run
+/// themselves (a slice re-appends up to 512 KiB: 8x this), or an eighth
+/// of a segment if that is less.
+const INLINE_BACKGROUND_BYTES: u64 = 64 << 10;
+
+/// The writer's state.
 pub(super) struct Writer {
     pub(super) dir: PathBuf,
     pub(super) state: State,
@@ -45,6 +49,8 @@ pub(super) struct Writer {
     pub(super) manifest: SharedManifest,
     /// Snapshots taken (names each snapshot's directory).
     pub(super) snapshots: u64,
+    /// Log bytes written since the last compaction step or roll check.
+    pub(super) appended_since_background: u64,
     pub(super) _lock: File,
 }
 
@@ -125,69 +131,62 @@ impl Sink for BatchSink<'_> {
     }
 }
 
-enum Pending {
+pub(super) enum Pending {
     One(oneshot::Sender<Result<Reply>>, bool, Result<Reply>),
     Many(oneshot::Sender<Vec<Result<Reply>>>, Vec<(bool, Result<Reply>)>),
 }
 
 impl Writer {
-    pub(super) fn run(mut self, rx: Receiver<Msg>) {
-        let mut msgs = Vec::new();
-        let mut pending = Vec::new();
-        loop {
-            let first = match self.wait_time() {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(t) => rx.recv_timeout(t),
-            };
-            match first {
-                Ok(m) => msgs.push(m),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.finish();
-                    return;
-                }
-            }
-            let mut ops = msgs.iter().map(ops_in).sum::<usize>();
-            while ops < self.max_batch {
-                match rx.try_recv() {
-                    Ok(m) => {
-                        ops += ops_in(&m);
-                        msgs.push(m);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let snapshots: Vec<_> = msgs
-                .extract_if(.., |m| matches!(m, Msg::Snapshot(_)))
-                .filter_map(|m| match m {
-                    Msg::Snapshot(tx) => Some(tx),
-                    _ => None,
-                })
-                .collect();
-            let shutdown = self.apply_batch(&mut msgs, &mut pending);
-            for p in pending.drain(..) {
-                match p {
-                    Pending::One(tx, _, r) => drop(tx.send(r)),
-                    Pending::Many(tx, rs) => drop(tx.send(rs.into_iter().map(|(_, r)| r).collect())),
-                }
-            }
-            // After the batch is written: a snapshot holds every write
-            // acknowledged before it was asked for.
-            for tx in snapshots {
-                let _ = tx.send(self.snapshot());
-            }
-            let now = self.clock.now().0;
-            self.state.expire(now, self.expire_budget);
-            self.background_io();
-            if let Some(reply) = shutdown {
-                let _ = reply.send(self.finish());
-                return;
+    /// One turn of the engine on whatever thread holds the writer: applies
+    /// `msgs` as one batch (written, and synced as the policy says), sends
+    /// the replies, takes the snapshots asked for, then does the bounded
+    /// work between batches (expiry, the once-a-second sync, a compaction
+    /// slice, a segment roll). Returns a shutdown request if one came.
+    /// `inline`: the turn of a caller, which leaves the segment roll,
+    /// compaction and the disk's retries to the engine thread (a caller
+    /// pays for its own commands and a bounded expiry, not for those).
+    pub(super) fn turn(
+        &mut self,
+        msgs: &mut Vec<Msg>,
+        pending: &mut Vec<Pending>,
+        inline: bool,
+    ) -> Option<oneshot::Sender<Result<()>>> {
+        let snapshots: Vec<_> = msgs
+            .extract_if(.., |m| matches!(m, Msg::Snapshot(_)))
+            .filter_map(|m| match m {
+                Msg::Snapshot(tx) => Some(tx),
+                _ => None,
+            })
+            .collect();
+        let shutdown = self.apply_batch(msgs, pending);
+        for p in pending.drain(..) {
+            match p {
+                Pending::One(tx, _, r) => drop(tx.send(r)),
+                Pending::Many(tx, rs) => drop(tx.send(rs.into_iter().map(|(_, r)| r).collect())),
             }
         }
+        // After the batch is written: a snapshot holds every write
+        // acknowledged before it was asked for.
+        for tx in snapshots {
+            let _ = tx.send(self.snapshot());
+        }
+        let now = self.clock.now().0;
+        self.state.expire(now, self.expire_budget);
+        if !inline {
+            self.background_io();
+        } else if self.appended_since_background >= INLINE_BACKGROUND_BYTES.min(self.segment_bytes / 8)
+            && self.needs_background()
+        {
+            // Writers pay for compaction in proportion to what they write,
+            // so it keeps up with any write rate: a slice re-appends up to
+            // 8x these bytes.
+            self.compact_and_roll();
+        }
+        shutdown
     }
 
     /// How long to sleep waiting for requests before there is timer or sync work.
-    fn wait_time(&self) -> Option<Duration> {
+    pub(super) fn wait_time(&self) -> Option<Duration> {
         let mut wait: Option<Duration> = None;
         if let Some(deadline) = self.state.next_deadline() {
             let now = self.clock.now().0;
@@ -211,7 +210,11 @@ impl Writer {
 
     /// Applies every queued command, writes and syncs the batch, and fills
     /// `pending` with the replies. Returns a shutdown request if one came.
-    fn apply_batch(&mut self, msgs: &mut Vec<Msg>, pending: &mut Vec<Pending>) -> Option<oneshot::Sender<Result<()>>> {
+    pub(super) fn apply_batch(
+        &mut self,
+        msgs: &mut Vec<Msg>,
+        pending: &mut Vec<Pending>,
+    ) -> Option<oneshot::Sender<Result<()>>> {
         let now = self.clock.now().0;
         let mut shutdown = None;
         let mut force_sync = false;
@@ -253,7 +256,9 @@ impl Writer {
                     pending.push(Pending::Many(tx, rs));
                 }
                 Msg::Shutdown(tx) => shutdown = Some(tx),
-                Msg::Snapshot(_) => unreachable!("snapshot requests are taken out before the batch"),
+                // Taken out before the batch (snapshots) or by the engine
+                // thread (pokes); nothing to apply.
+                Msg::Snapshot(_) | Msg::Wake => {}
             }
         }
         if self.buf.is_empty() {
@@ -287,6 +292,7 @@ impl Writer {
     pub(super) fn write_batch(&mut self, sync: bool) -> std::io::Result<()> {
         self.active.append(&self.buf)?;
         self.log_bytes += self.buf.len() as u64;
+        self.appended_since_background += self.buf.len() as u64;
         self.durability.dirty = true;
         if sync {
             self.sync_active()?;
@@ -348,8 +354,9 @@ impl Writer {
         Ok(seg)
     }
 
-    /// Periodic work between batches: the once-a-second sync, segment roll,
-    /// and retrying a failed disk.
+    /// Periodic work between batches: the once-a-second sync (unless the
+    /// engine thread ran it off the lock, see `sync_job`), segment roll,
+    /// compaction, and retrying a failed disk.
     fn background_io(&mut self) {
         if let Some(u) = &self.unavailable {
             if Instant::now() >= u.next_try {
@@ -358,10 +365,7 @@ impl Writer {
             }
             return;
         }
-        if self.durability.dirty
-            && self.durability.policy == SyncPolicy::EverySec
-            && self.durability.last_sync.elapsed() >= Duration::from_secs(1)
-        {
+        if self.sync_due() {
             if let Err(e) = self.sync_active() {
                 let msg = format!("fdatasync of {} failed: {e}", self.active.path.display());
                 tracing::error!("{msg}");
@@ -372,13 +376,66 @@ impl Writer {
             self.durability.last_sync = Instant::now();
             self.hook("synced");
         }
+        self.compact_and_roll();
+    }
+
+    /// A compaction slice (or its start or end) and a segment roll, when due.
+    fn compact_and_roll(&mut self) {
+        self.appended_since_background = 0;
         self.compact_step();
-        if self.active.len >= self.segment_bytes
+        if self.unavailable.is_none()
+            && self.active.len >= self.segment_bytes
             && let Err(e) = self.roll()
         {
             tracing::error!("could not start a new segment: {e}");
             self.recover(&e.to_string());
         }
+    }
+
+    /// Whether the once-a-second sync is due.
+    fn sync_due(&self) -> bool {
+        self.durability.dirty
+            && self.durability.policy == SyncPolicy::EverySec
+            && self.durability.last_sync.elapsed() >= Duration::from_secs(1)
+    }
+
+    /// The once-a-second sync, to run without the writer (so requests go on
+    /// while it waits for the disk), if it is due. Under a test hook it
+    /// stays in `background_io`, where the hook sees it.
+    pub(super) fn sync_job(&self) -> Option<(crate::segment::SyncJob, Instant)> {
+        if self.unavailable.is_some() || self.hook.is_some() || !self.sync_due() {
+            return None;
+        }
+        self.active.sync_job().ok().map(|job| (job, Instant::now()))
+    }
+
+    /// Takes the result of a `sync_job`.
+    pub(super) fn synced(&mut self, job: &crate::segment::SyncJob, started: Instant, result: std::io::Result<()>) {
+        self.durability.fsyncs.record(started.elapsed());
+        match result {
+            Ok(()) if job.id == self.active.id => {
+                // Writes made while it ran are synced at the next one.
+                self.durability.dirty = self.active.len != job.len;
+                self.durability.last_sync = started;
+            }
+            // The segment was closed meanwhile, and synced as it closed.
+            Ok(()) => {}
+            Err(e) => {
+                let msg = format!("fdatasync of {} failed: {e}", job.path.display());
+                tracing::error!("{msg}");
+                self.recover(&msg);
+            }
+        }
+    }
+
+    /// Whether work waits that only the engine thread does between turns
+    /// (a segment to roll, a compaction to start or continue).
+    pub(super) fn needs_background(&self) -> bool {
+        self.unavailable.is_none()
+            && (self.active.len >= self.segment_bytes
+                || self.compactor.running.is_some()
+                || self.compactor.finishing.as_ref().is_some_and(|f| f.is_finished())
+                || self.compaction_due())
     }
 
     pub(super) fn hook(&self, point: &'static str) {
@@ -387,7 +444,7 @@ impl Writer {
         }
     }
 
-    fn finish(&mut self) -> Result<()> {
+    pub(super) fn finish(&mut self) -> Result<()> {
         self.join_finisher();
         if self.unavailable.is_some() {
             return Err(Error::WriteFailed("the log was unavailable at shutdown; see earlier errors".into()));
@@ -404,7 +461,7 @@ impl Writer {
     }
 }
 
-fn ops_in(m: &Msg) -> usize {
+pub(super) fn ops_in(m: &Msg) -> usize {
     match m {
         Msg::Many(cmds, _, _) => cmds.len().max(1),
         _ => 1,

@@ -5,7 +5,8 @@
 # everysec; always <-> always). Prints, as Markdown tables:
 #   - cachet-load (the Rust client over tarpc, and a Redis client) at several
 #     connection counts and depths: medians of ROUNDS alternating rounds,
-#     with each server's CPU per operation;
+#     with each server's CPU per operation, and the load generator's own
+#     (the cachet crate's cost to an application, beside the redis crate's);
 #   - restart time and memory with 1M keys;
 #   - redis-benchmark against cachetd's RESP listener and Redis
 #     (benches/resp_compare.sh).
@@ -148,15 +149,15 @@ for r, (label, t) in zip(runs, ticks):
     # measured rate over the same time.
     ops_total = r["total_ops_per_sec"] * (duration + 1)
     cpu_us = int(t) / clk * 1e6 / ops_total if ops_total else 0
-    by.setdefault(name, {}).setdefault(system, []).append((r["total_ops_per_sec"], p99, cpu_us))
+    by.setdefault(name, {}).setdefault(system, []).append((r["total_ops_per_sec"], p99, cpu_us, r.get("client_cpu_us_per_op", 0)))
 def med(xs): return statistics.median(xs) if xs else 0
 lines = []
-lines.append("| workload | cachet ops/s | Redis ops/s | cachet/Redis | cachet p99 us | Redis p99 us | cachet CPU us/op | Redis CPU us/op |")
-lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+lines.append("| workload | cachet ops/s | Redis ops/s | cachet/Redis | cachet p99 us | Redis p99 us | cachet CPU us/op | Redis CPU us/op | client CPU us/op (cachet crate / redis crate) |")
+lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, sys_runs in by.items():
     c = sys_runs.get("cachet", []); rd = sys_runs.get("redis", [])
     co, ro = med([x[0] for x in c]), med([x[0] for x in rd])
-    lines.append(f"| {name} | {co:,.0f} | {ro:,.0f} | {co/ro if ro else 0:.2f} | {med([x[1] for x in c]):.0f} | {med([x[1] for x in rd]):.0f} | {med([x[2] for x in c]):.1f} | {med([x[2] for x in rd]):.1f} |")
+    lines.append(f"| {name} | {co:,.0f} | {ro:,.0f} | {co/ro if ro else 0:.2f} | {med([x[1] for x in c]):.0f} | {med([x[1] for x in rd]):.0f} | {med([x[2] for x in c]):.1f} | {med([x[2] for x in rd]):.1f} | {med([x[3] for x in c]):.1f} / {med([x[3] for x in rd]):.1f} |")
 mem = [
     "| 1M keys, 16 B keys, 100 B values | cachet | Redis |",
     "|---|---:|---:|",

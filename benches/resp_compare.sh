@@ -11,7 +11,10 @@
 #                                                    # another build beside this one
 #
 # Every point runs ROUNDS times (default 1) with the servers in turn, so a
-# busy moment on the machine hits all of them alike.
+# busy moment on the machine hits all of them alike. Each measurement (with
+# redis-benchmark's p50 and p99 latency) is also written to
+# benches/results/resp-$SYNC.csv, which `cargo run -p cachet-benches --bin
+# plot` draws as SVG beside benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
@@ -42,30 +45,40 @@ taskset -c 0 redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly y
 PIDS+=("$!")
 wait_port "$CP"; wait_port "$RP"
 until [ "$(redis-cli -p "$RP" ping 2>/dev/null)" = PONG ]; do sleep 0.01; done
-rps() { # port clients pipeline test
-    taskset -c 1 redis-benchmark -p "$1" -c "$2" -P "$3" -t "$4" -n "$N" -r 100000 -d 100 -q 2>/dev/null |
-        tr '\r' '\n' | grep -E "^${4^^}: " | tail -1 | sed -E 's/.*: ([0-9.]+) requests per second.*/\1/'
+mkdir -p benches/results
+CSV=benches/results/resp-$SYNC.csv
+echo "server,test,clients,pipeline,rps,p50_ms,p99_ms" > "$CSV"
+measure() { # name port clients pipeline test -> "rps p50 p99", also appended to $CSV
+    local line
+    line=$(taskset -c 1 redis-benchmark -p "$2" -c "$3" -P "$4" -t "$5" -n "$N" -r 100000 -d 100 --csv 2>/dev/null |
+        grep -E "^\"${5^^}\"" | tail -1 | tr -d '"')
+    IFS=, read -r _ rps _ _ p50 _ p99 _ <<< "$line"
+    echo "$1,$5,$3,$4,$rps,$p50,$p99" >> "$CSV"
+    echo "$rps $p50 $p99"
 }
-echo "sync=$SYNC, N=$N, $ROUNDS round(s)"
-if [ -n "${BEFORE:-}" ]; then
-    printf "%-5s %-6s %12s %12s %12s %7s %7s\n" test point cachet before redis ratio before
-else
-    printf "%-5s %-6s %12s %12s %7s\n" test point cachet redis ratio
-fi
+echo "sync=$SYNC, N=$N, $ROUNDS round(s); latency columns are redis-benchmark's p50/p99 in ms"
+header() {
+    printf "%-4s %-6s %11s %11s" test point cachet redis
+    [ -n "${BEFORE:-}" ] && printf " %11s" before
+    printf " %6s" ratio
+    [ -n "${BEFORE:-}" ] && printf " %6s" before
+    printf " %15s %15s\n" "p50 c/r" "p99 c/r"
+}
+header
 IFS=, read -ra points <<< "$POINTS"
 for point in "${points[@]}"; do
     set -- $point
     for t in set get; do
         for _ in $(seq "$ROUNDS"); do
-            c=$(rps "$CP" "$1" "$2" "$t")
-            [ -n "${BEFORE:-}" ] && b=$(rps "$BP" "$1" "$2" "$t")
-            r=$(rps "$RP" "$1" "$2" "$t")
-            if [ -n "${BEFORE:-}" ]; then
-                printf "%-5s %-6s %12s %12s %12s %7.2f %7.2f\n" "$t" "$1x$2" "$c" "$b" "$r" \
-                    "$(echo "$c / $r" | bc -l)" "$(echo "$b / $r" | bc -l)"
-            else
-                printf "%-5s %-6s %12s %12s %7.2f\n" "$t" "$1x$2" "$c" "$r" "$(echo "$c / $r" | bc -l)"
-            fi
+            read -r c cp50 cp99 <<< "$(measure cachet "$CP" "$1" "$2" "$t")"
+            [ -n "${BEFORE:-}" ] && read -r b _ _ <<< "$(measure before "$BP" "$1" "$2" "$t")"
+            read -r r rp50 rp99 <<< "$(measure redis "$RP" "$1" "$2" "$t")"
+            printf "%-4s %-6s %11.0f %11.0f" "$t" "$1x$2" "$c" "$r"
+            [ -n "${BEFORE:-}" ] && printf " %11.0f" "$b"
+            printf " %6.2f" "$(echo "$c / $r" | bc -l)"
+            [ -n "${BEFORE:-}" ] && printf " %6.2f" "$(echo "$b / $r" | bc -l)"
+            printf " %15s %15s\n" "$cp50/$rp50" "$cp99/$rp99"
         done
     done
 done
+echo "(written to $CSV)"

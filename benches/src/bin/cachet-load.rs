@@ -422,6 +422,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     recording.store(true, Ordering::Relaxed);
+    let cpu_before = process_cpu();
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.duration);
     let mut last = (Instant::now(), 0u64);
@@ -440,6 +441,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let client_cpu = process_cpu() - cpu_before;
     if !args.quiet {
         eprintln!();
     }
@@ -457,12 +459,23 @@ async fn run(args: Args) -> Result<(), String> {
             *errors.entry(k).or_default() += n;
         }
     }
-    report(&args, elapsed, &hist, &errors, lookups)
+    report(&args, elapsed, client_cpu, &hist, &errors, lookups)
+}
+
+/// CPU time (user and system) this process has used, in seconds: the
+/// client's own cost, which every application using the client pays too.
+fn process_cpu() -> f64 {
+    // SAFETY: getrusage writes one rusage into the zeroed struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
 }
 
 fn report(
     args: &Args,
     elapsed: f64,
+    client_cpu: f64,
     hist: &BTreeMap<Op, Histogram<u64>>,
     errors: &BTreeMap<String, u64>,
     lookups: Lookups,
@@ -498,6 +511,8 @@ fn report(
         );
     }
     println!("{:<14} {:>12.0}", "total", total as f64 / elapsed);
+    let client_cpu_us = if total > 0 { client_cpu * 1e6 / total as f64 } else { 0.0 };
+    println!("client CPU per operation: {client_cpu_us:.2} us (this process, user + system)");
     let hit_ratio = (lookups.keys > 0).then(|| lookups.found as f64 / lookups.keys as f64);
     if let Some(r) = hit_ratio {
         println!("hit ratio      {r:>12.4}  ({} of {} keys read)", lookups.found, lookups.keys);
@@ -515,7 +530,7 @@ fn report(
         let rec = serde_json::json!({
             "label": args.label, "config": args, "elapsed_s": elapsed,
             "total_ops_per_sec": total as f64 / elapsed, "ops": ops_json, "errors": errors,
-            "hit_ratio": hit_ratio,
+            "hit_ratio": hit_ratio, "client_cpu_us_per_op": client_cpu_us,
         });
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()

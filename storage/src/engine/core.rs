@@ -9,8 +9,9 @@
 //!   back: that hop, two context switches per request, was most of what a
 //!   small request cost (Redis, Garnet and Pelikan run a command on the
 //!   thread that read it for the same reason);
-//! - the engine thread, which takes requests from the channel under
-//!   `always` (many callers' writes share one fsync: group commit), and
+//! - the engine thread, which takes requests that write from the channel
+//!   under `always` (many callers' writes share one fsync: group commit;
+//!   reads still run on the caller's thread), and
 //!   otherwise only wakes for timers: expiries, the once-a-second sync of
 //!   writes made since, compaction slices while no request comes.
 //!
@@ -53,6 +54,14 @@ impl Core {
     /// it half-way through a batch.
     fn lock(&self) -> Result<MutexGuard<'_, Option<Writer>>> {
         self.writer.lock().map_err(|_| Error::Closed)
+    }
+
+    /// Whether these commands run on the caller's thread: always under
+    /// `everysec` and `never`; under `always` when none writes (a read
+    /// waits for the writer, whose turn holds it through its fsync, so it
+    /// never sees a write that is not yet durable).
+    pub(super) fn runs_here(&self, cmds: &[crate::state::Command]) -> bool {
+        self.inline || cmds.iter().all(|c| !c.is_write())
     }
 
     fn micros(&self, at: Instant) -> u64 {

@@ -59,7 +59,7 @@ impl Handle {
     /// replies): it may return no more than the budget has left.
     pub async fn call_with(&self, cmd: Command, budget: Option<Arc<ReplyBudget>>) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        if self.core.inline {
+        if self.core.runs_here(std::slice::from_ref(&cmd)) {
             self.core.turn_inline(Msg::One(cmd, budget, tx))?;
             return take(rx)?;
         }
@@ -69,7 +69,7 @@ impl Handle {
 
     pub fn call_blocking(&self, cmd: Command) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        if self.core.inline {
+        if self.core.runs_here(std::slice::from_ref(&cmd)) {
             self.core.turn_inline(Msg::One(cmd, None, tx))?;
             return take(rx)?;
         }
@@ -89,7 +89,7 @@ impl Handle {
         budget: Option<Arc<ReplyBudget>>,
     ) -> Result<Vec<Result<Reply>>> {
         let (tx, rx) = oneshot::channel();
-        if self.core.inline {
+        if self.core.runs_here(&cmds) {
             self.core.turn_inline(Msg::Many(cmds, budget, tx))?;
             return take(rx);
         }
@@ -114,7 +114,7 @@ impl Handle {
 
     pub fn call_many_blocking(&self, cmds: Vec<Command>) -> Result<Vec<Result<Reply>>> {
         let (tx, rx) = oneshot::channel();
-        if self.core.inline {
+        if self.core.runs_here(&cmds) {
             self.core.turn_inline(Msg::Many(cmds, None, tx))?;
             return take(rx);
         }

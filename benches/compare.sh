@@ -53,9 +53,15 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 1 3000); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.01; done; echo "port $1 never opened" >&2; return 1; }
 
 CPORT=$(free_port); RPORT=$(free_port)
-start_cachet() { # $1 = sync policy, $2 = data dir
+start_cachet() { # $1 = sync policy, $2 = data dir; returns once it logs "ready" (after the replay:
+    # the port is bound before it, so an open port does not mean ready)
+    local seen; seen=$(grep -c "ready: listening" "$WORK/cachetd.log" 2>/dev/null || true)
     taskset -c 0 "$CACHETD" --listen 127.0.0.1:$CPORT --data-dir "$2" --sync "$1" 2>>"$WORK/cachetd.log" &
-    CPID=$!; PIDS+=("$CPID"); wait_port $CPORT
+    CPID=$!; PIDS+=("$CPID")
+    until [ "$(grep -c "ready: listening" "$WORK/cachetd.log" 2>/dev/null || true)" -gt "${seen:-0}" ]; do
+        kill -0 "$CPID" 2>/dev/null || { cat "$WORK/cachetd.log" >&2; return 1; }
+        sleep 0.002
+    done
 }
 stop_cachet() { kill -TERM "$CPID"; wait "$CPID" || true; }
 start_redis() { # $1 = appendfsync, $2 = dir

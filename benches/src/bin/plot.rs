@@ -49,16 +49,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A test at a point: ("set", (connections, depth)).
+type Point = (String, (u32, u32));
+/// Each server's (rps, p50, p99) at a point.
+type Figures = BTreeMap<String, (f64, f64, f64)>;
 /// (test, point) -> server -> (rps, p50, p99), medians over rounds.
-type Table = BTreeMap<(String, (u32, u32)), BTreeMap<String, (f64, f64, f64)>>;
+type Table = BTreeMap<Point, Figures>;
 
 fn table(rows: &[Row]) -> Table {
-    let mut grouped: BTreeMap<(String, (u32, u32), String), Vec<&Row>> = BTreeMap::new();
+    let mut grouped: BTreeMap<(Point, String), Vec<&Row>> = BTreeMap::new();
     for r in rows {
-        grouped.entry((r.test.clone(), r.point, r.server.clone())).or_default().push(r);
+        grouped.entry(((r.test.clone(), r.point), r.server.clone())).or_default().push(r);
     }
     let mut t = Table::new();
-    for ((test, point, server), rs) in grouped {
+    for (((test, point), server), rs) in grouped {
         let m = |f: fn(&Row) -> f64| median(rs.iter().map(|r| f(r)).collect());
         t.entry((test, point)).or_default().insert(server, (m(|r| r.rps), m(|r| r.p50), m(|r| r.p99)));
     }
@@ -91,7 +95,7 @@ fn bars(
         s.dedup();
         s
     };
-    let groups: Vec<(&(String, (u32, u32)), &BTreeMap<String, (f64, f64, f64)>)> = t.iter().collect();
+    let groups: Vec<(&Point, &Figures)> = t.iter().collect();
     let top = groups.iter().flat_map(|(_, m)| m.values().map(&value)).fold(0.0, f64::max) * 1.15;
     let root = SVGBackend::new(out, (960, 480)).into_drawing_area();
     root.fill(&WHITE)?;

@@ -468,6 +468,14 @@ const APPLIED_EVERY: usize = 4 << 20;
 /// Classifies the bad record at `pos`.
 fn damage(bytes: &[u8], pos: usize) -> Damage {
     let tail = &bytes[pos..];
+    // Zeros from the record's start to a sector boundary with more bytes
+    // after it: the sector that held the old end of the file never reached
+    // the disk, while a later one did. Its header is then garbage (its
+    // length is often zero), so this is told before the length is read.
+    let first_sector = pos.next_multiple_of(SECTOR);
+    if !pos.is_multiple_of(SECTOR) && first_sector < bytes.len() && bytes[pos..first_sector].iter().all(|b| *b == 0) {
+        return Damage::LostSectors;
+    }
     if tail.len() < RECORD_HEADER_LEN {
         return Damage::PastEnd;
     }
@@ -477,7 +485,6 @@ fn damage(bytes: &[u8], pos: usize) -> Damage {
     }
     // `len` fits (checked above), so the record ends inside the file.
     let end = pos + RECORD_HEADER_LEN + len;
-    let first_sector = pos.next_multiple_of(SECTOR);
     let lost_inside = (first_sector..end.saturating_sub(SECTOR - 1))
         .step_by(SECTOR)
         .any(|at| bytes[at..at + SECTOR].iter().all(|b| *b == 0));
@@ -891,5 +898,14 @@ mod tests {
         assert_eq!(damage(&zero_len, SEGMENT_HEADER_LEN), Damage::LostSectors, "zeroed space");
         zero_len[SEGMENT_HEADER_LEN + 5] = 1;
         assert_eq!(damage(&zero_len, SEGMENT_HEADER_LEN), Damage::Damaged);
+        // Found by the power-loss test: a record starting 2 bytes before a
+        // sector boundary, the sector with the old end of the file lost (its
+        // first 2 bytes read as zeros), the next sector on the disk.
+        let mut straddle = segment_header(id).to_vec();
+        straddle.resize(510, 1);
+        let at = straddle.len();
+        encode(&mut straddle, id, Seq(9), &Record::Delete { key: b"some key" });
+        straddle[at..512].fill(0);
+        assert_eq!(damage(&straddle, at), Damage::LostSectors, "the old end's sector lost, a later one kept");
     }
 }

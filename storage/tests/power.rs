@@ -32,6 +32,8 @@ struct Image {
     files: Vec<(String, Vec<u8>, Option<u64>)>,
     /// Operations that must survive.
     required: u64,
+    /// The hook point it was taken at.
+    point: &'static str,
 }
 
 struct Rng(u64);
@@ -126,7 +128,7 @@ fn run(sync: SyncPolicy, seed: u64) {
                     (name, std::fs::read(&path).unwrap(), durable.get(&path).copied())
                 })
                 .collect();
-            images.lock().unwrap().push(Image { files, required });
+            images.lock().unwrap().push(Image { files, required, point: p.point });
         }))
     };
     let config = Config {
@@ -181,7 +183,12 @@ fn run(sync: SyncPolicy, seed: u64) {
             let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
             let mut state = State::new(Limits::default(), START);
             if let Err(e) = testing::replay_files(&named, &mut state, START) {
-                panic!("{sync:?}: crash point {n}, variant {variant}: the log does not open: {e}");
+                let sizes: Vec<String> =
+                    image.files.iter().map(|(n, b, d)| format!("{n}: {} bytes, durable {d:?}", b.len())).collect();
+                panic!(
+                    "{sync:?}: crash point {n} ({}), variant {variant}: the log does not open: {e}\nfiles: {sizes:#?}",
+                    image.point
+                );
             }
             let mut got: Entries = state.entries(START).map(|(k, v, e)| (k.to_vec(), v.to_vec(), e)).collect();
             got.sort();

@@ -498,8 +498,13 @@ fn damage(bytes: &[u8], pos: usize) -> Damage {
         let after = bytes[end..].iter().take_while(|b| **b == 0).count();
         let reach = end + after.min(end.next_multiple_of(SECTOR) - end);
         let start = end - trailing;
+        // A run that starts inside the record's data holds a sector boundary
+        // before the record's end when the sector after it was lost and the
+        // bytes just before it happen to be zeros (a sequence number's high
+        // bytes, say).
+        let holds_boundary = start.next_multiple_of(SECTOR) < end;
         (reach == bytes.len() || reach.is_multiple_of(SECTOR))
-            && (start == pos || start.is_multiple_of(SECTOR) || reach - start >= 16)
+            && (start == pos || start.is_multiple_of(SECTOR) || holds_boundary || reach - start >= 16)
     };
     if lost_inside || lost_end { Damage::LostSectors } else { Damage::Damaged }
 }
@@ -907,5 +912,17 @@ mod tests {
         encode(&mut straddle, id, Seq(9), &Record::Delete { key: b"some key" });
         straddle[at..512].fill(0);
         assert_eq!(damage(&straddle, at), Damage::LostSectors, "the old end's sector lost, a later one kept");
+        // Also found by it: the sector after a boundary inside a record lost,
+        // with the zero bytes just before the boundary (part of the header)
+        // making the run start off the boundary and shorter than 16 bytes.
+        let mut late = segment_header(id).to_vec();
+        late.resize(500, 1);
+        let at = late.len();
+        encode(&mut late, id, Seq(9), &Record::Delete { key: b"k" });
+        let end = late.len();
+        assert!(end > 512 && end - 510 < 16, "the record crosses 512 near its end: {at}..{end}");
+        late[510..512].fill(0);
+        late[512..].fill(0);
+        assert_eq!(damage(&late, at), Damage::LostSectors, "the sector after 512 lost");
     }
 }

@@ -134,6 +134,14 @@ struct ClassLabel {
     class: &'static str,
 }
 
+/// An operation's label: tarpc's as listed, RESP's command in lower case.
+fn op_label(protocol: Protocol, op: OpId) -> String {
+    match protocol {
+        Protocol::Tarpc => TARPC_OPS[op.0].to_string(),
+        Protocol::Resp => RESP_OPS[op.0].to_ascii_lowercase(),
+    }
+}
+
 fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tarpc => "tarpc",
@@ -217,12 +225,13 @@ impl Metrics {
     }
 
     fn series(&self, protocol: Protocol, op: OpId) -> &OpSeries {
-        let (table, name) = match protocol {
-            Protocol::Tarpc => (&self.series[0], TARPC_OPS[op.0].to_string()),
-            Protocol::Resp => (&self.series[1], RESP_OPS[op.0].to_ascii_lowercase()),
+        let table = match protocol {
+            Protocol::Tarpc => &self.series[0],
+            Protocol::Resp => &self.series[1],
         };
+        // The label is built once, when the series is made, not per request.
         table[op.0].get_or_init(|| {
-            let labels = OpLabels { protocol: protocol_name(protocol), op: name };
+            let labels = OpLabels { protocol: protocol_name(protocol), op: op_label(protocol, op) };
             OpSeries {
                 count: self.ops.get_or_create(&labels).clone(),
                 latency: self.latency.get_or_create(&labels).clone(),
@@ -317,10 +326,7 @@ impl SlowLog {
         }
         *last = Some(now);
         let missed = self.missed.swap(0, Ordering::Relaxed);
-        let name = match protocol {
-            Protocol::Tarpc => TARPC_OPS[op.0].to_string(),
-            Protocol::Resp => RESP_OPS[op.0].to_ascii_lowercase(),
-        };
+        let name = op_label(protocol, op);
         tracing::warn!(
             protocol = protocol_name(protocol),
             op = name,

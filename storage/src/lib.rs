@@ -5,6 +5,7 @@
 //!
 //! The on-disk format is described byte by byte in `storage/FORMAT.md`.
 
+mod arena;
 mod budget;
 mod clock;
 mod engine;

@@ -372,11 +372,20 @@ impl Recorder {
         Recorder { state: State::new(crate::Limits::default(), now), log, seq: 0 }
     }
 
+    /// A recorder whose arena has pages of `page_bytes`, so reclaim (which
+    /// runs after every command, as between the writer's batches) moves
+    /// items all the time.
+    pub fn with_page_bytes(now: u64, page_bytes: usize) -> Recorder {
+        let log = crate::record::segment_header(crate::record::SegmentId(1)).to_vec();
+        Recorder { state: State::with_page_bytes(crate::Limits::default(), now, page_bytes), log, seq: 0 }
+    }
+
     /// Applies `cmd` at `now`, appending its records to the log.
     pub fn apply(&mut self, cmd: &Command, now: u64) -> crate::Result<Reply> {
         let mut sink = VecSink { log: &mut self.log, seq: &mut self.seq };
         let r = self.state.apply(cmd, now, &mut sink);
         self.state.expire(now, usize::MAX);
+        self.state.reclaim();
         r
     }
 

@@ -69,6 +69,10 @@ pub struct Config {
     /// Injected I/O faults (tests). Feature `testing`.
     #[cfg(feature = "testing")]
     pub faults: Option<Arc<Faults>>,
+    /// Arena pages of this size instead of the cap's (tests make them small,
+    /// so reclaim runs all the time). Feature `testing`.
+    #[cfg(feature = "testing")]
+    pub arena_page_bytes: Option<usize>,
 }
 
 /// A callback into the writer thread at a named point; see [`HookPoint`].
@@ -115,6 +119,8 @@ impl Config {
             hook: None,
             #[cfg(feature = "testing")]
             faults: None,
+            #[cfg(feature = "testing")]
+            arena_page_bytes: None,
         }
     }
 }

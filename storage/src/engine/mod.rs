@@ -72,6 +72,10 @@ impl Engine {
         let (hook, faults) = config.test_hooks();
         let now = clock.now().0;
         let mut state = State::new(config.limits, now);
+        #[cfg(feature = "testing")]
+        if let Some(bytes) = config.arena_page_bytes {
+            state = State::with_page_bytes(config.limits, now, bytes);
+        }
         let report = replay_into(&dir, &mut state, now, progress)?;
         if let Some(torn) = &report.torn {
             let saved = save_torn_tail(torn);

@@ -172,6 +172,7 @@ impl Writer {
         }
         let now = self.clock.now().0;
         self.state.expire(now, self.expire_budget);
+        self.state.reclaim();
         if !inline {
             self.background_io();
         } else if self.appended_since_background >= INLINE_BACKGROUND_BYTES.min(self.segment_bytes / 8)

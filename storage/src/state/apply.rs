@@ -7,7 +7,7 @@ use super::{Command, Placed, Reply, Sink, State, Timers, decode_int};
 use crate::Ttl;
 use crate::error::{Error, Result};
 use crate::evict::S3Fifo;
-use crate::index::{Index, blob_len};
+use crate::index::blob_len;
 use crate::keyspace;
 use crate::record::Encoding;
 use crate::record::Record;
@@ -284,8 +284,9 @@ impl State {
         // Every record before a clear is void, evicted ones included.
         self.evicted_in.clear();
         let fresh_evict = self.evict.as_ref().map(|_| S3Fifo::default());
+        let fresh_index = self.index.new_like();
         let before = Cleared {
-            index: std::mem::replace(&mut self.index, Index::new()),
+            index: std::mem::replace(&mut self.index, fresh_index),
             wheel: std::mem::replace(&mut self.wheel, Wheel::new(now)),
             due: std::mem::take(&mut self.due),
             live_by_segment: std::mem::take(&mut self.live_by_segment),

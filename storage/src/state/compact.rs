@@ -48,9 +48,9 @@ impl State {
         let slots: Vec<u32> = self.index.iter().map(|(slot, _)| slot).collect();
         let mut live = 0u64;
         for slot in slots {
-            let e = self.index.entry_mut(slot);
-            e.segment = segment;
+            let e = self.index.entry(slot);
             live += set_record_len(e.key().len(), e.value().len()) as u64;
+            self.index.entry_mut(slot).segment = segment;
         }
         self.live_by_segment.clear();
         if live > 0 {

@@ -28,7 +28,7 @@ pub use scan::glob_match;
 
 use crate::error::{Error, Result};
 use crate::evict::{ENTRY_OVERHEAD, S3Fifo};
-use crate::index::{Index, blob_len};
+use crate::index::{Index, Loc, blob_len};
 use crate::record::{Encoding, SegmentId, set_record_len};
 use crate::wheel::Wheel;
 use undo::Undo;
@@ -81,7 +81,7 @@ pub struct State {
 impl State {
     pub fn new(limits: Limits, now: u64) -> State {
         State {
-            index: Index::new(),
+            index: Index::new(crate::arena::page_bytes_for(limits.max_memory)),
             wheel: Wheel::new(now),
             due: VecDeque::new(),
             live_by_segment: BTreeMap::new(),
@@ -95,6 +95,20 @@ impl State {
             reply_room: limits.max_reply_bytes,
             reply_limit: limits.max_reply_bytes,
         }
+    }
+
+    /// A state whose arena has pages of `page_bytes` (at least 64), for
+    /// tests that want reclaim to run often. Feature `testing`.
+    #[cfg(feature = "testing")]
+    pub fn with_page_bytes(limits: Limits, now: u64, page_bytes: usize) -> State {
+        State { index: Index::new(page_bytes.max(64)), ..State::new(limits, now) }
+    }
+
+    /// Bytes of the arena's pages in use and bytes written into them (live
+    /// and dead); the memory bench reports them. Feature `testing`.
+    #[cfg(feature = "testing")]
+    pub fn arena_bytes(&self) -> (usize, usize) {
+        (self.index.arena_held_bytes(), self.index.arena_used_bytes())
     }
 
     pub fn limits(&self) -> Limits {
@@ -215,11 +229,11 @@ impl State {
                     ev.on_remove(&self.index, slot);
                 }
             }
-            let old = self.index.replace_value(slot, value);
+            let old = self.index.replace_value(slot, key, value);
             self.log_undo(if was_live {
                 Undo::Restore {
                     slot,
-                    blob: old,
+                    loc: old,
                     at: Placed { expires: old_expires, segment: old_segment, encoding: old_encoding },
                 }
             } else {
@@ -272,8 +286,9 @@ impl State {
         self.wheel.insert(new, (slot, generation));
     }
 
-    /// Removes an entry without logging it (expiry, eviction, undo).
-    fn remove(&mut self, slot: u32) -> Box<[u8]> {
+    /// Removes an entry without logging it (expiry, eviction, undo); returns
+    /// its item's place (released, readable until the next reclaim).
+    fn remove(&mut self, slot: u32) -> Loc {
         if let Some(ev) = &mut self.evict {
             ev.on_remove(&self.index, slot);
         }
@@ -287,8 +302,19 @@ impl State {
     fn remove_logged(&mut self, slot: u32) {
         let e = self.index.entry(slot);
         let at = Placed { expires: e.expires, segment: e.segment, encoding: e.encoding() };
-        let blob = self.remove(slot);
-        self.log_undo(Undo::Reinsert { blob, at });
+        let loc = self.remove(slot);
+        self.log_undo(Undo::Reinsert { loc, at });
+    }
+
+    /// Reclaims dead bytes of the arena, in a slice in step with what was
+    /// written since the last one. Between batches only: inside one, the
+    /// undo log refers to old items by their place, so nothing may move.
+    pub(crate) fn reclaim(&mut self) {
+        if self.undo.as_ref().is_some_and(|u| !u.is_empty()) {
+            debug_assert!(false, "reclaim inside a batch");
+            return;
+        }
+        self.index.reclaim_step();
     }
 
     /// Removes up to `budget` entries whose deadline has passed; returns how

@@ -16,8 +16,11 @@ impl State {
             Record::Set { key, value, expires, encoding } => {
                 self.put(key, value, Placed { expires: expires.0, segment, encoding }, Timers::Deferred);
                 // The caps hold as replay goes, so a log larger than
-                // max_memory never has to fit in memory whole.
+                // max_memory never has to fit in memory whole; and the
+                // items overwritten are reclaimed as it goes, for the same
+                // reason.
                 self.enforce_caps();
+                self.index.reclaim_step();
             }
             Record::Delete { key } => {
                 if let Some(slot) = self.index.find(key) {

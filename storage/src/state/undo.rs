@@ -5,19 +5,21 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::{Placed, State, Timer};
 use crate::evict::S3Fifo;
-use crate::index::{Index, payload_len};
+use crate::index::{Index, Loc, blob_len};
 use crate::record::{SegmentId, set_record_len};
 use crate::wheel::Wheel;
 
 /// The inverse of one change, kept until the batch's write succeeds. Old
-/// blobs are moved here, not copied, so keeping them costs nothing.
+/// items are kept by their place in the arena (released, but left alone
+/// until the next reclaim, which runs between batches), so keeping them
+/// costs nothing.
 pub(super) enum Undo {
     /// The key was absent (or held an expired entry): remove what is there.
     Remove(u32),
-    /// The slot held this blob, expiry and segment.
-    Restore { slot: u32, blob: Box<[u8]>, at: Placed },
+    /// The slot held this item, expiry and segment.
+    Restore { slot: u32, loc: Loc, at: Placed },
     /// The key was removed: put it back.
-    Reinsert { blob: Box<[u8]>, at: Placed },
+    Reinsert { loc: Loc, at: Placed },
     /// The entry's expiry was this.
     Expiry { slot: u32, expires: u64 },
     /// Everything before a `clear`.
@@ -59,16 +61,18 @@ impl State {
                 Undo::Remove(slot) => {
                     self.remove(slot);
                 }
-                Undo::Restore { slot, blob, at: Placed { expires, segment, encoding } } => {
+                Undo::Restore { slot, loc, at: Placed { expires, segment, encoding } } => {
                     let e = self.index.entry(slot);
                     let (cur_len, cur_segment, cur_blob) =
                         (set_record_len(e.key().len(), e.value().len()), e.segment, e.blob_len());
-                    let old_len = set_record_len(0, payload_len(&blob));
+                    let (key, value) = self.index.item(loc);
+                    let (old_len, old_blob) = (set_record_len(key.len(), value.len()), blob_len(key, value));
                     if let Some(ev) = &mut self.evict {
-                        ev.on_resize(&self.index, slot, cur_blob, blob.len());
+                        ev.on_resize(&self.index, slot, cur_blob, old_blob);
                     }
                     self.unaccount(cur_segment, cur_len);
-                    self.index.swap_blob(slot, blob);
+                    self.index.revive(loc);
+                    self.index.swap_item(slot, loc);
                     let e = self.index.entry_mut(slot);
                     e.expires = expires;
                     e.segment = segment;
@@ -76,9 +80,10 @@ impl State {
                     *self.live_by_segment.entry(segment).or_default() += old_len as u64;
                     self.arm(slot, 0, expires);
                 }
-                Undo::Reinsert { blob, at: Placed { expires, segment, encoding } } => {
-                    let len = set_record_len(0, payload_len(&blob));
-                    let slot = self.index.insert_blob(blob, expires, segment);
+                Undo::Reinsert { loc, at: Placed { expires, segment, encoding } } => {
+                    let (key, value) = self.index.item(loc);
+                    let len = set_record_len(key.len(), value.len());
+                    let slot = self.index.insert_item(loc, expires, segment);
                     self.index.entry_mut(slot).set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += len as u64;
                     self.arm(slot, 0, expires);

@@ -1,0 +1,377 @@
+//! Where keys and values live: items packed one after another into large
+//! pages, instead of one heap allocation each.
+//!
+//! An item is `key_len: u16 LE | value_len: u32 LE | key | value`, with no
+//! padding, so a 16-byte key with a 100-byte value takes 122 bytes (one
+//! allocation of 118 bytes took a 128-byte allocator bin, plus the
+//! allocator's own free lists in every fresh page). Items are bump-allocated
+//! into the *active* page; when one does not fit, the page is sealed and a
+//! new one opens. An item larger than a quarter of a page gets a page of its
+//! own, sized to it.
+//!
+//! A [`Loc`] names an item: its page number in the high 32 bits, its offset
+//! in the low 32. Items never move while something refers to them except
+//! through [`Index::reclaim`](crate::index::Index::reclaim), which runs only
+//! between batches.
+//!
+//! Freeing is bookkeeping: an overwritten or removed item stays readable (so
+//! a batch whose write fails can put the old one back) and its bytes count as
+//! dead in its page. Every page counts its live bytes; the index reclaims a
+//! page by walking its items in order, moving the live ones to the active
+//! page and fixing their slots, then dropping the page. Which page and when
+//! is the index's choice ([`Arena::victim`]).
+
+use memmap2::MmapMut;
+
+/// Bytes in a regular page, unless the cache is capped smaller (see
+/// [`page_bytes_for`]). Pages are anonymous maps of their own, not heap
+/// allocations (the allocator adds a header slice to every large block,
+/// which cost 6% of a 1 MiB page), advised to use transparent huge pages:
+/// 2 MiB is one huge page, so a page costs one fault to fill, not 512.
+pub(crate) const PAGE_BYTES: usize = 2 << 20;
+
+/// The smallest page.
+pub(crate) const MIN_PAGE_BYTES: usize = 4 << 10;
+
+/// The page size for a cache capped at `max_memory` bytes: at most a
+/// sixty-fourth of the cap, so the page being filled and the dead bytes
+/// reclaim allows stay small beside it; 2 MiB when uncapped.
+pub(crate) fn page_bytes_for(max_memory: Option<u64>) -> usize {
+    max_memory.map_or(PAGE_BYTES, |m| {
+        let target = usize::try_from(m / 64).unwrap_or(PAGE_BYTES).clamp(MIN_PAGE_BYTES, PAGE_BYTES);
+        // A power of two no larger than the target.
+        1 << target.ilog2()
+    })
+}
+
+/// Bytes before the key: its length in two bytes, the value's in four.
+pub(crate) const HEADER: usize = 6;
+
+/// The size of an item holding `key` and `value`.
+pub(crate) fn item_len(key_len: usize, value_len: usize) -> usize {
+    HEADER + key_len + value_len
+}
+
+/// An item's place: page number (high 32 bits) and offset (low 32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc(u64);
+
+impl Loc {
+    /// No item (a free slot in the index).
+    pub(crate) const NONE: Loc = Loc(u64::MAX);
+
+    fn new(page: u32, offset: usize) -> Loc {
+        Loc((u64::from(page) << 32) | offset as u64)
+    }
+
+    fn page(self) -> usize {
+        (self.0 >> 32) as usize
+    }
+
+    fn offset(self) -> usize {
+        (self.0 & u64::from(u32::MAX)) as usize
+    }
+}
+
+struct Page {
+    /// `None` for a page number not in use.
+    buf: Option<MmapMut>,
+    /// Bytes written (the next item goes here).
+    used: usize,
+    /// Bytes of items still referred to.
+    live: usize,
+}
+
+pub(crate) struct Arena {
+    /// Bytes in a regular page; items above a quarter of it get their own.
+    page_bytes: usize,
+    pages: Vec<Page>,
+    /// Page numbers not in use, for reuse.
+    free_ids: Vec<u32>,
+    /// The page new items go into.
+    active: Option<u32>,
+    /// One dropped regular page, kept for the next one (a cache cycling
+    /// around a page boundary would otherwise map and unmap). Its old bytes
+    /// are never read: nothing reads a page past what was written since.
+    spare: Option<MmapMut>,
+    used: usize,
+    live: usize,
+    held: usize,
+    /// Bytes of new items ever written (wrapping): what reclaim keeps pace with.
+    written: usize,
+}
+
+/// A fresh page of `len` bytes (zeroed by the kernel as it is touched).
+fn map_page(len: usize) -> MmapMut {
+    let map = MmapMut::map_anon(len).unwrap_or_else(|e| panic!("mapping a {len}-byte arena page: {e}"));
+    #[cfg(target_os = "linux")]
+    if len >= PAGE_BYTES {
+        // Advice only: without huge pages the page still works.
+        let _ = map.advise(memmap2::Advice::HugePage);
+    }
+    map
+}
+
+fn buf(p: &Page) -> &[u8] {
+    p.buf.as_deref().expect("a page in use")
+}
+
+fn read_u16(b: &[u8], at: usize) -> usize {
+    usize::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn read_u32(b: &[u8], at: usize) -> usize {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
+}
+
+impl Arena {
+    pub(crate) fn new(page_bytes: usize) -> Arena {
+        Arena {
+            page_bytes,
+            pages: Vec::new(),
+            free_ids: Vec::new(),
+            active: None,
+            spare: None,
+            used: 0,
+            live: 0,
+            held: 0,
+            written: 0,
+        }
+    }
+
+    pub(crate) fn page_bytes(&self) -> usize {
+        self.page_bytes
+    }
+
+    /// Bytes of items still referred to.
+    pub(crate) fn live_bytes(&self) -> usize {
+        self.live
+    }
+
+    /// Bytes written into pages in use, live or dead: what the process has
+    /// touched (and so holds) for items.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn used_bytes(&self) -> usize {
+        self.used
+    }
+
+    /// Bytes of pages in use (what `used_bytes` can grow to without a new page).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Bytes of new items ever written (wrapping).
+    pub(crate) fn written(&self) -> usize {
+        self.written
+    }
+
+    /// Writes a new item; returns its place. It counts as live.
+    pub(crate) fn alloc(&mut self, key: &[u8], value: &[u8]) -> Loc {
+        let len = item_len(key.len(), value.len());
+        let (page, offset) = self.room(len);
+        let p = &mut self.pages[page as usize];
+        let b = &mut p.buf.as_deref_mut().expect("a page in use")[offset..offset + len];
+        b[..2].copy_from_slice(&u16::try_from(key.len()).expect("keys fit a u16 length").to_le_bytes());
+        b[2..HEADER].copy_from_slice(&u32::try_from(value.len()).expect("values fit a u32 length").to_le_bytes());
+        b[HEADER..HEADER + key.len()].copy_from_slice(key);
+        b[HEADER + key.len()..].copy_from_slice(value);
+        p.used += len;
+        p.live += len;
+        self.used += len;
+        self.live += len;
+        self.written = self.written.wrapping_add(len);
+        Loc::new(page, offset)
+    }
+
+    /// Copies the (live) item at `from` into the active page and marks the
+    /// old copy dead; returns the new place. `from` must not be in the
+    /// active page (reclaim moves items out of sealed pages only).
+    pub(crate) fn relocate(&mut self, from: Loc) -> Loc {
+        let len = self.len(from);
+        let (page, offset) = self.room(len);
+        debug_assert_ne!(page as usize, from.page(), "an item moves to another page");
+        let [src, dst] = self.pages.get_disjoint_mut([from.page(), page as usize]).expect("two pages in use");
+        let (dbuf, sbuf) = (dst.buf.as_deref_mut().expect("a page in use"), buf(src));
+        dbuf[offset..offset + len].copy_from_slice(&sbuf[from.offset()..from.offset() + len]);
+        dst.used += len;
+        dst.live += len;
+        src.live -= len;
+        self.used += len;
+        Loc::new(page, offset)
+    }
+
+    /// Finds `len` bytes: in the active page, a new one, or a page of its own.
+    fn room(&mut self, len: usize) -> (u32, usize) {
+        if len > self.page_bytes / 4 {
+            let page = self.new_page(map_page(len));
+            return (page, 0);
+        }
+        if let Some(a) = self.active {
+            let p = &self.pages[a as usize];
+            if buf(p).len() - p.used >= len {
+                return (a, p.used);
+            }
+        }
+        let map = self.spare.take().unwrap_or_else(|| map_page(self.page_bytes));
+        let page = self.new_page(map);
+        self.active = Some(page);
+        (page, 0)
+    }
+
+    fn new_page(&mut self, map: MmapMut) -> u32 {
+        self.held += map.len();
+        let page = Page { buf: Some(map), used: 0, live: 0 };
+        match self.free_ids.pop() {
+            Some(id) => {
+                self.pages[id as usize] = page;
+                id
+            }
+            None => {
+                self.pages.push(page);
+                u32::try_from(self.pages.len() - 1).expect("fewer than 2^32 pages")
+            }
+        }
+    }
+
+    /// The item at `loc`: its key and value.
+    pub(crate) fn item(&self, loc: Loc) -> (&[u8], &[u8]) {
+        let b = &buf(&self.pages[loc.page()])[loc.offset()..];
+        let (klen, vlen) = (read_u16(b, 0), read_u32(b, 2));
+        (&b[HEADER..HEADER + klen], &b[HEADER + klen..HEADER + klen + vlen])
+    }
+
+    pub(crate) fn key(&self, loc: Loc) -> &[u8] {
+        let b = &buf(&self.pages[loc.page()])[loc.offset()..];
+        &b[HEADER..HEADER + read_u16(b, 0)]
+    }
+
+    /// The item's size in the page, header included.
+    pub(crate) fn len(&self, loc: Loc) -> usize {
+        let b = &buf(&self.pages[loc.page()])[loc.offset()..];
+        item_len(read_u16(b, 0), read_u32(b, 2))
+    }
+
+    /// The item is no longer referred to; its bytes stay readable until its
+    /// page is reclaimed.
+    pub(crate) fn release(&mut self, loc: Loc) {
+        let len = self.len(loc);
+        self.pages[loc.page()].live -= len;
+        self.live -= len;
+    }
+
+    /// A released item is referred to again (an undone change).
+    pub(crate) fn revive(&mut self, loc: Loc) {
+        let len = self.len(loc);
+        self.pages[loc.page()].live += len;
+        self.live += len;
+    }
+
+    /// A page worth reclaiming, if dead bytes are over an eighth of those
+    /// written and over half a page: the sealed page with the fewest live
+    /// bytes (so freeing it moves the least). The active page is never one.
+    pub(crate) fn victim(&self) -> Option<u32> {
+        let dead = self.used - self.live;
+        if dead * 8 <= self.used || dead < self.page_bytes / 2 {
+            return None;
+        }
+        let active = self.active.map(|a| a as usize);
+        (0..self.pages.len())
+            .filter(|&i| Some(i) != active && self.pages[i].buf.is_some())
+            .min_by_key(|&i| self.pages[i].live)
+            .map(|i| i as u32)
+    }
+
+    /// Where the next item of `page` after `offset` is, or `None` at its end.
+    pub(crate) fn item_at(&self, page: u32, offset: usize) -> Option<Loc> {
+        (offset < self.pages[page as usize].used).then(|| Loc::new(page, offset))
+    }
+
+    /// Drops a page every item of which has been moved or released.
+    pub(crate) fn free_page(&mut self, page: u32) {
+        let p = std::mem::replace(&mut self.pages[page as usize], Page { buf: None, used: 0, live: 0 });
+        debug_assert_eq!(p.live, 0, "a reclaimed page holds nothing live");
+        let map = p.buf.expect("a page in use");
+        self.used -= p.used;
+        self.held -= map.len();
+        if self.active == Some(page) {
+            self.active = None;
+        }
+        if map.len() == self.page_bytes && self.spare.is_none() {
+            self.spare = Some(map);
+        }
+        self.free_ids.push(page);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LARGE_ITEM: usize = PAGE_BYTES / 4;
+
+    #[test]
+    fn page_size_follows_the_cap() {
+        assert_eq!(page_bytes_for(None), PAGE_BYTES);
+        assert_eq!(page_bytes_for(Some(1 << 30)), PAGE_BYTES);
+        assert_eq!(page_bytes_for(Some(8_000)), MIN_PAGE_BYTES);
+        assert_eq!(page_bytes_for(Some(256 << 10)), MIN_PAGE_BYTES);
+        assert_eq!(page_bytes_for(Some(10 << 20)), 128 << 10);
+    }
+
+    #[test]
+    fn items_pack_and_read_back() {
+        let mut a = Arena::new(PAGE_BYTES);
+        let x = a.alloc(b"key", b"value");
+        let y = a.alloc(b"", b"");
+        assert_eq!(a.item(x), (&b"key"[..], &b"value"[..]));
+        assert_eq!(a.item(y), (&b""[..], &b""[..]));
+        assert_eq!(a.len(x), HEADER + 8);
+        assert_eq!(a.item_at(0, HEADER + 8), Some(y));
+        assert_eq!(a.live_bytes(), 2 * HEADER + 8);
+        a.release(x);
+        assert_eq!(a.item(x), (&b"key"[..], &b"value"[..]), "released bytes stay readable");
+        assert_eq!(a.live_bytes(), HEADER);
+        a.revive(x);
+        assert_eq!(a.live_bytes(), 2 * HEADER + 8);
+    }
+
+    #[test]
+    fn a_full_page_is_sealed_and_large_items_get_their_own() {
+        let mut a = Arena::new(PAGE_BYTES);
+        let v = vec![7u8; LARGE_ITEM - HEADER - 1];
+        let locs: Vec<Loc> = (0..5).map(|i| a.alloc(&[i], &v)).collect();
+        assert_eq!(locs[4].page(), 1, "the fifth quarter-page item opens a second page");
+        let big = a.alloc(b"big", &vec![1u8; LARGE_ITEM]);
+        assert_eq!((big.page(), big.offset()), (2, 0));
+        assert_eq!(a.held_bytes(), 2 * PAGE_BYTES + item_len(3, LARGE_ITEM));
+        assert_eq!(a.alloc(b"x", b"y").page(), 1, "small items still go to the active page");
+    }
+
+    #[test]
+    fn reclaim_moves_live_items_and_frees_the_page() {
+        let mut a = Arena::new(PAGE_BYTES);
+        let v = vec![3u8; 1000];
+        let mut locs: Vec<Loc> = (0..4000u16).map(|i| a.alloc(&i.to_le_bytes(), &v)).collect();
+        // Release all but every tenth item of the first page.
+        for (i, &l) in locs.iter().enumerate() {
+            if l.page() == 0 && i % 10 != 0 {
+                a.release(l);
+            }
+        }
+        assert_eq!(a.victim(), Some(0));
+        let mut off = 0;
+        while let Some(l) = a.item_at(0, off) {
+            off += a.len(l);
+            if let Some(i) = locs.iter().position(|&x| x == l).filter(|i| i % 10 == 0) {
+                locs[i] = a.relocate(l);
+            }
+        }
+        a.free_page(0);
+        assert_eq!(a.used_bytes(), a.live_bytes());
+        for (i, &l) in locs.iter().enumerate().filter(|(i, l)| i % 10 == 0 || l.page() != 0) {
+            assert_eq!(a.item(l), (&(i as u16).to_le_bytes()[..], &v[..]));
+        }
+        assert!(a.spare.is_some(), "the page is kept for the next one");
+    }
+}

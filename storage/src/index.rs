@@ -124,13 +124,77 @@ pub(crate) fn blob_len(key: &[u8], value: &[u8]) -> usize {
     item_len(key.len(), value.len())
 }
 
+/// Entries per slab chunk after the first: 2^16 (1.5 MiB of entries).
+const CHUNK_BITS: u32 = 16;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// The slab: entries in chunks of `CHUNK`, so it grows without copying
+/// (a `Vec` that doubles copies every entry and leaves the old buffer to
+/// the allocator, 10 MB of resident garbage at 1M entries) and holds at
+/// most one partly filled chunk. The first chunk grows as a `Vec` does, so
+/// a small cache stays small.
+#[derive(Default)]
+struct Slab {
+    chunks: Vec<Vec<Entry>>,
+    len: usize,
+}
+
+impl Slab {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, slot: usize) -> Option<&Entry> {
+        self.chunks.get(slot >> CHUNK_BITS)?.get(slot & (CHUNK - 1))
+    }
+
+    fn push(&mut self, e: Entry) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(e),
+            _ => {
+                let mut c = Vec::with_capacity(if self.chunks.is_empty() { 16 } else { CHUNK });
+                c.push(e);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Room for `additional` more entries without growing a chunk.
+    fn reserve(&mut self, additional: usize) {
+        if let [only] = self.chunks.as_mut_slice() {
+            only.reserve(additional.min(CHUNK - only.len()));
+        } else if self.chunks.is_empty() {
+            self.chunks.push(Vec::with_capacity(additional.clamp(16, CHUNK)));
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl std::ops::Index<usize> for Slab {
+    type Output = Entry;
+
+    fn index(&self, slot: usize) -> &Entry {
+        &self.chunks[slot >> CHUNK_BITS][slot & (CHUNK - 1)]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slab {
+    fn index_mut(&mut self, slot: usize) -> &mut Entry {
+        &mut self.chunks[slot >> CHUNK_BITS][slot & (CHUNK - 1)]
+    }
+}
+
 const NO_SLOT: u32 = u32::MAX;
 const GEN_MASK: u32 = (1 << 28) - 1;
 const TEXT_BIT: u32 = 1 << 31;
 
 pub(crate) struct Index {
     table: HashTable<u32>,
-    entries: Vec<Entry>,
+    entries: Slab,
     arena: Arena,
     free_head: u32,
     len: usize,
@@ -146,7 +210,7 @@ impl Index {
     pub(crate) fn new(page_bytes: usize) -> Index {
         Index {
             table: HashTable::new(),
-            entries: Vec::new(),
+            entries: Slab::default(),
             arena: Arena::new(page_bytes),
             free_head: NO_SLOT,
             len: 0,
@@ -159,7 +223,7 @@ impl Index {
     pub(crate) fn reserve(&mut self, additional: usize) {
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
         self.table.reserve(additional, |&s| hasher.hash_one(arena.key(entries[s as usize].loc)));
-        self.entries.reserve(additional.saturating_sub(self.entries.capacity() - self.entries.len()));
+        self.entries.reserve(additional);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -421,6 +485,24 @@ mod tests {
         assert_ne!(ix.entry(c).generation(), g);
         assert_eq!(ix.len(), 2);
         assert_eq!(ix.iter().count(), 2);
+    }
+
+    #[test]
+    fn the_slab_grows_by_chunks() {
+        let mut ix = Index::new(PAGE_BYTES);
+        let n = 2 * CHUNK as u32 + 10;
+        for i in 0..n {
+            ix.insert_new(&i.to_le_bytes(), b"v", 0, SegmentId(1));
+        }
+        assert_eq!(ix.entries.chunks.len(), 3);
+        assert!(ix.entries.chunks.iter().skip(1).all(|c| c.capacity() == CHUNK), "later chunks never grow");
+        for i in [0, CHUNK as u32 - 1, CHUNK as u32, n - 1] {
+            let slot = ix.find(&i.to_le_bytes()).unwrap();
+            assert_eq!(slot, i);
+            assert_eq!(ix.entry(slot).key(), i.to_le_bytes());
+        }
+        assert_eq!(ix.iter().count(), n as usize);
+        assert!(ix.occupied(n).is_none());
     }
 
     #[test]

@@ -267,12 +267,12 @@ impl Arena {
         self.live += len;
     }
 
-    /// A page worth reclaiming, if dead bytes are over an eighth of those
+    /// A page worth reclaiming, if dead bytes are over a sixteenth of those
     /// written and over half a page: the sealed page with the fewest live
     /// bytes (so freeing it moves the least). The active page is never one.
     pub(crate) fn victim(&self) -> Option<u32> {
         let dead = self.used - self.live;
-        if dead * 8 <= self.used || dead < self.page_bytes / 2 {
+        if dead * 16 <= self.used || dead < self.page_bytes / 2 {
             return None;
         }
         let active = self.active.map(|a| a as usize);

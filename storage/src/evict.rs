@@ -22,9 +22,10 @@ use crate::index::Index;
 
 /// Bytes an entry costs beyond its arena item (key, value and a 6-byte
 /// header): the slab entry (24), a table slot with its control byte at
-/// typical load (about 8), a queue handle (8) and a timer handle (8). The
-/// memory bench checks it.
-pub const ENTRY_OVERHEAD: usize = 48;
+/// typical load (about 8) and a timer handle (8). The eviction queues'
+/// handles are counted apart, by the queues' capacity (`S3Fifo::own_bytes`).
+/// The memory bench checks it.
+pub const ENTRY_OVERHEAD: usize = 40;
 
 #[derive(Default)]
 pub(crate) struct S3Fifo {
@@ -37,13 +38,25 @@ pub(crate) struct S3Fifo {
 }
 
 fn cost(index: &Index, slot: u32) -> usize {
-    index.entry(slot).blob_len() + ENTRY_OVERHEAD
+    index.entry(slot).blob_len() + ENTRY_OVERHEAD + HANDLE
 }
 
+/// A queue handle, `(slot, generation)`.
+const HANDLE: usize = 8;
+
+/// Room a queue or the ghost set may keep beyond four times its length.
+const SLACK: usize = 64;
+
 impl S3Fifo {
-    /// Bytes the queues and ghosts themselves hold.
+    /// Bytes the queues and ghosts hold, by capacity (what is allocated,
+    /// stale handles and spare room included).
     pub(crate) fn own_bytes(&self) -> usize {
-        self.ghosts.len() * 8 + self.ghost_set.capacity() * 9
+        (self.small.capacity() + self.main.capacity()) * HANDLE + self.ghost_bytes()
+    }
+
+    /// Bytes the ghosts hold (what forgetting them gives back).
+    pub(crate) fn ghost_bytes(&self) -> usize {
+        self.ghosts.capacity() * 8 + self.ghost_set.capacity() * 9
     }
 
     /// Drops handles of entries that are gone, when stale ones outnumber the
@@ -58,6 +71,25 @@ impl S3Fifo {
         };
         self.small.retain(valid(false));
         self.main.retain(valid(true));
+        Self::fit(&mut self.small);
+        Self::fit(&mut self.main);
+    }
+
+    /// Gives back a queue's room once it is four times what the queue holds
+    /// (amortised: the next shrink needs the length to fall by half again),
+    /// so a cache that evicted down to a lower cap does not keep the room of
+    /// the bigger one counted against it.
+    fn fit<T>(q: &mut VecDeque<T>) {
+        if q.capacity() > 4 * q.len() + SLACK {
+            q.shrink_to(2 * q.len());
+        }
+    }
+
+    /// Makes room for one more handle in either queue now, so the room a
+    /// write's handle needs is counted before the write is let in.
+    pub(crate) fn reserve_one(&mut self) {
+        self.small.reserve(1);
+        self.main.reserve(1);
     }
 
     pub(crate) fn on_insert(&mut self, index: &mut Index, slot: u32, key_hash: u64) {
@@ -109,6 +141,7 @@ impl S3Fifo {
             let from_small = !self.small.is_empty() && (self.small_bytes * 10 >= total || self.main.is_empty());
             if from_small {
                 let (slot, generation) = self.small.pop_front()?;
+                Self::fit(&mut self.small);
                 let Some(e) = index.get_gen(slot, generation) else { continue };
                 if e.in_main() {
                     continue;
@@ -128,6 +161,7 @@ impl S3Fifo {
                 return Some(slot);
             }
             let (slot, generation) = self.main.pop_front()?;
+            Self::fit(&mut self.main);
             let Some(e) = index.get_gen(slot, generation) else { continue };
             if !e.in_main() {
                 continue;
@@ -154,10 +188,10 @@ impl S3Fifo {
                 self.ghost_set.remove(&old);
             }
         }
-        if self.ghost_set.capacity() > 4 * self.ghost_set.len() + 1024 {
+        if self.ghost_set.capacity() > 4 * self.ghost_set.len() + SLACK {
             self.ghost_set.shrink_to(2 * self.ghost_set.len());
-            self.ghosts.shrink_to(2 * self.ghosts.len());
         }
+        Self::fit(&mut self.ghosts);
     }
 
     /// Drops every ghost (when their memory is all that keeps a write out).

@@ -413,7 +413,7 @@ impl Index {
     }
 
     /// Reclaims dead bytes: walks items of the arena page with the fewest
-    /// live bytes (once dead bytes are over an eighth of those written),
+    /// live bytes (once dead bytes are over a sixteenth of those written),
     /// moving each live one to the active page and pointing its slot there,
     /// and drops the page at the end of the walk. Examines up to `budget`
     /// bytes of items; returns whether a walk is still under way. Only
@@ -537,7 +537,7 @@ mod tests {
         let live = ix.blob_bytes();
         assert_eq!(live, 1000 * item_len(4, 204));
         // Dead bytes: under the reclaim threshold, plus the active page's.
-        assert!(ix.arena_used_bytes() - live <= (ix.arena_used_bytes() / 8).max(PAGE_BYTES / 2) + PAGE_BYTES);
+        assert!(ix.arena_used_bytes() - live <= (ix.arena_used_bytes() / 16).max(PAGE_BYTES / 2) + PAGE_BYTES);
         assert!(ix.arena_held_bytes() <= live + 2 * PAGE_BYTES, "{} held", ix.arena_held_bytes());
     }
 }

@@ -123,7 +123,7 @@ impl State {
     /// Evicts until the caps hold; false if the policy has nothing to evict.
     pub(super) fn enforce_caps(&mut self) -> bool {
         while self.would_exceed(0, 0) {
-            match self.evict.as_mut().map(|ev| (ev.victim(&mut self.index), ev.own_bytes())) {
+            match self.evict.as_mut().map(|ev| (ev.victim(&mut self.index), ev.ghost_bytes())) {
                 Some((Some(slot), _)) => self.evict(slot),
                 Some((None, ghosts)) if ghosts > 0 => {
                     if let Some(ev) = &mut self.evict {
@@ -142,6 +142,9 @@ impl State {
     pub(super) fn make_room(&mut self, key: &[u8], bytes: usize, now: u64) -> Result<()> {
         let add_entries = usize::from(self.index.find(key).is_none());
         let add_bytes = bytes + ENTRY_OVERHEAD;
+        if let Some(ev) = &mut self.evict {
+            ev.reserve_one();
+        }
         if !self.would_exceed(add_bytes, add_entries) {
             return Ok(());
         }
@@ -151,7 +154,7 @@ impl State {
             let Some(slot) = victim else {
                 // Nothing left to evict: the ghosts' own memory goes before
                 // a write is refused.
-                if let Some(ev) = self.evict.as_mut().filter(|ev| ev.own_bytes() > 0) {
+                if let Some(ev) = self.evict.as_mut().filter(|ev| ev.ghost_bytes() > 0) {
                     ev.forget_ghosts();
                     continue;
                 }

@@ -123,8 +123,9 @@ impl State {
         self.index.len() == 0
     }
 
-    /// Memory as `max_memory` counts it: keys, values, `ENTRY_OVERHEAD` per
-    /// entry, and the eviction ghosts.
+    /// Memory as `max_memory` counts it: the live entries' items (keys,
+    /// values, headers), `ENTRY_OVERHEAD` per entry, and the eviction
+    /// queues and ghosts as allocated.
     pub fn memory_bytes(&self) -> usize {
         self.index.blob_bytes() + self.index.len() * ENTRY_OVERHEAD + self.evict.as_ref().map_or(0, S3Fifo::own_bytes)
     }
@@ -309,7 +310,7 @@ impl State {
     /// Reclaims dead bytes of the arena, in a slice in step with what was
     /// written since the last one. Between batches only: inside one, the
     /// undo log refers to old items by their place, so nothing may move.
-    pub(crate) fn reclaim(&mut self) {
+    pub fn reclaim(&mut self) {
         if self.undo.as_ref().is_some_and(|u| !u.is_empty()) {
             debug_assert!(false, "reclaim inside a batch");
             return;

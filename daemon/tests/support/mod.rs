@@ -169,12 +169,16 @@ fn watch(mut child: Child) -> (Child, Vec<String>, Arc<Mutex<Vec<String>>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.split("ready: listening on ").nth(1) {
-                // "ADDR, ADDR (N ms after start)": every listener, in order.
-                let list = rest.split(" (").next().unwrap_or_default();
-                let _ = tx.send(list.split(", ").map(str::to_string).collect::<Vec<_>>());
-            }
+            // "ADDR, ADDR (N ms after start)": every listener, in order.
+            let ready = line.split("ready: listening on ").nth(1).map(|rest| {
+                rest.split(" (").next().unwrap_or_default().split(", ").map(str::to_string).collect::<Vec<_>>()
+            });
+            // The line is in the log before the start returns, so a test
+            // that reads the log at once finds the ready line in it.
             sink.lock().unwrap().push(line);
+            if let Some(addrs) = ready {
+                let _ = tx.send(addrs);
+            }
         }
     });
     match rx.recv_timeout(Duration::from_secs(60)) {

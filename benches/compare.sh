@@ -15,6 +15,8 @@
 #   ROUNDS=5 DURATION=10 benches/compare.sh
 #
 # CACHETD=path runs another cachetd build than this checkout's.
+# SECTIONS="load memory resp" (the default) picks the parts to run, e.g.
+# SECTIONS=memory for the restart and memory table alone.
 #
 # --record appends the tables to benches/RESULTS.md (without it nothing is
 # written). If redis-server is missing it says so and installs it with
@@ -32,6 +34,8 @@ esac
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 KEYS=${KEYS:-1000000}
+SECTIONS=" ${SECTIONS:-load memory resp} "
+want() { [[ "$SECTIONS" == *" $1 "* ]]; }
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
     echo "redis-server or redis-benchmark is missing: installing redis-server and redis-tools with apt-get" >&2
@@ -75,6 +79,8 @@ stop_redis() { redis-cli -p $RPORT shutdown >/dev/null 2>&1 || kill -TERM "$RPID
 
 JSON="$WORK/runs.jsonl"
 CPU="$WORK/cpu.txt"
+MEM="$WORK/mem.txt"
+touch "$JSON" "$CPU" "$MEM"
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 run_load() { # label target args...
     local label=$1 target=$2; shift 2
@@ -95,6 +101,7 @@ WORKLOADS=(
     "zipf 90/10 1M keys 50x16|--mix get:90,set:10 --dist zipf:0.99 --connections 50 --depth 16 --keys $KEYS"
 )
 
+if want load; then
 echo "throughput rounds: $ROUNDS x ${DURATION}s per workload per system"
 start_cachet everysec "$WORK/cachet-everysec"
 start_redis everysec "$WORK/redis-everysec"
@@ -117,30 +124,47 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 stop_cachet; stop_redis
 
-echo "restart and memory with 1M keys (16 B keys, 100 B values)"
+fi
+
+if want memory; then
+echo "restart and memory with 1M keys (16 B keys, 100 B values), without and with a TTL on every key"
 ms() { date +%s%3N; }
-start_cachet everysec "$WORK/cachet-1m"
-taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --only-preload --preload 1000000 --key-size 16 --value-size 100 > /dev/null
-C_RSS=$(awk '/VmRSS/ {print $2}' /proc/$CPID/status)
-C_OWN=$(target/release/cachet --server 127.0.0.1:$CPORT stats | awk '/memory_bytes/ {print $2}')
-stop_cachet
-C_LOG=$(du -sb "$WORK/cachet-1m" | cut -f1)
-t0=$(ms); start_cachet everysec "$WORK/cachet-1m"; C_READY=$(( $(ms) - t0 )); stop_cachet
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+for ttl in never 3600; do
+    start_cachet everysec "$WORK/cachet-1m-$ttl"
+    base=$(rss_kb $CPID)
+    taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --only-preload --preload 1000000 --key-size 16 --value-size 100 --ttl $ttl > /dev/null
+    rss=$(rss_kb $CPID)
+    own=$(target/release/cachet --server 127.0.0.1:$CPORT stats | awk '/memory_bytes/ {print $2}')
+    stop_cachet
+    log=$(du -sb "$WORK/cachet-1m-$ttl" | cut -f1)
+    t0=$(ms); start_cachet everysec "$WORK/cachet-1m-$ttl"; ready=$(( $(ms) - t0 ))
+    after=$(rss_kb $CPID); stop_cachet
+    echo "cachet|$ttl|$ready|$(( (rss - base) * 1024 ))|$(( after * 1024 ))|$own|$log" >> "$MEM"
 
-start_redis everysec "$WORK/redis-1m"
-taskset -c 1 "$LOAD" --target redis://127.0.0.1:$RPORT --quiet --only-preload --preload 1000000 --key-size 16 --value-size 100 > /dev/null
-R_USED=$(redis-cli -p $RPORT info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
-R_RSS=$(awk '/VmRSS/ {print $2}' /proc/$RPID/status)
-redis-cli -p $RPORT bgrewriteaof > /dev/null; sleep 1
-until [ "$(redis-cli -p $RPORT info persistence | awk -F: '/aof_rewrite_in_progress/ {print $2}' | tr -d '\r')" = 0 ]; do sleep 0.1; done
-stop_redis
-R_AOF=$(du -sb "$WORK/redis-1m" | cut -f1)
-t0=$(ms); start_redis everysec "$WORK/redis-1m"; R_READY=$(( $(ms) - t0 )); stop_redis
+    start_redis everysec "$WORK/redis-1m-$ttl"
+    base=$(rss_kb $RPID)
+    taskset -c 1 "$LOAD" --target redis://127.0.0.1:$RPORT --quiet --only-preload --preload 1000000 --key-size 16 --value-size 100 --ttl $ttl > /dev/null
+    rss=$(rss_kb $RPID)
+    own=$(redis-cli -p $RPORT info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
+    redis-cli -p $RPORT bgrewriteaof > /dev/null; sleep 1
+    until [ "$(redis-cli -p $RPORT info persistence | awk -F: '/aof_rewrite_in_progress/ {print $2}' | tr -d '\r')" = 0 ]; do sleep 0.1; done
+    stop_redis
+    log=$(du -sb "$WORK/redis-1m-$ttl" | cut -f1)
+    t0=$(ms); start_redis everysec "$WORK/redis-1m-$ttl"; ready=$(( $(ms) - t0 ))
+    after=$(rss_kb $RPID); stop_redis
+    echo "redis|$ttl|$ready|$(( (rss - base) * 1024 ))|$(( after * 1024 ))|$own|$log" >> "$MEM"
+done
 
-echo "redis-benchmark against the RESP listener and Redis"
-RESP_TABLE=$(benches/resp_compare.sh | sed 's/^/    /')
+fi
 
-python3 - "$JSON" "$ROUNDS" "$DURATION" "$CPU" "$(getconf CLK_TCK)" "$RECORD" "$RESP_TABLE" <<PY
+RESP_TABLE=""
+if want resp; then
+    echo "redis-benchmark against the RESP listener and Redis"
+    RESP_TABLE=$(benches/resp_compare.sh | sed 's/^/    /')
+fi
+
+python3 - "$JSON" "$ROUNDS" "$DURATION" "$CPU" "$(getconf CLK_TCK)" "$RECORD" "$RESP_TABLE" "$MEM" <<PY
 import json, statistics, sys, datetime, subprocess, os
 runs = [json.loads(l) for l in open(sys.argv[1])]
 rounds, duration = sys.argv[2], float(sys.argv[3])
@@ -158,27 +182,33 @@ for r, (label, t) in zip(runs, ticks):
     by.setdefault(name, {}).setdefault(system, []).append((r["total_ops_per_sec"], p99, cpu_us, r.get("client_cpu_us_per_op", 0)))
 def med(xs): return statistics.median(xs) if xs else 0
 lines = []
-lines.append("| workload | cachet ops/s | Redis ops/s | cachet/Redis | cachet p99 us | Redis p99 us | cachet CPU us/op | Redis CPU us/op | client CPU us/op (cachet crate / redis crate) |")
-lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+if by: lines.append("| workload | cachet ops/s | Redis ops/s | cachet/Redis | cachet p99 us | Redis p99 us | cachet CPU us/op | Redis CPU us/op | client CPU us/op (cachet crate / redis crate) |")
+if by: lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, sys_runs in by.items():
     c = sys_runs.get("cachet", []); rd = sys_runs.get("redis", [])
     co, ro = med([x[0] for x in c]), med([x[0] for x in rd])
     lines.append(f"| {name} | {co:,.0f} | {ro:,.0f} | {co/ro if ro else 0:.2f} | {med([x[1] for x in c]):.0f} | {med([x[1] for x in rd]):.0f} | {med([x[2] for x in c]):.1f} | {med([x[2] for x in rd]):.1f} | {med([x[3] for x in c]):.1f} / {med([x[3] for x in rd]):.1f} |")
-mem = [
-    "| 1M keys, 16 B keys, 100 B values | cachet | Redis |",
-    "|---|---:|---:|",
-    f"| start to ready (replaying log / AOF) | ${C_READY} ms | ${R_READY} ms |",
-    f"| RSS per key | {${C_RSS}*1024/1e6:.0f} B | {${R_RSS}*1024/1e6:.0f} B |",
-    f"| own accounting per key | {${C_OWN}/1e6:.0f} B (memory_bytes) | {${R_USED}/1e6:.0f} B (used_memory) |",
-    f"| log / AOF on disk | {${C_LOG}/1e6:.0f} MB | {${R_AOF}/1e6:.0f} MB (after BGREWRITEAOF) |",
+m = {}
+for l in open(sys.argv[8]):
+    system, ttl, ready, growth, after, own, log = l.strip().split("|")
+    m[(system, ttl)] = dict(ready=int(ready), growth=int(growth), after=int(after), own=int(own), log=int(log))
+mem = [] if not m else ["| 1M keys, 16 B keys, 100 B values | cachet, no TTL | Redis, no TTL | cachet, TTL | Redis, TTL |", "|---|---:|---:|---:|---:|"]
+rows = [
+    ("start to ready (replaying log / AOF)", lambda d: f"{d['ready']} ms"),
+    ("RSS growth per key while filling", lambda d: f"{d['growth']/1e6:.0f} B"),
+    ("RSS per key after the restart", lambda d: f"{d['after']/1e6:.0f} B"),
+    ("own accounting per key (memory_bytes / used_memory)", lambda d: f"{d['own']/1e6:.0f} B"),
+    ("log / AOF on disk (AOF after BGREWRITEAOF)", lambda d: f"{d['log']/1e6:.0f} MB"),
 ]
+for name, f in rows if m else []:
+    mem.append(f"| {name} | " + " | ".join(f(m[k]) for k in [("cachet", "never"), ("redis", "never"), ("cachet", "3600"), ("redis", "3600")]) + " |")
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 rv = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
 rc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
 head = [f"## {datetime.date.today()} — nproc {os.cpu_count()}, {cpu}",
         "", f"{rv}; {rc}; cachet {subprocess.run(['git','rev-parse','--short','HEAD'],capture_output=True,text=True).stdout.strip()}",
         f"Command: \`ROUNDS={rounds} DURATION={duration} benches/compare.sh\` (medians of {rounds} rounds of {duration} s; servers on core 0, load on core 1; 16 B keys, 100 B values; everysec unless noted)", ""]
-resp = ["redis-benchmark (\`benches/resp_compare.sh\`), requests per second:", "", "\`\`\`", resp_table, "\`\`\`"]
+resp = [] if not resp_table.strip() else ["redis-benchmark (\`benches/resp_compare.sh\`), requests per second:", "", "\`\`\`", resp_table, "\`\`\`"]
 out = "\n".join(head + lines + [""] + mem + [""] + resp + [""])
 print(out)
 if record:

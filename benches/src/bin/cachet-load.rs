@@ -59,7 +59,8 @@ struct Args {
     /// Operation mix: get, set, incr, get_many:N, set_many:N with weights, e.g. get:90,set:10.
     #[arg(long, default_value = "get:90,set:10")]
     mix: String,
-    /// TTL of writes: never, SECONDS, or a weighted mix like never:50,60:50.
+    /// TTL of writes (the preload's too, picked per batch of 100): never,
+    /// SECONDS, or a weighted mix like never:50,60:50.
     #[arg(long, default_value = "never")]
     ttl: String,
     /// Fill this many keys (0..N) before the run.
@@ -347,13 +348,14 @@ async fn run(args: Args) -> Result<(), String> {
             .iter()
             .enumerate()
             .map(|(ci, c)| {
-                let (mut c, value, ks) = (c.clone(), value.clone(), args.key_size);
+                let (mut c, value, ks, ttls) = (c.clone(), value.clone(), args.key_size, ttls.clone());
                 let range = (ci as u64 * per)..((ci as u64 + 1) * per).min(args.preload);
+                let mut rng = Rng::new(!args.seed ^ ((ci as u64) << 32));
                 tokio::spawn(async move {
                     let ids: Vec<u64> = range.collect();
                     for chunk in ids.chunks(100) {
                         let names: Vec<String> = chunk.iter().map(|&i| key_name(i, ks)).collect();
-                        c.run(Op::SetMany(names.len()), &names, &value, None).await?;
+                        c.run(Op::SetMany(names.len()), &names, &value, pick(&ttls, &mut rng)).await?;
                     }
                     Ok::<_, String>(())
                 })

@@ -41,23 +41,21 @@ impl State {
     /// After replay: drop what expired during it and arm one timer per entry.
     pub(crate) fn finish_replay(&mut self, now: u64) {
         self.wheel = Wheel::new(now);
+        // Timers go straight into the wheel: a list of them first would be a
+        // 16-byte-per-entry buffer, freed but still resident when ready.
         let mut expired = Vec::new();
-        let mut timers = Vec::new();
         for (slot, e) in self.index.iter() {
             if e.expires != 0 {
                 if e.expires <= now {
                     expired.push(slot);
                 } else {
-                    timers.push((e.expires, (slot, e.generation())));
+                    self.wheel.insert(e.expires, (slot, e.generation()));
                 }
             }
         }
         self.stats.expired += expired.len() as u64;
         for slot in expired {
             self.remove(slot);
-        }
-        for (when, timer) in timers {
-            self.wheel.insert(when, timer);
         }
         // The caps hold after a restart too (with a smaller max_memory, say).
         if !self.enforce_caps() {

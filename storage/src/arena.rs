@@ -1,10 +1,12 @@
 //! Where keys and values live: items packed one after another into large
 //! pages, instead of one heap allocation each.
 //!
-//! An item is `key_len: u16 LE | value_len: u32 LE | key | value`, with no
-//! padding, so a 16-byte key with a 100-byte value takes 122 bytes (one
-//! allocation of 118 bytes took a 128-byte allocator bin, plus the
-//! allocator's own free lists in every fresh page). Items are bump-allocated
+//! An item is `key_len | value_len | key | value`, the lengths as LEB128
+//! varints (seven bits a byte, low bits first: one byte below 128, two
+//! below 16384), with no padding, so a 16-byte key with a 100-byte value
+//! takes 118 bytes (one allocation of 118 bytes took a 128-byte allocator
+//! bin, plus the allocator's own free lists in every fresh page; fixed
+//! `u16`/`u32` lengths took 122). Items are bump-allocated
 //! into the *active* page; when one does not fit, the page is sealed and a
 //! new one opens. An item larger than a quarter of a page gets a page of its
 //! own, sized to it.
@@ -44,12 +46,59 @@ pub(crate) fn page_bytes_for(max_memory: Option<u64>) -> usize {
     })
 }
 
-/// Bytes before the key: its length in two bytes, the value's in four.
-pub(crate) const HEADER: usize = 6;
+/// Bytes of `n` as a LEB128 varint: one per started seven bits.
+const fn varint_len(n: usize) -> usize {
+    if n < 1 << 7 { 1 } else { (usize::BITS - n.leading_zeros()).div_ceil(7) as usize }
+}
+
+/// Writes `n` as a LEB128 varint at the start of `b`; returns its length.
+fn write_varint(b: &mut [u8], mut n: usize) -> usize {
+    let mut i = 0;
+    while n >= 0x80 {
+        b[i] = (n as u8) | 0x80;
+        n >>= 7;
+        i += 1;
+    }
+    b[i] = n as u8;
+    i + 1
+}
+
+/// Reads a LEB128 varint at `b[at..]`; returns it and the position after it.
+#[inline]
+fn read_varint(b: &[u8], at: usize) -> (usize, usize) {
+    let first = b[at];
+    if first < 0x80 {
+        return (usize::from(first), at + 1);
+    }
+    let (mut n, mut shift, mut i) = (usize::from(first & 0x7f), 7, at + 1);
+    loop {
+        let byte = b[i];
+        n |= usize::from(byte & 0x7f) << shift;
+        i += 1;
+        if byte < 0x80 {
+            return (n, i);
+        }
+        shift += 7;
+    }
+}
+
+/// Bytes before the key: the two lengths.
+pub(crate) fn header_len(key_len: usize, value_len: usize) -> usize {
+    varint_len(key_len) + varint_len(value_len)
+}
 
 /// The size of an item holding `key` and `value`.
 pub(crate) fn item_len(key_len: usize, value_len: usize) -> usize {
-    HEADER + key_len + value_len
+    header_len(key_len, value_len) + key_len + value_len
+}
+
+/// Where an item's key starts, its length and its value's: `(start,
+/// key_len, value_len)`.
+#[inline]
+fn lengths(b: &[u8]) -> (usize, usize, usize) {
+    let (klen, at) = read_varint(b, 0);
+    let (vlen, at) = read_varint(b, at);
+    (at, klen, vlen)
 }
 
 /// An item's place: page number (high 32 bits) and offset (low 32).
@@ -116,14 +165,6 @@ fn buf(p: &Page) -> &[u8] {
     p.buf.as_deref().expect("a page in use")
 }
 
-fn read_u16(b: &[u8], at: usize) -> usize {
-    usize::from(u16::from_le_bytes([b[at], b[at + 1]]))
-}
-
-fn read_u32(b: &[u8], at: usize) -> usize {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
-}
-
 impl Arena {
     pub(crate) fn new(page_bytes: usize) -> Arena {
         Arena {
@@ -172,10 +213,10 @@ impl Arena {
         let (page, offset) = self.room(len);
         let p = &mut self.pages[page as usize];
         let b = &mut p.buf.as_deref_mut().expect("a page in use")[offset..offset + len];
-        b[..2].copy_from_slice(&u16::try_from(key.len()).expect("keys fit a u16 length").to_le_bytes());
-        b[2..HEADER].copy_from_slice(&u32::try_from(value.len()).expect("values fit a u32 length").to_le_bytes());
-        b[HEADER..HEADER + key.len()].copy_from_slice(key);
-        b[HEADER + key.len()..].copy_from_slice(value);
+        let at = write_varint(b, key.len());
+        let at = at + write_varint(&mut b[at..], value.len());
+        b[at..at + key.len()].copy_from_slice(key);
+        b[at + key.len()..].copy_from_slice(value);
         p.used += len;
         p.live += len;
         self.used += len;
@@ -237,19 +278,20 @@ impl Arena {
     /// The item at `loc`: its key and value.
     pub(crate) fn item(&self, loc: Loc) -> (&[u8], &[u8]) {
         let b = &buf(&self.pages[loc.page()])[loc.offset()..];
-        let (klen, vlen) = (read_u16(b, 0), read_u32(b, 2));
-        (&b[HEADER..HEADER + klen], &b[HEADER + klen..HEADER + klen + vlen])
+        let (at, klen, vlen) = lengths(b);
+        (&b[at..at + klen], &b[at + klen..at + klen + vlen])
     }
 
     pub(crate) fn key(&self, loc: Loc) -> &[u8] {
         let b = &buf(&self.pages[loc.page()])[loc.offset()..];
-        &b[HEADER..HEADER + read_u16(b, 0)]
+        let (at, klen, _) = lengths(b);
+        &b[at..at + klen]
     }
 
     /// The item's size in the page, header included.
     pub(crate) fn len(&self, loc: Loc) -> usize {
-        let b = &buf(&self.pages[loc.page()])[loc.offset()..];
-        item_len(read_u16(b, 0), read_u32(b, 2))
+        let (at, klen, vlen) = lengths(&buf(&self.pages[loc.page()])[loc.offset()..]);
+        at + klen + vlen
     }
 
     /// The item is no longer referred to; its bytes stay readable until its
@@ -326,26 +368,45 @@ mod tests {
         let y = a.alloc(b"", b"");
         assert_eq!(a.item(x), (&b"key"[..], &b"value"[..]));
         assert_eq!(a.item(y), (&b""[..], &b""[..]));
-        assert_eq!(a.len(x), HEADER + 8);
-        assert_eq!(a.item_at(0, HEADER + 8), Some(y));
-        assert_eq!(a.live_bytes(), 2 * HEADER + 8);
+        assert_eq!(a.len(x), 2 + 8);
+        assert_eq!(a.item_at(0, 2 + 8), Some(y));
+        assert_eq!(a.live_bytes(), 2 * 2 + 8);
         a.release(x);
         assert_eq!(a.item(x), (&b"key"[..], &b"value"[..]), "released bytes stay readable");
-        assert_eq!(a.live_bytes(), HEADER);
+        assert_eq!(a.live_bytes(), 2);
         a.revive(x);
-        assert_eq!(a.live_bytes(), 2 * HEADER + 8);
+        assert_eq!(a.live_bytes(), 2 * 2 + 8);
     }
 
     #[test]
     fn a_full_page_is_sealed_and_large_items_get_their_own() {
         let mut a = Arena::new(PAGE_BYTES);
-        let v = vec![7u8; LARGE_ITEM - HEADER - 1];
+        let v = vec![7u8; LARGE_ITEM - header_len(1, LARGE_ITEM) - 1];
         let locs: Vec<Loc> = (0..5).map(|i| a.alloc(&[i], &v)).collect();
         assert_eq!(locs[4].page(), 1, "the fifth quarter-page item opens a second page");
         let big = a.alloc(b"big", &vec![1u8; LARGE_ITEM]);
         assert_eq!((big.page(), big.offset()), (2, 0));
         assert_eq!(a.held_bytes(), 2 * PAGE_BYTES + item_len(3, LARGE_ITEM));
         assert_eq!(a.alloc(b"x", b"y").page(), 1, "small items still go to the active page");
+    }
+
+    #[test]
+    fn lengths_of_every_size_read_back() {
+        let mut b = [0u8; 10];
+        for n in [0, 1, 127, 128, 16_383, 16_384, 65_535, 2_097_151, 2_097_152, 1 << 30, (1 << 32) - 1] {
+            let len = write_varint(&mut b, n);
+            assert_eq!(len, varint_len(n), "{n}");
+            assert_eq!(read_varint(&b, 0), (n, len), "{n}");
+        }
+        let mut a = Arena::new(PAGE_BYTES);
+        for (k, v) in [(0, 0), (127, 128), (128, 16_384), (65_535, 100), (3, 300_000)] {
+            let (key, value) = (vec![1u8; k], vec![2u8; v]);
+            let loc = a.alloc(&key, &value);
+            assert_eq!(a.item(loc), (&key[..], &value[..]));
+            assert_eq!(a.key(loc), &key[..]);
+            assert_eq!(a.len(loc), item_len(k, v));
+        }
+        assert_eq!(item_len(16, 100), 118, "the entry of ARCHITECTURE.md's budget");
     }
 
     #[test]

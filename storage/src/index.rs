@@ -5,7 +5,7 @@
 //! from the key when the table grows). An entry is 24 bytes: where its item
 //! is ([`Loc`]), its deadline, its flags and generation, and the log segment
 //! of its set record. A 16-byte key with a 100-byte value so costs its
-//! 122-byte item, the 24-byte entry and about five bytes of table (a `u32`
+//! 118-byte item, the 24-byte entry and about five bytes of table (a `u32`
 //! and a control byte per bucket, at hashbrown's load of 7/8 at most and
 //! 7/16 just after it doubles). Timers and eviction queues refer to entries
 //! by `(slot, generation)`; the generation changes whenever a slot gets a
@@ -27,7 +27,7 @@ use crate::arena::PAGE_BYTES;
 use crate::arena::{Arena, item_len};
 use crate::record::{Encoding, SegmentId};
 
-/// Keys are at most this long: their length is stored in two bytes.
+/// Keys are at most this long (the on-disk record keeps two bytes for it).
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 
 pub(crate) struct Entry {

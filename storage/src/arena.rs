@@ -11,8 +11,7 @@
 //! new one opens. An item larger than a quarter of a page gets a page of its
 //! own, sized to it.
 //!
-//! A [`Loc`] names an item: its page number in the high 32 bits, its offset
-//! in the low 32. Items never move while something refers to them except
+//! A [`Loc`] names an item: its page number and its offset, in 48 bits. Items never move while something refers to them except
 //! through [`Index::reclaim`](crate::index::Index::reclaim), which runs only
 //! between batches.
 //!
@@ -31,6 +30,7 @@ use memmap2::MmapMut;
 /// which cost 6% of a 1 MiB page), advised to use transparent huge pages:
 /// 2 MiB is one huge page, so a page costs one fault to fill, not 512.
 pub(crate) const PAGE_BYTES: usize = 2 << 20;
+const _: () = assert!(PAGE_BYTES <= 1 << OFFSET_BITS, "an offset in a page fits a Loc");
 
 /// The smallest page.
 pub(crate) const MIN_PAGE_BYTES: usize = 4 << 10;
@@ -101,24 +101,45 @@ fn lengths(b: &[u8]) -> (usize, usize, usize) {
     (at, klen, vlen)
 }
 
-/// An item's place: page number (high 32 bits) and offset (low 32).
+/// Bits of a [`Loc`] that hold the offset: a regular page is at most
+/// 2 MiB, and a page of its own holds one item at offset 0.
+const OFFSET_BITS: u32 = 21;
+/// Bits of a [`Loc`] that hold the page number: 2^27 pages (256 TiB of
+/// 2 MiB pages), so a place fits the index's six bytes.
+const PAGE_BITS: u32 = 27;
+/// Page numbers stop one short of the top, which marks [`Loc::NONE`].
+const MAX_PAGES: usize = (1 << PAGE_BITS) - 1;
+
+/// An item's place: page number (bits 21-47) and offset (bits 0-20); the
+/// top 16 bits are always zero, so the index keeps it in six bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Loc(u64);
 
 impl Loc {
     /// No item (a free slot in the index).
-    pub(crate) const NONE: Loc = Loc(u64::MAX);
+    pub(crate) const NONE: Loc = Loc((1 << (PAGE_BITS + OFFSET_BITS)) - 1);
 
     fn new(page: u32, offset: usize) -> Loc {
-        Loc((u64::from(page) << 32) | offset as u64)
+        debug_assert!((page as usize) < MAX_PAGES && offset < 1 << OFFSET_BITS);
+        Loc((u64::from(page) << OFFSET_BITS) | offset as u64)
+    }
+
+    /// The place as the 48-bit number the index stores.
+    pub(crate) fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn from_bits(bits: u64) -> Loc {
+        debug_assert!(bits < 1 << (PAGE_BITS + OFFSET_BITS));
+        Loc(bits)
     }
 
     fn page(self) -> usize {
-        (self.0 >> 32) as usize
+        (self.0 >> OFFSET_BITS) as usize
     }
 
     fn offset(self) -> usize {
-        (self.0 & u64::from(u32::MAX)) as usize
+        (self.0 & ((1 << OFFSET_BITS) - 1)) as usize
     }
 }
 
@@ -269,8 +290,11 @@ impl Arena {
                 id
             }
             None => {
+                // 2^27 pages is 256 TiB of regular pages, or as many values
+                // large enough for a page of their own.
+                assert!(self.pages.len() < MAX_PAGES, "the arena holds at most {MAX_PAGES} pages");
                 self.pages.push(page);
-                u32::try_from(self.pages.len() - 1).expect("fewer than 2^32 pages")
+                (self.pages.len() - 1) as u32
             }
         }
     }

@@ -2,14 +2,15 @@
 //! entries, whose keys and values live in the arena's pages.
 //!
 //! The table stores only a `u32` slot number per key (its hash is recomputed
-//! from the key when the table grows). An entry is 24 bytes: where its item
-//! is ([`Loc`]), its deadline, its flags and generation, and the log segment
-//! of its set record. A 16-byte key with a 100-byte value so costs its
-//! 118-byte item, the 24-byte entry and about five bytes of table (a `u32`
-//! and a control byte per bucket, at hashbrown's load of 7/8 at most and
-//! 7/16 just after it doubles). Timers and eviction queues refer to entries
-//! by `(slot, generation)`; the generation changes whenever a slot gets a
-//! new entry, which is how the wheel and the queues cancel lazily.
+//! from the key when the table grows). An entry is 20 bytes: where its item
+//! is ([`Loc`], 6), its flags and a 12-bit generation (2), its deadline (8)
+//! and the log segment of its set record (4). A 16-byte key with a 100-byte
+//! value so costs its 118-byte item, the 20-byte entry and five to ten
+//! bytes of table (a `u32` and a control byte per bucket, at hashbrown's
+//! load of 7/8 at most and 7/16 just after it doubles). Timers and eviction
+//! queues refer to entries by `(slot, generation)`; the generation changes
+//! whenever a slot gets a new entry, which is how the wheel and the queues
+//! cancel lazily.
 //!
 //! An overwritten or removed entry's item stays in its page, dead, until
 //! [`Index::reclaim`] moves the live items out of the emptiest page (in
@@ -30,39 +31,66 @@ use crate::record::{Encoding, SegmentId};
 /// Keys are at most this long (the on-disk record keeps two bytes for it).
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 
+/// One slot of the slab: 20 bytes, aligned to 4 (six bytes of place, two of
+/// generation and flags, eight of deadline kept as two `u32`s so the entry
+/// needs no 8-byte alignment, four of segment).
 pub(crate) struct Entry {
-    /// The entry's item; `Loc::NONE` marks a free slot.
-    loc: Loc,
-    /// Absolute expiry in unix ms; 0 means never. For a free slot: the
-    /// next free slot, or `NO_SLOT`.
-    pub(crate) expires: u64,
-    /// Low 28 bits: the slot's generation. Bits 28-29: S3-FIFO access
-    /// frequency (0-3). Bit 30: in S3-FIFO's main queue (else the small one).
-    /// Bit 31: the value is text (written through RESP), else MessagePack.
-    meta: u32,
+    /// Low 32 bits of the item's place ([`Loc::to_bits`]); `Loc::NONE`
+    /// marks a free slot.
+    loc_lo: u32,
+    /// High 16 bits of the item's place.
+    loc_hi: u16,
+    /// Low 12 bits: the slot's generation. Bits 12-13: S3-FIFO access
+    /// frequency (0-3). Bit 14: in S3-FIFO's main queue (else the small one).
+    /// Bit 15: the value is text (written through RESP), else MessagePack.
+    meta: u16,
+    /// Absolute expiry in unix ms, low and high halves; 0 means never. For
+    /// a free slot: the next free slot, or `NO_SLOT`.
+    expires: [u32; 2],
     /// The segment holding this entry's set record.
     pub(crate) segment: SegmentId,
 }
 
 impl Entry {
+    fn loc(&self) -> Loc {
+        Loc::from_bits(u64::from(self.loc_lo) | (u64::from(self.loc_hi) << 32))
+    }
+
+    fn set_loc(&mut self, loc: Loc) {
+        let bits = loc.to_bits();
+        (self.loc_lo, self.loc_hi) = (bits as u32, (bits >> 32) as u16);
+    }
+
+    /// Absolute expiry in unix ms; 0 means never.
+    pub(crate) fn expires(&self) -> u64 {
+        u64::from(self.expires[0]) | (u64::from(self.expires[1]) << 32)
+    }
+
+    pub(crate) fn set_expires(&mut self, ms: u64) {
+        self.expires = [ms as u32, (ms >> 32) as u32];
+    }
+
+    /// The slot's generation (12 bits, wrapping). A handle that outlived
+    /// 4096 reuses of its slot may match again; timers and queue handles
+    /// then only look at an entry early, which they check anyway.
     pub(crate) fn generation(&self) -> u32 {
-        self.meta & GEN_MASK
+        u32::from(self.meta & GEN_MASK)
     }
 
     pub(crate) fn freq(&self) -> u32 {
-        (self.meta >> 28) & 3
+        u32::from((self.meta >> 12) & 3)
     }
 
     pub(crate) fn set_freq(&mut self, f: u32) {
-        self.meta = (self.meta & !(3 << 28)) | (f.min(3) << 28);
+        self.meta = (self.meta & !(3 << 12)) | ((f.min(3) as u16) << 12);
     }
 
     pub(crate) fn in_main(&self) -> bool {
-        self.meta & (1 << 30) != 0
+        self.meta & (1 << 14) != 0
     }
 
     pub(crate) fn set_in_main(&mut self, main: bool) {
-        self.meta = (self.meta & !(1 << 30)) | ((main as u32) << 30);
+        self.meta = (self.meta & !(1 << 14)) | (u16::from(main) << 14);
     }
 
     pub(crate) fn encoding(&self) -> Encoding {
@@ -76,15 +104,16 @@ impl Entry {
     /// A new entry in this slot: old timers and queue handles stop matching
     /// (and its flags start clear).
     pub(crate) fn new_generation(&mut self) {
-        self.meta = (self.meta + 1) & GEN_MASK;
+        self.meta = ((self.meta & GEN_MASK) + 1) & GEN_MASK;
     }
 
     pub(crate) fn is_live_at(&self, now: u64) -> bool {
-        self.expires == 0 || self.expires > now
+        let expires = self.expires();
+        expires == 0 || expires > now
     }
 
     fn is_free(&self) -> bool {
-        self.loc == Loc::NONE
+        self.loc() == Loc::NONE
     }
 }
 
@@ -189,8 +218,8 @@ impl std::ops::IndexMut<usize> for Slab {
 }
 
 const NO_SLOT: u32 = u32::MAX;
-const GEN_MASK: u32 = (1 << 28) - 1;
-const TEXT_BIT: u32 = 1 << 31;
+const GEN_MASK: u16 = (1 << 12) - 1;
+const TEXT_BIT: u16 = 1 << 15;
 
 pub(crate) struct Index {
     table: HashTable<u32>,
@@ -222,7 +251,7 @@ impl Index {
 
     pub(crate) fn reserve(&mut self, additional: usize) {
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
-        self.table.reserve(additional, |&s| hasher.hash_one(arena.key(entries[s as usize].loc)));
+        self.table.reserve(additional, |&s| hasher.hash_one(arena.key(entries[s as usize].loc())));
         self.entries.reserve(additional);
     }
 
@@ -254,11 +283,11 @@ impl Index {
 
     pub(crate) fn find(&self, key: &[u8]) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
-        self.table.find(hash, |&s| self.arena.key(self.entries[s as usize].loc) == key).copied()
+        self.table.find(hash, |&s| self.arena.key(self.entries[s as usize].loc()) == key).copied()
     }
 
     fn view<'a>(&'a self, e: &'a Entry) -> EntryRef<'a> {
-        let (key, value) = self.arena.item(e.loc);
+        let (key, value) = self.arena.item(e.loc());
         EntryRef { entry: e, key, value }
     }
 
@@ -292,7 +321,8 @@ impl Index {
     /// before); returns the old one, released.
     pub(crate) fn swap_item(&mut self, slot: u32, loc: Loc) -> Loc {
         let e = &mut self.entries[slot as usize];
-        let old = std::mem::replace(&mut e.loc, loc);
+        let old = e.loc();
+        e.set_loc(loc);
         self.arena.release(old);
         old
     }
@@ -314,7 +344,7 @@ impl Index {
         debug_assert!(self.find(self.arena.key(loc)).is_none(), "undo reinserts only removed keys");
         let slot = self.next_slot();
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
-        self.table.insert_unique(hash, slot, |&s| hasher.hash_one(arena.key(entries[s as usize].loc)));
+        self.table.insert_unique(hash, slot, |&s| hasher.hash_one(arena.key(entries[s as usize].loc())));
         self.fill_slot(slot, loc, expires, segment);
         slot
     }
@@ -335,8 +365,8 @@ impl Index {
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
         match self.table.entry(
             hash,
-            |&s| arena.key(entries[s as usize].loc) == key,
-            |&s| hasher.hash_one(arena.key(entries[s as usize].loc)),
+            |&s| arena.key(entries[s as usize].loc()) == key,
+            |&s| hasher.hash_one(arena.key(entries[s as usize].loc())),
         ) {
             hashbrown::hash_table::Entry::Occupied(o) => (*o.get(), false),
             hashbrown::hash_table::Entry::Vacant(v) => {
@@ -358,13 +388,16 @@ impl Index {
         self.len += 1;
         if slot == self.free_head {
             let e = &mut self.entries[slot as usize];
-            self.free_head = u32::try_from(e.expires).expect("a free slot's link is a slot number");
-            e.loc = loc;
-            e.expires = expires;
+            self.free_head = u32::try_from(e.expires()).expect("a free slot's link is a slot number");
+            e.set_loc(loc);
+            e.set_expires(expires);
             e.new_generation();
             e.segment = segment;
         } else {
-            self.entries.push(Entry { loc, expires, meta: 0, segment });
+            let mut e = Entry { loc_lo: 0, loc_hi: 0, meta: 0, expires: [0; 2], segment };
+            e.set_loc(loc);
+            e.set_expires(expires);
+            self.entries.push(e);
         }
     }
 
@@ -379,7 +412,7 @@ impl Index {
     /// Removes the entry at `slot`; returns its item's place (released, and
     /// readable until the next reclaim).
     pub(crate) fn remove_slot(&mut self, slot: u32) -> Loc {
-        let loc = self.entries[slot as usize].loc;
+        let loc = self.entries[slot as usize].loc();
         let hash = self.hasher.hash_one(self.arena.key(loc));
         match self.table.find_entry(hash, |&s| s == slot) {
             Ok(occupied) => {
@@ -389,8 +422,8 @@ impl Index {
         }
         self.arena.release(loc);
         let e = &mut self.entries[slot as usize];
-        e.loc = Loc::NONE;
-        e.expires = u64::from(self.free_head);
+        e.set_loc(Loc::NONE);
+        e.set_expires(u64::from(self.free_head));
         e.new_generation();
         self.free_head = slot;
         self.len -= 1;
@@ -436,8 +469,9 @@ impl Index {
             let len = self.arena.len(loc);
             let hash = self.hasher.hash_one(self.arena.key(loc));
             let entries = &self.entries;
-            if let Some(&slot) = self.table.find(hash, |&s| entries[s as usize].loc == loc) {
-                self.entries[slot as usize].loc = self.arena.relocate(loc);
+            if let Some(&slot) = self.table.find(hash, |&s| entries[s as usize].loc() == loc) {
+                let new = self.arena.relocate(loc);
+                self.entries[slot as usize].set_loc(new);
             }
             self.reclaiming = Some((page, offset + len));
             examined += len;
@@ -488,6 +522,37 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_keeps_every_field_apart() {
+        let mut e = Entry { loc_lo: 0, loc_hi: 0, meta: 0, expires: [0; 2], segment: SegmentId(7) };
+        let far = Loc::from_bits(Loc::NONE.to_bits() - 1);
+        for loc in [Loc::from_bits(0), far, Loc::NONE] {
+            e.set_loc(loc);
+            assert_eq!(e.loc(), loc);
+        }
+        for ms in [0, 1, u64::from(u32::MAX) + 1, 1_700_000_000_123, u64::MAX] {
+            e.set_expires(ms);
+            assert_eq!(e.expires(), ms);
+        }
+        e.set_freq(3);
+        e.set_in_main(true);
+        e.set_encoding(Encoding::Text);
+        let (g, loc, ms) = (e.generation(), e.loc(), e.expires());
+        assert_eq!((e.freq(), e.in_main(), e.encoding()), (3, true, Encoding::Text));
+        e.new_generation();
+        assert_eq!(e.generation(), (g + 1) & u32::from(GEN_MASK));
+        assert_eq!(
+            (e.freq(), e.in_main(), e.encoding()),
+            (0, false, Encoding::MessagePack),
+            "a new entry starts clear"
+        );
+        for _ in 0..4096 {
+            e.new_generation();
+        }
+        assert_eq!(e.generation(), (g + 1) & u32::from(GEN_MASK), "the generation wraps at 12 bits");
+        assert_eq!((e.loc(), e.expires(), e.segment), (loc, ms, SegmentId(7)), "flags never spill into other fields");
+    }
+
+    #[test]
     fn the_slab_grows_by_chunks() {
         let mut ix = Index::new(PAGE_BYTES);
         let n = 2 * CHUNK as u32 + 10;
@@ -507,7 +572,8 @@ mod tests {
 
     #[test]
     fn entry_is_small() {
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 20);
+        assert_eq!(std::mem::align_of::<Entry>(), 4, "no padding to 24 in the slab");
     }
 
     #[test]

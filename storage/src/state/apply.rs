@@ -32,7 +32,7 @@ impl State {
             Command::GetWithTtl { key } => {
                 let value = self.get(key, now)?;
                 Reply::ValueWithTtl(value.map(|v| {
-                    let expires = self.index.find(key).map_or(0, |slot| self.index.entry(slot).expires);
+                    let expires = self.index.find(key).map_or(0, |slot| self.index.entry(slot).expires());
                     (v, Ttl::remaining(expires, now))
                 }))
             }
@@ -132,7 +132,7 @@ impl State {
                 if stored {
                     let ttl = match expiry {
                         Expiry::Ttl(ttl) => *ttl,
-                        Expiry::Keep => slot.map_or(Ttl::Never, |s| Ttl::remaining(self.index.entry(s).expires, now)),
+                        Expiry::Keep => slot.map_or(Ttl::Never, |s| Ttl::remaining(self.index.entry(s).expires(), now)),
                     };
                     self.set(key, value, ttl, Encoding::Text, now, sink)?;
                 }
@@ -147,11 +147,11 @@ impl State {
                 Reply::Value(value)
             }
             Command::Ttl { key } => {
-                Reply::Ttl(self.live(key, now).map(|slot| Ttl::remaining(self.index.entry(slot).expires, now)))
+                Reply::Ttl(self.live(key, now).map(|slot| Ttl::remaining(self.index.entry(slot).expires(), now)))
             }
             Command::Expire { key, ttl, when } => Reply::Bool(self.expire_if(key, *ttl, *when, now, sink)),
             Command::Persist { key } => match self.live(key, now) {
-                Some(slot) if self.index.entry(slot).expires != 0 => {
+                Some(slot) if self.index.entry(slot).expires() != 0 => {
                     sink.append(&Record::Touch { key, expires: crate::UnixMillis(0) });
                     self.set_expiry(slot, 0);
                     Reply::Bool(true)
@@ -193,7 +193,7 @@ impl State {
                 for (_, e) in self.index.iter().filter(|(_, e)| e.is_live_at(now)) {
                     if let Some((keys, expiring)) = counts.get_mut(usize::from(keyspace::db_of(e.key()).0)) {
                         *keys += 1;
-                        *expiring += u64::from(e.expires != 0);
+                        *expiring += u64::from(e.expires() != 0);
                     }
                 }
                 Reply::Counts(counts)
@@ -314,7 +314,8 @@ impl State {
 
     pub(super) fn set_expiry(&mut self, slot: u32, expires: u64) {
         let e = self.index.entry_mut(slot);
-        let old = std::mem::replace(&mut e.expires, expires);
+        let old = e.expires();
+        e.set_expires(expires);
         self.log_undo(Undo::Expiry { slot, expires: old });
         self.arm(slot, old, expires);
     }
@@ -330,7 +331,7 @@ impl State {
         let next = current.checked_add(delta).ok_or(Error::Overflow)?;
         let mut value = Vec::with_capacity(9);
         rmp::encode::write_sint(&mut value, next).expect("writing to a Vec cannot fail");
-        let (expires, encoding) = (e.expires, Encoding::MessagePack);
+        let (expires, encoding) = (e.expires(), Encoding::MessagePack);
         let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires), encoding });
         self.put(key, &value, Placed { expires, segment, encoding }, Timers::Arm { now });
         Ok(next)
@@ -351,7 +352,7 @@ impl State {
         let current = decode_decimal(e.value())?;
         let next = current.checked_add(delta).ok_or(Error::Overflow)?;
         let value = next.to_string().into_bytes();
-        let (expires, encoding) = (e.expires, Encoding::Text);
+        let (expires, encoding) = (e.expires(), Encoding::Text);
         let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires), encoding });
         self.put(key, &value, Placed { expires, segment, encoding }, Timers::Arm { now });
         Ok(next)
@@ -363,7 +364,7 @@ impl State {
         // Deadlines compared as Redis does: no expiry is "never" (the
         // latest), a time already past is the earliest.
         let never = u64::MAX;
-        let current = match self.index.entry(slot).expires {
+        let current = match self.index.entry(slot).expires() {
             0 => never,
             t => t,
         };
@@ -388,7 +389,7 @@ impl State {
             return Ok(());
         }
         let e = self.index.entry(slot);
-        let (value, expires, encoding) = (e.value().to_vec(), e.expires, e.encoding());
+        let (value, expires, encoding) = (e.value().to_vec(), e.expires(), e.encoding());
         self.make_room(to, blob_len(to, &value), now)?;
         if self.index.find(from).is_none() {
             // Making room evicted the value being moved.

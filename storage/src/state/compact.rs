@@ -28,7 +28,7 @@ impl State {
                 && e.segment < cutoff
                 && e.is_live_at(now)
             {
-                let (key, value, expires) = (e.key(), e.value(), e.expires);
+                let (key, value, expires) = (e.key(), e.value(), e.expires());
                 let len = set_record_len(key.len(), value.len());
                 let old = e.segment;
                 let encoding = e.encoding();

@@ -140,12 +140,12 @@ impl State {
         self.index
             .iter()
             .filter(move |(_, e)| e.is_live_at(now))
-            .map(|(_, e)| (e.key(), e.value(), e.expires, e.encoding()))
+            .map(|(_, e)| (e.key(), e.value(), e.expires(), e.encoding()))
     }
 
     /// Every live entry as `(key, value, expires)`, for checks and tests.
     pub fn entries(&self, now: u64) -> impl Iterator<Item = (&[u8], &[u8], u64)> {
-        self.index.iter().filter(move |(_, e)| e.is_live_at(now)).map(|(_, e)| (e.key(), e.value(), e.expires))
+        self.index.iter().filter(move |(_, e)| e.is_live_at(now)).map(|(_, e)| (e.key(), e.value(), e.expires()))
     }
 
     /// When the wheel next needs attention (ms), if ever.
@@ -214,7 +214,7 @@ impl State {
         } else {
             let e = self.index.entry(slot);
             let (old_expires, old_segment, old_encoding, old_len) =
-                (e.expires, e.segment, e.encoding(), set_record_len(key.len(), e.value().len()));
+                (e.expires(), e.segment, e.encoding(), set_record_len(key.len(), e.value().len()));
             let was_live = match timers {
                 Timers::Arm { now } => e.is_live_at(now),
                 Timers::Deferred => true,
@@ -243,7 +243,7 @@ impl State {
             self.unaccount(old_segment, old_len);
             let e = self.index.entry_mut(slot);
             e.segment = segment;
-            e.expires = expires;
+            e.set_expires(expires);
             if arm && was_live {
                 self.index.entry_mut(slot).set_encoding(encoding);
                 self.arm(slot, old_expires, expires);
@@ -302,7 +302,7 @@ impl State {
     /// Removes an entry because of a logged delete: undone if the write fails.
     fn remove_logged(&mut self, slot: u32) {
         let e = self.index.entry(slot);
-        let at = Placed { expires: e.expires, segment: e.segment, encoding: e.encoding() };
+        let at = Placed { expires: e.expires(), segment: e.segment, encoding: e.encoding() };
         let loc = self.remove(slot);
         self.log_undo(Undo::Reinsert { loc, at });
     }
@@ -327,7 +327,7 @@ impl State {
             self.wheel.poll(
                 now,
                 |&(slot, generation)| {
-                    index.get_gen(slot, generation).and_then(|e| (e.expires != 0).then_some(e.expires))
+                    index.get_gen(slot, generation).and_then(|e| (e.expires() != 0).then_some(e.expires()))
                 },
                 &mut out,
             );
@@ -337,12 +337,12 @@ impl State {
         while removed < budget {
             let Some((slot, generation)) = self.due.pop_front() else { break };
             let Some(e) = self.index.get_gen(slot, generation) else { continue };
-            if e.expires != 0 && e.expires <= now {
+            if e.expires() != 0 && e.expires() <= now {
                 self.remove(slot);
                 self.stats.expired += 1;
                 removed += 1;
-            } else if e.expires != 0 {
-                self.wheel.insert(e.expires, (slot, generation));
+            } else if e.expires() != 0 {
+                self.wheel.insert(e.expires(), (slot, generation));
             }
         }
         removed

@@ -29,7 +29,7 @@ impl State {
             }
             Record::Touch { key, expires } => {
                 if let Some(slot) = self.index.find(key) {
-                    self.index.entry_mut(slot).expires = expires.0;
+                    self.index.entry_mut(slot).set_expires(expires.0);
                 }
             }
             Record::Clear => self.clear(now),
@@ -45,11 +45,11 @@ impl State {
         // 16-byte-per-entry buffer, freed but still resident when ready.
         let mut expired = Vec::new();
         for (slot, e) in self.index.iter() {
-            if e.expires != 0 {
-                if e.expires <= now {
+            if e.expires() != 0 {
+                if e.expires() <= now {
                     expired.push(slot);
                 } else {
-                    self.wheel.insert(e.expires, (slot, e.generation()));
+                    self.wheel.insert(e.expires(), (slot, e.generation()));
                 }
             }
         }

@@ -74,7 +74,7 @@ impl State {
                     self.index.revive(loc);
                     self.index.swap_item(slot, loc);
                     let e = self.index.entry_mut(slot);
-                    e.expires = expires;
+                    e.set_expires(expires);
                     e.segment = segment;
                     e.set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += old_len as u64;
@@ -93,7 +93,7 @@ impl State {
                     }
                 }
                 Undo::Expiry { slot, expires } => {
-                    self.index.entry_mut(slot).expires = expires;
+                    self.index.entry_mut(slot).set_expires(expires);
                     self.arm(slot, 0, expires);
                 }
                 Undo::Clear(c) => {

@@ -440,6 +440,12 @@ impl Index {
         self.entries.get(slot as usize).filter(|e| !e.is_free()).map(|e| self.view(e))
     }
 
+    /// The deadlines of the occupied slots (0 for none), without reading
+    /// their items.
+    pub(crate) fn deadlines(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.iter().filter(|e| !e.is_free()).map(Entry::expires)
+    }
+
     /// Occupied slots, for compaction and checks.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, EntryRef<'_>)> {
         self.entries.iter().enumerate().filter(|(_, e)| !e.is_free()).map(|(i, e)| (i as u32, self.view(e)))

@@ -41,8 +41,10 @@ impl State {
     /// After replay: drop what expired during it and arm one timer per entry.
     pub(crate) fn finish_replay(&mut self, now: u64) {
         self.wheel = Wheel::new(now);
-        // Timers go straight into the wheel: a list of them first would be a
-        // 16-byte-per-entry buffer, freed but still resident when ready.
+        // Timers go straight into the wheel, each slot sized first: a list
+        // of them, or slots grown by doubling, would leave buffers freed but
+        // still resident when ready.
+        self.wheel.reserve_for(self.index.deadlines().filter(|&at| at > now));
         let mut expired = Vec::new();
         for (slot, e) in self.index.iter() {
             if e.expires() != 0 {

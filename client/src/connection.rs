@@ -153,6 +153,21 @@ impl Node {
     }
 
     pub(crate) async fn conn(&self, token: &Option<String>, timeout: Duration) -> Result<Arc<Conn>, Error> {
+        // The common case, a connection already open, takes neither a wait
+        // on the lock nor the connect future: boxed, that stays out of every
+        // call's future (3 KB of state, copied at each move, that was 9% of
+        // the client's CPU per `get`).
+        if let Ok(slot) = self.conn.try_lock()
+            && let Some(c) = &*slot
+        {
+            return Ok(c.clone());
+        }
+        Box::pin(self.open(token, timeout)).await
+    }
+
+    /// `conn`'s slow path: waits for the lock, then connects unless another
+    /// call did meanwhile, or fails fast during a backoff.
+    async fn open(&self, token: &Option<String>, timeout: Duration) -> Result<Arc<Conn>, Error> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = &*slot {
             return Ok(c.clone());

@@ -10,7 +10,14 @@ pub(crate) fn key_scope(prefix: &str) -> String {
 }
 
 pub(crate) fn make_key(prefix: &str, version: i64, key: &str) -> String {
-    let full = format!("{prefix}:{version}:{key}");
+    // Built by hand, not with `format!`: this runs on every call, and the
+    // formatting machinery was 1.4% of the client's CPU per `get`.
+    let mut digits = itoa::Buffer::new();
+    let version = digits.format(version);
+    let mut full = String::with_capacity(prefix.len() + version.len() + key.len() + 2);
+    for part in [prefix, ":", version, ":", key] {
+        full.push_str(part);
+    }
     warn_if_unportable(&full);
     full
 }
@@ -49,6 +56,8 @@ mod tests {
     fn builds_like_django() {
         assert_eq!(make_key("", 1, "k"), ":1:k");
         assert_eq!(make_key("app", 2, "k"), "app:2:k");
+        assert_eq!(make_key("p", -12, "k"), "p:-12:k");
+        assert_eq!(make_key("p", i64::MIN, ""), format!("p:{}:", i64::MIN));
         assert_eq!(user_part("app:2:k:x", "app", 2), "k:x");
     }
 

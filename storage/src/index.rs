@@ -281,6 +281,15 @@ impl Index {
         self.hasher.hash_one(key)
     }
 
+    /// Touches the table's group where `key` would be, so that a lookup of
+    /// it a little later finds it in the cache (replay calls this a few
+    /// records ahead: its inserts land at random places in a table larger
+    /// than the cache). Compares no key.
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        let hash = self.hasher.hash_one(key);
+        std::hint::black_box(self.table.find(hash, |_| false));
+    }
+
     pub(crate) fn find(&self, key: &[u8]) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
         self.table.find(hash, |&s| self.arena.key(self.entries[s as usize].loc()) == key).copied()

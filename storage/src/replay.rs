@@ -89,6 +89,9 @@ pub(crate) enum Event<'a> {
         map: usize,
         end: usize,
     },
+    /// A set record for this key comes a few records later: its place in
+    /// the index can be fetched into the cache ahead of it.
+    Ahead(&'a [u8]),
 }
 
 type Map = (SegmentId, PathBuf, Data);
@@ -244,6 +247,9 @@ fn scan_maps(
     mut visit: impl FnMut(Event<'_>),
 ) -> std::result::Result<ReplayReport, BadSpot> {
     const CHUNK: usize = 4096;
+    // How many records ahead a set's key is announced: enough for the
+    // index's cache misses to overlap the records between.
+    const AHEAD: usize = 8;
     let (tx, rx) = crossbeam_channel::bounded::<Vec<Event<'_>>>(4);
     let first_seq = plan.first_seq;
     std::thread::scope(|s| {
@@ -261,8 +267,17 @@ fn scan_maps(
         });
         // How much of each map has been given back to the kernel.
         let mut dropped = vec![0usize; maps.len()];
+        let mut keys: Vec<Option<&[u8]>> = Vec::with_capacity(CHUNK);
         for chunk in rx {
-            for ev in chunk {
+            keys.clear();
+            keys.extend(chunk.iter().map(|ev| match ev {
+                Event::Record(_, Record::Set { key, .. }) => Some(*key),
+                _ => None,
+            }));
+            for (i, ev) in chunk.into_iter().enumerate() {
+                if let Some(&Some(key)) = keys.get(i + AHEAD) {
+                    visit(Event::Ahead(key));
+                }
                 if let Event::Applied { map: n, end } = ev {
                     let end = if end == maps[n].2.bytes().len() { end } else { end / PAGE * PAGE };
                     if let Data::Mapped(map) = &maps[n].2
@@ -317,7 +332,7 @@ pub(crate) fn replay_in_memory(files: &[(&str, &[u8])], state: &mut State, now: 
     let verified = verify(&maps, plan.first_seq, |event| match event {
         Event::Presize(n) => state.reserve(n),
         Event::Record(seg, rec) => state.replay(&rec, seg, now),
-        Event::Progress(_) | Event::Applied { .. } => {}
+        Event::Progress(_) | Event::Applied { .. } | Event::Ahead(_) => {}
     });
     match verified {
         Ok(report) => {
@@ -575,6 +590,7 @@ pub(crate) fn replay_observed(
             observe(state);
         }
         Event::Progress(p) => progress(p),
+        Event::Ahead(key) => state.prefetch(key),
         Event::Applied { .. } => {}
     })?;
     match scanned {

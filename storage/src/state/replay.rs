@@ -38,6 +38,11 @@ impl State {
         }
     }
 
+    /// Replay's look-ahead: a set of `key` comes a few records later.
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        self.index.prefetch(key);
+    }
+
     /// After replay: drop what expired during it and arm one timer per entry.
     pub(crate) fn finish_replay(&mut self, now: u64) {
         self.wheel = Wheel::new(now);

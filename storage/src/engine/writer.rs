@@ -250,6 +250,7 @@ impl Writer {
                 Msg::Many(cmds, budget, tx) => {
                     // The whole batch's replies share one room.
                     step.state.set_reply_room(room(&budget));
+                    step.state.warm(&cmds);
                     let rs = cmds.iter().map(|c| step.run(c, &mut force_sync)).collect();
                     if let Some(b) = budget {
                         b.debit(step.state.reply_used());

@@ -169,6 +169,24 @@ pub enum ExpireWhen {
 
 impl Command {
     /// Whether the command may write to the log.
+    /// The one key a single-key command reads or writes.
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        match self {
+            Command::Get { key }
+            | Command::Set { key, .. }
+            | Command::Add { key, .. }
+            | Command::GetOrAdd { key, .. }
+            | Command::Delete { key }
+            | Command::Touch { key, .. }
+            | Command::Incr { key, .. }
+            | Command::HasKey { key }
+            | Command::GetWithTtl { key }
+            | Command::SetWith { key, .. }
+            | Command::GetDel { key } => Some(key),
+            _ => None,
+        }
+    }
+
     pub fn is_write(&self) -> bool {
         !matches!(
             self,

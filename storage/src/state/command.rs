@@ -169,8 +169,9 @@ pub enum ExpireWhen {
 
 impl Command {
     /// Whether the command may write to the log.
-    /// The one key a single-key command reads or writes.
-    pub(crate) fn key(&self) -> Option<&[u8]> {
+    /// The one key a single-key command reads or writes; `None` for the
+    /// commands on many keys or none.
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
             Command::Get { key }
             | Command::Set { key, .. }
@@ -182,7 +183,11 @@ impl Command {
             | Command::HasKey { key }
             | Command::GetWithTtl { key }
             | Command::SetWith { key, .. }
-            | Command::GetDel { key } => Some(key),
+            | Command::GetDel { key }
+            | Command::Ttl { key }
+            | Command::Expire { key, .. }
+            | Command::Persist { key }
+            | Command::IncrText { key, .. } => Some(key),
             _ => None,
         }
     }

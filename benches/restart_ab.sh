@@ -18,31 +18,12 @@ KEYS=${KEYS:-1000000}; ROUNDS=${ROUNDS:-5}
 WORK=$(mktemp -d); PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start() { # $1 = build, $2 = data dir; sets PID and PORT once the ready line is logged
-    # (a free port can be taken by another connection before cachetd binds
-    # it: then another port)
-    local p
-    for _ in 1 2 3 4 5; do
-        p=$(port)
-        taskset -c 0 "$1" --listen 127.0.0.1:"$p" --listen resp://127.0.0.1:$((p + 1)) --data-dir "$2" \
-            --sync never 2>"$WORK/log" &
-        PID=$!
-        until grep -q "ready: listening" "$WORK/log"; do
-            kill -0 "$PID" 2>/dev/null || break
-            sleep 0.002
-        done
-        if grep -q "ready: listening" "$WORK/log"; then PORT=$p; return 0; fi
-        wait "$PID" || true; PID=
-    done
-    cat "$WORK/log" >&2; exit 1
-}
-stop() { kill -TERM "$PID"; wait "$PID" || true; PID=; }
+. benches/lib.sh
 for ttl in never 36000; do
-    start "${BUILDS[0]}" "$WORK/$ttl"
+    start_cachetd "${BUILDS[0]}" "$WORK/$ttl" never
     taskset -c 1 target/release/cachet-load --target cachet://127.0.0.1:$PORT --quiet --only-preload \
         --preload "$KEYS" --key-size 16 --value-size 100 --ttl $ttl > /dev/null
-    stop
+    stop_cachetd
 done
 echo "| build | TTL | ready ms, each round | RSS MB once ready, each round |"
 echo "|---|---|---|---|"
@@ -50,10 +31,10 @@ declare -A ready rss
 for _ in $(seq 1 "$ROUNDS"); do
     for b in "${BUILDS[@]}"; do
         for ttl in never 36000; do
-            start "$b" "$WORK/$ttl"
+            start_cachetd "$b" "$WORK/$ttl" never
             ms=$(grep -o "([0-9]* ms after start)" "$WORK/log" | grep -o "[0-9]*")
             kb=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
-            stop
+            stop_cachetd
             ready[$b|$ttl]+="$ms "; rss[$b|$ttl]+="$((kb / 1024)) "
         done
     done

@@ -23,7 +23,7 @@ LOAD=target/release/cachet-load
 WORK=$(mktemp -d); PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/lib.sh
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 per_op() { python3 -c "print(f'{($2 - $1) / $(getconf CLK_TCK) * 1e6 / $3:.2f}')"; }
 bench() { # $1 = label, $2 = RESP port: redis-benchmark GET and SET, every key present
@@ -36,28 +36,12 @@ bench() { # $1 = label, $2 = RESP port: redis-benchmark GET and SET, every key p
         echo "| $1 | RESP $t 50x16 -P 16 | ${rps%.*} | $(per_op "$t0" "$(ticks "$PID")" "$N") |"
     done
 }
-start_cachet() { # $1 = build; sets PID and p. A free port can be taken by
-    # the benchmarks' own connections before cachetd binds it: try another.
-    for _ in 1 2 3 4 5; do
-        p=$(port)
-        taskset -c 0 "$1" --listen 127.0.0.1:"$p" --listen resp://127.0.0.1:$((p + 1)) --data-dir "$WORK/data" \
-            --sync everysec 2>"$WORK/log" &
-        PID=$!
-        until grep -q "ready: listening" "$WORK/log"; do
-            kill -0 "$PID" 2>/dev/null || break
-            sleep 0.01
-        done
-        grep -q "ready: listening" "$WORK/log" && return 0
-        wait "$PID" || true; PID=
-    done
-    cat "$WORK/log" >&2; exit 1
-}
 echo "| server | workload | requests/s | server CPU us/op |"
 echo "|---|---|---:|---:|"
 for _ in $(seq 1 "$ROUNDS"); do
     for b in "${BUILDS[@]}"; do
         rm -rf "$WORK/data"
-        start_cachet "$b"
+        start_cachetd "$b" "$WORK/data" everysec; p=$PORT
         bench "$b" $((p + 1))
         taskset -c 1 "$LOAD" --target cachet://127.0.0.1:"$p" --quiet --only-preload --preload "$KEYS" > /dev/null
         for mix in get set; do
@@ -67,7 +51,7 @@ for _ in $(seq 1 "$ROUNDS"); do
             ops=$(echo "$out" | awk '/^total/ {print $2}')
             echo "| $b | tarpc $mix 50x16 | $ops | $(per_op "$t0" "$(ticks "$PID")" $((ops * 4))) |"
         done
-        kill "$PID"; wait "$PID" || true; PID=
+        stop_cachetd
     done
     p=$(port); mkdir -p "$WORK/redis"
     taskset -c 0 redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync everysec \

@@ -1,13 +1,14 @@
 //! The in-memory index: a hash table of small slab handles over a slab of
 //! entries, whose keys and values live in the arena's pages.
 //!
-//! The table stores only a `u32` slot number per key (its hash is recomputed
-//! from the key when the table grows). An entry is 20 bytes: where its item
-//! is ([`Loc`], 6), its flags and a 12-bit generation (2), its deadline (8)
-//! and the log segment of its set record (4). A 16-byte key with a 100-byte
-//! value so costs its 118-byte item, the 20-byte entry and five to ten
-//! bytes of table (a `u32` and a control byte per bucket, at hashbrown's
-//! load of 7/8 at most and 7/16 just after it doubles). Timers and eviction
+//! The table ([`SlotTable`]) stores only a `u32` slot number per key (its
+//! hash is recomputed from the key when the table is rebuilt). An entry is
+//! 20 bytes: where its item is ([`Loc`], 6), its flags and a 12-bit
+//! generation (2), its deadline (8) and the log segment of its set record
+//! (4). A 16-byte key with a 100-byte value so costs its 118-byte item, the
+//! 20-byte entry and 5.7 to 8.6 bytes of table (a `u32` and a control byte
+//! per bucket, at a load between 7/12 and 7/8; a table sized by replay
+//! starts at 7/8). Timers and eviction
 //! queues refer to entries by `(slot, generation)`; the generation changes
 //! whenever a slot gets a new entry, which is how the wheel and the queues
 //! cancel lazily.
@@ -19,7 +20,7 @@
 
 use std::ops::Deref;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
 pub(crate) use crate::arena::Loc;
@@ -27,6 +28,7 @@ pub(crate) use crate::arena::Loc;
 use crate::arena::PAGE_BYTES;
 use crate::arena::{Arena, item_len};
 use crate::record::{Encoding, SegmentId};
+use crate::table::SlotTable;
 
 /// Keys are at most this long (the on-disk record keeps two bytes for it).
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
@@ -222,7 +224,7 @@ const GEN_MASK: u16 = (1 << 12) - 1;
 const TEXT_BIT: u16 = 1 << 15;
 
 pub(crate) struct Index {
-    table: HashTable<u32>,
+    table: SlotTable,
     entries: Slab,
     arena: Arena,
     free_head: u32,
@@ -238,7 +240,7 @@ impl Index {
     /// An empty index whose arena has pages of `page_bytes`.
     pub(crate) fn new(page_bytes: usize) -> Index {
         Index {
-            table: HashTable::new(),
+            table: SlotTable::default(),
             entries: Slab::default(),
             arena: Arena::new(page_bytes),
             free_head: NO_SLOT,
@@ -251,7 +253,7 @@ impl Index {
 
     pub(crate) fn reserve(&mut self, additional: usize) {
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
-        self.table.reserve(additional, |&s| hasher.hash_one(arena.key(entries[s as usize].loc())));
+        self.table.reserve(additional, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
         self.entries.reserve(additional);
     }
 
@@ -281,18 +283,18 @@ impl Index {
         self.hasher.hash_one(key)
     }
 
-    /// Touches the table's group where `key` would be, so that a lookup of
-    /// it a little later finds it in the cache (replay calls this a few
-    /// records ahead: its inserts land at random places in a table larger
-    /// than the cache). Compares no key.
+    /// Asks the CPU for the table's group where `key` would be, so that a
+    /// lookup of it a little later finds it in the cache (replay calls this
+    /// a few records ahead: its inserts land at random places in a table
+    /// larger than the cache). Reads no memory itself.
     pub(crate) fn prefetch(&self, key: &[u8]) {
         let hash = self.hasher.hash_one(key);
-        std::hint::black_box(self.table.find(hash, |_| false));
+        self.table.prefetch(hash);
     }
 
     pub(crate) fn find(&self, key: &[u8]) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
-        self.table.find(hash, |&s| self.arena.key(self.entries[s as usize].loc()) == key).copied()
+        self.table.find(hash, |s| self.arena.key(self.entries[s as usize].loc()) == key)
     }
 
     fn view<'a>(&'a self, e: &'a Entry) -> EntryRef<'a> {
@@ -353,7 +355,7 @@ impl Index {
         debug_assert!(self.find(self.arena.key(loc)).is_none(), "undo reinserts only removed keys");
         let slot = self.next_slot();
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
-        self.table.insert_unique(hash, slot, |&s| hasher.hash_one(arena.key(entries[s as usize].loc())));
+        self.table.insert_unique(hash, slot, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
         self.fill_slot(slot, loc, expires, segment);
         slot
     }
@@ -371,25 +373,16 @@ impl Index {
     /// entry is left unchanged.
     pub(crate) fn find_or_insert(&mut self, key: &[u8], value: &[u8], expires: u64, segment: SegmentId) -> (u32, bool) {
         let hash = self.hasher.hash_one(key);
-        let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
-        match self.table.entry(
-            hash,
-            |&s| arena.key(entries[s as usize].loc()) == key,
-            |&s| hasher.hash_one(arena.key(entries[s as usize].loc())),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(o) => (*o.get(), false),
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                let slot = if self.free_head != NO_SLOT {
-                    self.free_head
-                } else {
-                    u32::try_from(self.entries.len()).expect("fewer than 2^32 entries")
-                };
-                v.insert(slot);
-                let loc = self.arena.alloc(key, value);
-                self.fill_slot(slot, loc, expires, segment);
-                (slot, true)
-            }
+        let (entries, arena) = (&self.entries, &self.arena);
+        if let Some(slot) = self.table.find(hash, |s| arena.key(entries[s as usize].loc()) == key) {
+            return (slot, false);
         }
+        let slot = self.next_slot();
+        let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
+        self.table.insert_unique(hash, slot, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
+        let loc = self.arena.alloc(key, value);
+        self.fill_slot(slot, loc, expires, segment);
+        (slot, true)
     }
 
     /// Puts an entry into `slot` (the free list's head or one past the end).
@@ -423,12 +416,8 @@ impl Index {
     pub(crate) fn remove_slot(&mut self, slot: u32) -> Loc {
         let loc = self.entries[slot as usize].loc();
         let hash = self.hasher.hash_one(self.arena.key(loc));
-        match self.table.find_entry(hash, |&s| s == slot) {
-            Ok(occupied) => {
-                occupied.remove();
-            }
-            Err(_) => unreachable!("every live slot is in the table"),
-        }
+        let removed = self.table.remove(hash, slot);
+        assert!(removed, "every live slot is in the table");
         self.arena.release(loc);
         let e = &mut self.entries[slot as usize];
         e.set_loc(Loc::NONE);
@@ -484,7 +473,7 @@ impl Index {
             let len = self.arena.len(loc);
             let hash = self.hasher.hash_one(self.arena.key(loc));
             let entries = &self.entries;
-            if let Some(&slot) = self.table.find(hash, |&s| entries[s as usize].loc() == loc) {
+            if let Some(slot) = self.table.find(hash, |s| entries[s as usize].loc() == loc) {
                 let new = self.arena.relocate(loc);
                 self.entries[slot as usize].set_loc(new);
             }

@@ -17,6 +17,7 @@ pub mod record;
 mod replay;
 mod segment;
 mod state;
+mod table;
 mod wheel;
 
 pub use budget::ReplyBudget;

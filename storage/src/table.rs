@@ -24,6 +24,8 @@
 //! real one, and `eq` rejects it). A lookup stops at the first group with an
 //! EMPTY byte.
 //!
+//! The table lives in an anonymous map of its own (see [`SlotTable`]).
+//!
 //! Removing leaves EMPTY when the bucket's group has an EMPTY byte, else
 //! DELETED: a group with an EMPTY byte has never been full since the last
 //! rebuild (a full group only ever gets tombstones back), so no probe has
@@ -35,12 +37,16 @@
 //! needs each slot's hash, which the caller recomputes from the key
 //! (`rehash`).
 
+use memmap2::MmapMut;
+
 /// Buckets in a group: one `u64` of control bytes.
 const GROUP: usize = 8;
 /// A bucket never used since the last rebuild.
 const EMPTY: u8 = 0xFF;
 /// A bucket whose slot was removed from a group that had been full.
 const DELETED: u8 = 0x80;
+/// Bytes of a slot.
+const SLOT: usize = 4;
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
 
@@ -96,9 +102,13 @@ impl Group {
     }
 }
 
+/// The table: `buckets` control bytes, then `buckets` slots (`u32`, native
+/// byte order), in one anonymous map of its own (advised to use huge pages
+/// once it spans one), so a rebuild gives the old table's memory straight
+/// back to the system: freed to the allocator, two large blocks stayed
+/// resident (5 B/entry more RSS at 1M entries than the allocator counted).
 pub(crate) struct SlotTable {
-    ctrl: Box<[u8]>,
-    slots: Box<[u32]>,
+    mem: MmapMut,
     groups: usize,
     len: usize,
     /// EMPTY buckets that may still be taken before a rebuild.
@@ -114,13 +124,29 @@ impl Default for SlotTable {
 impl SlotTable {
     fn with_groups(groups: usize) -> SlotTable {
         let buckets = groups * GROUP;
-        SlotTable {
-            ctrl: vec![EMPTY; buckets].into_boxed_slice(),
-            slots: vec![0; buckets].into_boxed_slice(),
-            groups,
-            len: 0,
-            growth_left: usable(buckets),
+        let bytes = buckets * (1 + SLOT);
+        let mut mem = MmapMut::map_anon(bytes).unwrap_or_else(|e| panic!("mapping a {bytes}-byte hash table: {e}"));
+        if bytes >= 2 << 20 {
+            // Advice only: without huge pages the table still works.
+            let _ = mem.advise(memmap2::Advice::HugePage);
         }
+        mem[..buckets].fill(EMPTY);
+        SlotTable { mem, groups, len: 0, growth_left: usable(buckets) }
+    }
+
+    fn ctrl(&self, at: usize) -> u8 {
+        self.mem[at]
+    }
+
+    fn slot(&self, at: usize) -> u32 {
+        let from = self.buckets() + at * SLOT;
+        u32::from_ne_bytes(self.mem[from..from + SLOT].try_into().expect("a slot is four bytes"))
+    }
+
+    fn set(&mut self, at: usize, ctrl: u8, slot: u32) {
+        self.mem[at] = ctrl;
+        let from = self.buckets() + at * SLOT;
+        self.mem[from..from + SLOT].copy_from_slice(&slot.to_ne_bytes());
     }
 
     #[cfg(test)]
@@ -142,7 +168,7 @@ impl SlotTable {
 
     fn group(&self, group: usize) -> Group {
         let at = group * GROUP;
-        Group(u64::from_le_bytes(self.ctrl[at..at + GROUP].try_into().expect("a group is eight bytes")))
+        Group(u64::from_le_bytes(self.mem[at..at + GROUP].try_into().expect("a group is eight bytes")))
     }
 
     /// The bucket holding a slot with `hash` that `eq` accepts.
@@ -153,7 +179,7 @@ impl SlotTable {
             let group = self.group(g);
             for i in group.matching(tag) {
                 let at = g * GROUP + i;
-                if eq(self.slots[at]) {
+                if eq(self.slot(at)) {
                     return Some(at);
                 }
             }
@@ -166,15 +192,15 @@ impl SlotTable {
 
     /// The slot with `hash` that `eq` accepts.
     pub(crate) fn find(&self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        self.position(hash, eq).map(|at| self.slots[at])
+        self.position(hash, eq).map(|at| self.slot(at))
     }
 
     /// Hints the CPU to fetch what a lookup of `hash` reads first: its home
     /// group's control bytes and slots.
     pub(crate) fn prefetch(&self, hash: u64) {
         let at = self.home(hash) * GROUP;
-        prefetch(self.ctrl[at..].as_ptr());
-        prefetch(self.slots[at..].as_ptr().cast());
+        prefetch(self.mem[at..].as_ptr());
+        prefetch(self.mem[self.buckets() + at * SLOT..].as_ptr());
     }
 
     /// Room for `additional` more slots without a rebuild.
@@ -187,7 +213,7 @@ impl SlotTable {
     /// Adds `slot`, whose key is not in the table.
     pub(crate) fn insert_unique(&mut self, hash: u64, slot: u32, rehash: impl Fn(u32) -> u64) {
         let mut at = self.free_bucket(hash);
-        if self.ctrl[at] == EMPTY && self.growth_left == 0 {
+        if self.ctrl(at) == EMPTY && self.growth_left == 0 {
             self.rebuild(1, &rehash);
             at = self.free_bucket(hash);
         }
@@ -198,10 +224,10 @@ impl SlotTable {
     pub(crate) fn remove(&mut self, hash: u64, slot: u32) -> bool {
         let Some(at) = self.position(hash, |s| s == slot) else { return false };
         if self.group(at / GROUP).has_empty() {
-            self.ctrl[at] = EMPTY;
+            self.mem[at] = EMPTY;
             self.growth_left += 1;
         } else {
-            self.ctrl[at] = DELETED;
+            self.mem[at] = DELETED;
         }
         self.len -= 1;
         true
@@ -219,11 +245,10 @@ impl SlotTable {
     }
 
     fn put(&mut self, at: usize, hash: u64, slot: u32) {
-        if self.ctrl[at] == EMPTY {
+        if self.ctrl(at) == EMPTY {
             self.growth_left -= 1;
         }
-        self.ctrl[at] = tag(hash);
-        self.slots[at] = slot;
+        self.set(at, tag(hash), slot);
         self.len += 1;
     }
 
@@ -237,9 +262,9 @@ impl SlotTable {
         let room = usable(self.buckets());
         let target = if need <= room - room / 4 { room } else { need.max(room + room / 2) };
         let mut new = SlotTable::with_groups(groups_for(target));
-        for (at, &c) in self.ctrl.iter().enumerate() {
-            if c & 0x80 == 0 {
-                let slot = self.slots[at];
+        for at in 0..self.buckets() {
+            if self.ctrl(at) & 0x80 == 0 {
+                let slot = self.slot(at);
                 let hash = rehash(slot);
                 let to = new.free_bucket(hash);
                 new.put(to, hash, slot);

@@ -12,25 +12,26 @@
 //!
 //! Queues hold `(slot, generation)` handles; a handle whose entry is gone,
 //! reused or moved is skipped. The queue flag and the frequency live in the
-//! entry's spare bits, so eviction costs 8 bytes a handle and nothing else.
+//! entry's spare bits, so eviction costs 6 bytes a handle and nothing else.
 
 use std::collections::VecDeque;
 
 use hashbrown::HashSet;
 
-use crate::index::Index;
+use crate::index::{Handle, Index};
 
-/// Bytes an entry costs beyond its arena item (key, value and a 6-byte
-/// header): the slab entry (24), a table slot with its control byte at
-/// typical load (about 8) and a timer handle (8). The eviction queues'
-/// handles are counted apart, by the queues' capacity (`S3Fifo::own_bytes`).
-/// The memory bench checks it.
+/// Bytes an entry costs beyond its arena item (key, value and their
+/// lengths): the slab entry (20), a table slot with its control byte (5.7
+/// to 8.6 by the table's load) and a timer handle (6), 35 at most, rounded
+/// up for the arena's page slack (RSS stays within about 5% of a cap with
+/// 100-byte values). The eviction queues' handles are counted apart, by the
+/// queues' capacity (`S3Fifo::own_bytes`). The memory bench checks it.
 pub const ENTRY_OVERHEAD: usize = 40;
 
 #[derive(Default)]
 pub(crate) struct S3Fifo {
-    small: VecDeque<(u32, u32)>,
-    main: VecDeque<(u32, u32)>,
+    small: VecDeque<Handle>,
+    main: VecDeque<Handle>,
     small_bytes: usize,
     main_bytes: usize,
     ghosts: VecDeque<u64>,
@@ -42,7 +43,7 @@ fn cost(index: &Index, slot: u32) -> usize {
 }
 
 /// A queue handle, `(slot, generation)`.
-const HANDLE: usize = 8;
+const HANDLE: usize = std::mem::size_of::<Handle>();
 
 /// Room a queue or the ghost set may keep beyond four times its length.
 const SLACK: usize = 64;
@@ -67,7 +68,10 @@ impl S3Fifo {
             return;
         }
         let valid = |main: bool| {
-            move |&(slot, generation): &(u32, u32)| index.get_gen(slot, generation).is_some_and(|e| e.in_main() == main)
+            move |h: &Handle| {
+                let (slot, generation) = h.parts();
+                index.get_gen(slot, generation).is_some_and(|e| e.in_main() == main)
+            }
         };
         self.small.retain(valid(false));
         self.main.retain(valid(true));
@@ -99,7 +103,7 @@ impl S3Fifo {
         let e = index.entry_mut(slot);
         e.set_freq(0);
         e.set_in_main(to_main);
-        let handle = (slot, e.generation());
+        let handle = Handle::new(slot, e.generation());
         if to_main {
             self.main.push_back(handle);
             self.main_bytes += size;
@@ -140,7 +144,7 @@ impl S3Fifo {
             let total = self.small_bytes + self.main_bytes;
             let from_small = !self.small.is_empty() && (self.small_bytes * 10 >= total || self.main.is_empty());
             if from_small {
-                let (slot, generation) = self.small.pop_front()?;
+                let (slot, generation) = self.small.pop_front()?.parts();
                 Self::fit(&mut self.small);
                 let Some(e) = index.get_gen(slot, generation) else { continue };
                 if e.in_main() {
@@ -153,14 +157,14 @@ impl S3Fifo {
                     let e = index.entry_mut(slot);
                     e.set_in_main(true);
                     e.set_freq(0);
-                    self.main.push_back((slot, generation));
+                    self.main.push_back(Handle::new(slot, generation));
                     continue;
                 }
                 let hash = index.hash(e.key());
                 self.remember(hash, index.len());
                 return Some(slot);
             }
-            let (slot, generation) = self.main.pop_front()?;
+            let (slot, generation) = self.main.pop_front()?.parts();
             Self::fit(&mut self.main);
             let Some(e) = index.get_gen(slot, generation) else { continue };
             if !e.in_main() {
@@ -169,7 +173,7 @@ impl S3Fifo {
             let f = e.freq();
             if f > 0 {
                 index.entry_mut(slot).set_freq(f - 1);
-                self.main.push_back((slot, generation));
+                self.main.push_back(Handle::new(slot, generation));
                 continue;
             }
             return Some(slot);

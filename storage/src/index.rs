@@ -119,6 +119,26 @@ impl Entry {
     }
 }
 
+/// A reference to an entry that outlives it: `(slot, generation)` in six
+/// bytes (a `u32` and the 12-bit generation in a `u16`, aligned to 2), which
+/// is what the wheel keeps per timer and S3-FIFO per queued entry. A handle
+/// matches only while its slot holds the same entry (see [`Index::get_gen`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Handle([u16; 3]);
+
+impl Handle {
+    pub(crate) fn new(slot: u32, generation: u32) -> Handle {
+        debug_assert!(generation <= u32::from(GEN_MASK));
+        Handle([slot as u16, (slot >> 16) as u16, generation as u16])
+    }
+
+    /// `(slot, generation)`.
+    pub(crate) fn parts(self) -> (u32, u32) {
+        let [lo, hi, generation] = self.0;
+        (u32::from(lo) | (u32::from(hi) << 16), u32::from(generation))
+    }
+}
+
 /// An occupied entry with its key and value.
 #[derive(Clone, Copy)]
 pub(crate) struct EntryRef<'a> {
@@ -276,6 +296,13 @@ impl Index {
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn arena_held_bytes(&self) -> usize {
         self.arena.held_bytes()
+    }
+
+    /// Bytes the index maps outside the heap: the arena's pages and the
+    /// hash table.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.arena.held_bytes() + self.table.mapped_bytes()
     }
 
     /// The hash the table uses for `key` (also the ghost queue's key identity).
@@ -572,6 +599,14 @@ mod tests {
         }
         assert_eq!(ix.iter().count(), n as usize);
         assert!(ix.occupied(n).is_none());
+    }
+
+    #[test]
+    fn a_handle_keeps_its_slot_and_generation() {
+        for (slot, generation) in [(0, 0), (u32::MAX, u32::from(GEN_MASK)), (0x1234_5678, 0xabc), (1 << 16, 1)] {
+            assert_eq!(Handle::new(slot, generation).parts(), (slot, generation));
+        }
+        assert_eq!(std::mem::size_of::<Handle>(), 6);
     }
 
     #[test]

@@ -154,6 +154,12 @@ impl SlotTable {
         self.len
     }
 
+    /// Bytes of the table's map.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.mem.len()
+    }
+
     pub(crate) fn buckets(&self) -> usize {
         self.groups * GROUP
     }

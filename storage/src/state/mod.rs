@@ -28,13 +28,13 @@ pub use scan::glob_match;
 
 use crate::error::{Error, Result};
 use crate::evict::{ENTRY_OVERHEAD, S3Fifo};
-use crate::index::{Index, Loc, blob_len};
+use crate::index::{Handle, Index, Loc, blob_len};
 use crate::record::{Encoding, SegmentId, set_record_len};
 use crate::wheel::Wheel;
 use undo::Undo;
 
 /// A timer: an entry's slot and generation (a stale generation cancels it).
-type Timer = (u32, u32);
+type Timer = Handle;
 
 /// Where a stored value's record is and what it says besides key and
 /// value: its deadline, its segment and its encoding.
@@ -104,11 +104,13 @@ impl State {
         State { index: Index::new(page_bytes.max(64)), ..State::new(limits, now) }
     }
 
-    /// Bytes of the arena's pages in use and bytes written into them (live
-    /// and dead); the memory bench reports them. Feature `testing`.
+    /// Bytes mapped outside the heap (the arena's pages and the index's
+    /// hash table), and bytes written into the arena's pages (live and
+    /// dead); the memory bench adds the first to what the heap holds.
+    /// Feature `testing`.
     #[cfg(feature = "testing")]
-    pub fn arena_bytes(&self) -> (usize, usize) {
-        (self.index.arena_held_bytes(), self.index.arena_used_bytes())
+    pub fn mapped_bytes(&self) -> (usize, usize) {
+        (self.index.mapped_bytes(), self.index.arena_used_bytes())
     }
 
     pub fn limits(&self) -> Limits {
@@ -284,7 +286,7 @@ impl State {
             return;
         }
         let generation = self.index.entry(slot).generation();
-        self.wheel.insert(new, (slot, generation));
+        self.wheel.insert(new, Handle::new(slot, generation));
     }
 
     /// Removes an entry without logging it (expiry, eviction, undo); returns
@@ -338,7 +340,8 @@ impl State {
             let mut out = Vec::new();
             self.wheel.poll(
                 now,
-                |&(slot, generation)| {
+                |h: &Timer| {
+                    let (slot, generation) = h.parts();
                     index.get_gen(slot, generation).and_then(|e| (e.expires() != 0).then_some(e.expires()))
                 },
                 &mut out,
@@ -347,14 +350,15 @@ impl State {
         }
         let mut removed = 0;
         while removed < budget {
-            let Some((slot, generation)) = self.due.pop_front() else { break };
+            let Some(handle) = self.due.pop_front() else { break };
+            let (slot, generation) = handle.parts();
             let Some(e) = self.index.get_gen(slot, generation) else { continue };
             if e.expires() != 0 && e.expires() <= now {
                 self.remove(slot);
                 self.stats.expired += 1;
                 removed += 1;
             } else if e.expires() != 0 {
-                self.wheel.insert(e.expires(), (slot, generation));
+                self.wheel.insert(e.expires(), handle);
             }
         }
         removed

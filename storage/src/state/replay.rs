@@ -2,6 +2,7 @@
 //! ends replay.
 
 use super::{Placed, State, Timers};
+use crate::index::Handle;
 use crate::record::{Record, SegmentId};
 use crate::wheel::Wheel;
 
@@ -56,7 +57,7 @@ impl State {
                 if e.expires() <= now {
                     expired.push(slot);
                 } else {
-                    self.wheel.insert(e.expires(), (slot, e.generation()));
+                    self.wheel.insert(e.expires(), Handle::new(slot, e.generation()));
                 }
             }
         }

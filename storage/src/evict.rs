@@ -21,8 +21,8 @@ use hashbrown::HashSet;
 use crate::index::{Handle, Index};
 
 /// Bytes an entry costs beyond its arena item (key, value and their
-/// lengths): the slab entry (20), a table slot with its control byte (5.7
-/// to 8.6 by the table's load) and a timer handle (6), 35 at most, rounded
+/// lengths): the slab entry (18), a table slot with its control byte (5.7
+/// to 8.6 by the table's load) and a timer handle (6), 33 at most, rounded
 /// up for the arena's page slack (RSS stays within about 5% of a cap with
 /// 100-byte values). The eviction queues' handles are counted apart, by the
 /// queues' capacity (`S3Fifo::own_bytes`). The memory bench checks it.

@@ -3,10 +3,10 @@
 //!
 //! The table ([`SlotTable`]) stores only a `u32` slot number per key (its
 //! hash is recomputed from the key when the table is rebuilt). An entry is
-//! 20 bytes: where its item is ([`Loc`], 6), its flags and a 12-bit
-//! generation (2), its deadline (8) and the log segment of its set record
-//! (4). A 16-byte key with a 100-byte value so costs its 118-byte item, the
-//! 20-byte entry and 5.7 to 8.6 bytes of table (a `u32` and a control byte
+//! 18 bytes: where its item is ([`Loc`], 6), its flags and a 12-bit
+//! generation (2), its deadline (6: 48-bit unix ms) and the log segment of
+//! its set record (4). A 16-byte key with a 100-byte value so costs its
+//! 118-byte item, the 18-byte entry and 5.7 to 8.6 bytes of table (a `u32` and a control byte
 //! per bucket, at a load between 7/12 and 7/8; a table sized by replay
 //! starts at 7/8). Timers and eviction
 //! queues refer to entries by `(slot, generation)`; the generation changes
@@ -29,47 +29,72 @@ use crate::arena::PAGE_BYTES;
 use crate::arena::{Arena, item_len};
 use crate::record::{Encoding, SegmentId};
 use crate::table::SlotTable;
+use cachet_types::MAX_DEADLINE;
 
 /// Keys are at most this long (the on-disk record keeps two bytes for it).
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 
-/// One slot of the slab: 20 bytes, aligned to 4 (six bytes of place, two of
-/// generation and flags, eight of deadline kept as two `u32`s so the entry
-/// needs no 8-byte alignment, four of segment).
+/// One slot of the slab: 18 bytes, every field made of `u16`s so nothing
+/// pads it (six bytes of place, two of generation and flags, six of
+/// deadline, four of segment).
 pub(crate) struct Entry {
-    /// Low 32 bits of the item's place ([`Loc::to_bits`]); `Loc::NONE`
-    /// marks a free slot.
-    loc_lo: u32,
-    /// High 16 bits of the item's place.
-    loc_hi: u16,
+    /// The item's place ([`Loc::to_bits`], 48 bits, low half first);
+    /// `Loc::NONE` marks a free slot.
+    loc: [u16; 3],
     /// Low 12 bits: the slot's generation. Bits 12-13: S3-FIFO access
     /// frequency (0-3). Bit 14: in S3-FIFO's main queue (else the small one).
     /// Bit 15: the value is text (written through RESP), else MessagePack.
     meta: u16,
-    /// Absolute expiry in unix ms, low and high halves; 0 means never. For
-    /// a free slot: the next free slot, or `NO_SLOT`.
-    expires: [u32; 2],
+    /// Absolute expiry in unix ms (48 bits: deadlines stop at
+    /// [`MAX_DEADLINE`], the year 10889); 0 means never. For a free slot:
+    /// the next free slot, or `NO_SLOT`.
+    expires: [u16; 3],
     /// The segment holding this entry's set record.
-    pub(crate) segment: SegmentId,
+    segment: [u16; 2],
+}
+
+/// Packs the low 48 bits of `n` as three `u16`s, low first.
+fn pack48(n: u64) -> [u16; 3] {
+    [n as u16, (n >> 16) as u16, (n >> 32) as u16]
+}
+
+fn unpack48([a, b, c]: [u16; 3]) -> u64 {
+    u64::from(a) | (u64::from(b) << 16) | (u64::from(c) << 32)
 }
 
 impl Entry {
+    fn empty(segment: SegmentId) -> Entry {
+        let mut e = Entry { loc: [0; 3], meta: 0, expires: [0; 3], segment: [0; 2] };
+        e.set_segment(segment);
+        e
+    }
+
     fn loc(&self) -> Loc {
-        Loc::from_bits(u64::from(self.loc_lo) | (u64::from(self.loc_hi) << 32))
+        Loc::from_bits(unpack48(self.loc))
     }
 
     fn set_loc(&mut self, loc: Loc) {
-        let bits = loc.to_bits();
-        (self.loc_lo, self.loc_hi) = (bits as u32, (bits >> 32) as u16);
+        self.loc = pack48(loc.to_bits());
     }
 
     /// Absolute expiry in unix ms; 0 means never.
     pub(crate) fn expires(&self) -> u64 {
-        u64::from(self.expires[0]) | (u64::from(self.expires[1]) << 32)
+        unpack48(self.expires)
     }
 
+    /// Sets the expiry; a deadline past [`MAX_DEADLINE`] becomes it (only
+    /// a log written before deadlines were capped can hold one).
     pub(crate) fn set_expires(&mut self, ms: u64) {
-        self.expires = [ms as u32, (ms >> 32) as u32];
+        self.expires = pack48(ms.min(MAX_DEADLINE));
+    }
+
+    /// The segment holding this entry's set record.
+    pub(crate) fn segment(&self) -> SegmentId {
+        SegmentId(u32::from(self.segment[0]) | (u32::from(self.segment[1]) << 16))
+    }
+
+    pub(crate) fn set_segment(&mut self, id: SegmentId) {
+        self.segment = [id.0 as u16, (id.0 >> 16) as u16];
     }
 
     /// The slot's generation (12 bits, wrapping). A handle that outlived
@@ -293,7 +318,7 @@ impl Index {
     }
 
     /// Bytes of the arena's pages.
-    #[cfg(any(test, feature = "testing"))]
+    #[cfg(test)]
     pub(crate) fn arena_held_bytes(&self) -> usize {
         self.arena.held_bytes()
     }
@@ -421,9 +446,9 @@ impl Index {
             e.set_loc(loc);
             e.set_expires(expires);
             e.new_generation();
-            e.segment = segment;
+            e.set_segment(segment);
         } else {
-            let mut e = Entry { loc_lo: 0, loc_hi: 0, meta: 0, expires: [0; 2], segment };
+            let mut e = Entry::empty(segment);
             e.set_loc(loc);
             e.set_expires(expires);
             self.entries.push(e);
@@ -554,16 +579,23 @@ mod tests {
 
     #[test]
     fn an_entry_keeps_every_field_apart() {
-        let mut e = Entry { loc_lo: 0, loc_hi: 0, meta: 0, expires: [0; 2], segment: SegmentId(7) };
+        let mut e = Entry::empty(SegmentId(7));
         let far = Loc::from_bits(Loc::NONE.to_bits() - 1);
         for loc in [Loc::from_bits(0), far, Loc::NONE] {
             e.set_loc(loc);
             assert_eq!(e.loc(), loc);
         }
-        for ms in [0, 1, u64::from(u32::MAX) + 1, 1_700_000_000_123, u64::MAX] {
+        for ms in [0, 1, u64::from(u32::MAX) + 1, 1_700_000_000_123, MAX_DEADLINE] {
             e.set_expires(ms);
             assert_eq!(e.expires(), ms);
         }
+        e.set_expires(u64::MAX);
+        assert_eq!(e.expires(), MAX_DEADLINE, "a later deadline is capped, not wrapped");
+        for id in [0, 1, 0xffff, 0x1_0000, u32::MAX] {
+            e.set_segment(SegmentId(id));
+            assert_eq!(e.segment(), SegmentId(id));
+        }
+        e.set_segment(SegmentId(7));
         e.set_freq(3);
         e.set_in_main(true);
         e.set_encoding(Encoding::Text);
@@ -580,7 +612,7 @@ mod tests {
             e.new_generation();
         }
         assert_eq!(e.generation(), (g + 1) & u32::from(GEN_MASK), "the generation wraps at 12 bits");
-        assert_eq!((e.loc(), e.expires(), e.segment), (loc, ms, SegmentId(7)), "flags never spill into other fields");
+        assert_eq!((e.loc(), e.expires(), e.segment()), (loc, ms, SegmentId(7)), "flags never spill into other fields");
     }
 
     #[test]
@@ -611,8 +643,8 @@ mod tests {
 
     #[test]
     fn entry_is_small() {
-        assert_eq!(std::mem::size_of::<Entry>(), 20);
-        assert_eq!(std::mem::align_of::<Entry>(), 4, "no padding to 24 in the slab");
+        assert_eq!(std::mem::size_of::<Entry>(), 18);
+        assert_eq!(std::mem::align_of::<Entry>(), 2, "no padding to 20 in the slab");
     }
 
     #[test]

@@ -7,6 +7,11 @@ pub mod keyspace;
 
 use std::time::Duration;
 
+/// The latest deadline an entry can have, in unix ms: 2^48 - 1, in the
+/// year 10889 (the engine keeps deadlines in 48 bits). A longer TTL is
+/// capped to it.
+pub const MAX_DEADLINE: u64 = (1 << 48) - 1;
+
 /// How long a write keeps its value, once resolved: the type the client
 /// sends, the wire carries and the engine applies. (The client's `Timeout`
 /// adds only "the client's default", which it resolves to a `Ttl`.)
@@ -29,12 +34,13 @@ impl Ttl {
     }
 
     /// The absolute deadline (unix ms) this TTL gives a write at `now`:
-    /// `None` for "expire now" (store nothing), `Some(0)` for never.
+    /// `None` for "expire now" (store nothing), `Some(0)` for never. A
+    /// deadline past [`MAX_DEADLINE`] is capped to it.
     pub fn deadline(self, now: u64) -> Option<u64> {
         match self {
             Ttl::Never => Some(0),
             Ttl::Millis(0) => None,
-            Ttl::Millis(ms) => Some(now.saturating_add(ms).max(1)),
+            Ttl::Millis(ms) => Some(now.saturating_add(ms).clamp(1, MAX_DEADLINE)),
         }
     }
 
@@ -62,7 +68,7 @@ mod tests {
         assert_eq!(Ttl::Never.deadline(10), Some(0));
         assert_eq!(Ttl::Millis(0).deadline(10), None);
         assert_eq!(Ttl::Millis(5).deadline(10), Some(15));
-        assert_eq!(Ttl::Millis(u64::MAX).deadline(10), Some(u64::MAX));
+        assert_eq!(Ttl::Millis(u64::MAX).deadline(10), Some(MAX_DEADLINE));
         // A deadline is never 0 (which means "never") even at time 0.
         assert_eq!(Ttl::Millis(1).deadline(0), Some(1));
         assert_eq!(Ttl::remaining(0, 10), Ttl::Never);

@@ -25,18 +25,18 @@ impl State {
         let mut slot = cursor;
         while slot < end && written < max_bytes {
             if let Some(e) = self.index.occupied(slot)
-                && e.segment < cutoff
+                && e.segment() < cutoff
                 && e.is_live_at(now)
             {
                 let (key, value, expires) = (e.key(), e.value(), e.expires());
                 let len = set_record_len(key.len(), value.len());
-                let old = e.segment;
+                let old = e.segment();
                 let encoding = e.encoding();
                 let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires), encoding });
                 written += len;
                 self.unaccount(old, len);
                 *self.live_by_segment.entry(segment).or_default() += len as u64;
-                self.index.entry_mut(slot).segment = segment;
+                self.index.entry_mut(slot).set_segment(segment);
             }
             slot += 1;
         }
@@ -50,7 +50,7 @@ impl State {
         for slot in slots {
             let e = self.index.entry(slot);
             live += set_record_len(e.key().len(), e.value().len()) as u64;
-            self.index.entry_mut(slot).segment = segment;
+            self.index.entry_mut(slot).set_segment(segment);
         }
         self.live_by_segment.clear();
         if live > 0 {

@@ -170,7 +170,7 @@ impl State {
     /// Removes an entry to make room, remembering that its set record stays
     /// in the log (see `evicted_in`).
     fn evict(&mut self, slot: u32) {
-        *self.evicted_in.entry(self.index.entry(slot).segment).or_default() += 1;
+        *self.evicted_in.entry(self.index.entry(slot).segment()).or_default() += 1;
         self.remove(slot);
         self.stats.evicted += 1;
     }
@@ -216,7 +216,7 @@ impl State {
         } else {
             let e = self.index.entry(slot);
             let (old_expires, old_segment, old_encoding, old_len) =
-                (e.expires(), e.segment, e.encoding(), set_record_len(key.len(), e.value().len()));
+                (e.expires(), e.segment(), e.encoding(), set_record_len(key.len(), e.value().len()));
             let was_live = match timers {
                 Timers::Arm { now } => e.is_live_at(now),
                 Timers::Deferred => true,
@@ -244,7 +244,7 @@ impl State {
             });
             self.unaccount(old_segment, old_len);
             let e = self.index.entry_mut(slot);
-            e.segment = segment;
+            e.set_segment(segment);
             e.set_expires(expires);
             if arm && was_live {
                 self.index.entry_mut(slot).set_encoding(encoding);
@@ -296,7 +296,7 @@ impl State {
             ev.on_remove(&self.index, slot);
         }
         let e = self.index.entry(slot);
-        let (segment, len) = (e.segment, set_record_len(e.key().len(), e.value().len()));
+        let (segment, len) = (e.segment(), set_record_len(e.key().len(), e.value().len()));
         self.unaccount(segment, len);
         self.index.remove_slot(slot)
     }
@@ -304,7 +304,7 @@ impl State {
     /// Removes an entry because of a logged delete: undone if the write fails.
     fn remove_logged(&mut self, slot: u32) {
         let e = self.index.entry(slot);
-        let at = Placed { expires: e.expires(), segment: e.segment, encoding: e.encoding() };
+        let at = Placed { expires: e.expires(), segment: e.segment(), encoding: e.encoding() };
         let loc = self.remove(slot);
         self.log_undo(Undo::Reinsert { loc, at });
     }

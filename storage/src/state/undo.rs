@@ -64,7 +64,7 @@ impl State {
                 Undo::Restore { slot, loc, at: Placed { expires, segment, encoding } } => {
                     let e = self.index.entry(slot);
                     let (cur_len, cur_segment, cur_blob) =
-                        (set_record_len(e.key().len(), e.value().len()), e.segment, e.blob_len());
+                        (set_record_len(e.key().len(), e.value().len()), e.segment(), e.blob_len());
                     let (key, value) = self.index.item(loc);
                     let (old_len, old_blob) = (set_record_len(key.len(), value.len()), blob_len(key, value));
                     if let Some(ev) = &mut self.evict {
@@ -75,7 +75,7 @@ impl State {
                     self.index.swap_item(slot, loc);
                     let e = self.index.entry_mut(slot);
                     e.set_expires(expires);
-                    e.segment = segment;
+                    e.set_segment(segment);
                     e.set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += old_len as u64;
                     self.arm(slot, 0, expires);

@@ -7,7 +7,9 @@
 #     connection counts and depths: medians of ROUNDS alternating rounds,
 #     with each server's CPU per operation, and the load generator's own
 #     (the cachet crate's cost to an application, beside the redis crate's);
-#   - restart time and memory with 1M keys;
+#   - restart time and memory with 1M keys (both servers filled by the same
+#     Redis client, so they hold the same bytes; the Rust client's fill of
+#     cachetd is reported beside it);
 #   - redis-benchmark against cachetd's RESP listener and Redis
 #     (benches/resp_compare.sh).
 #
@@ -56,11 +58,12 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 3000); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.01; done; echo "port $1 never opened" >&2; return 1; }
 
-CPORT=$(free_port); RPORT=$(free_port)
+CPORT=$(free_port); RPORT=$(free_port); CRESP=$(free_port)
 start_cachet() { # $1 = sync policy, $2 = data dir; returns once it logs "ready" (after the replay:
     # the port is bound before it, so an open port does not mean ready)
     local seen; seen=$(grep -c "ready: listening" "$WORK/cachetd.log" 2>/dev/null || true)
-    taskset -c 0 "$CACHETD" --listen 127.0.0.1:$CPORT --data-dir "$2" --sync "$1" 2>>"$WORK/cachetd.log" &
+    taskset -c 0 "$CACHETD" --listen 127.0.0.1:$CPORT --listen resp://127.0.0.1:$CRESP --data-dir "$2" --sync "$1" \
+        2>>"$WORK/cachetd.log" &
     CPID=$!; PIDS+=("$CPID")
     until [ "$(grep -c "ready: listening" "$WORK/cachetd.log" 2>/dev/null || true)" -gt "${seen:-0}" ]; do
         kill -0 "$CPID" 2>/dev/null || { cat "$WORK/cachetd.log" >&2; return 1; }
@@ -131,16 +134,24 @@ echo "restart and memory with 1M keys (16 B keys, 100 B values), without and wit
 ms() { date +%s%3N; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 for ttl in never 3600; do
+    # The same Redis client fills both servers (cachetd through its RESP
+    # listener), so both hold the same bytes: 16 B keys, 100 B values.
     start_cachet everysec "$WORK/cachet-1m-$ttl"
     base=$(rss_kb $CPID)
-    taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --only-preload --preload 1000000 --key-size 16 --value-size 100 --ttl $ttl > /dev/null
+    taskset -c 1 "$LOAD" --target redis://127.0.0.1:$CRESP --quiet --only-preload --preload 1000000 --key-size 16 --value-size 100 --ttl $ttl > /dev/null
     rss=$(rss_kb $CPID)
     own=$(target/release/cachet --server 127.0.0.1:$CPORT stats | awk '/memory_bytes/ {print $2}')
     stop_cachet
     log=$(du -sb "$WORK/cachet-1m-$ttl" | cut -f1)
     t0=$(ms); start_cachet everysec "$WORK/cachet-1m-$ttl"; ready=$(( $(ms) - t0 ))
     after=$(rss_kb $CPID); stop_cachet
-    echo "cachet|$ttl|$ready|$(( (rss - base) * 1024 ))|$(( after * 1024 ))|$own|$log" >> "$MEM"
+    # The Rust client stores Django's key (":1:" + 16 B) and a MessagePack
+    # value (100 B + 2): 5 B more per entry.
+    rm -rf "$WORK/cachet-1m-rust"; start_cachet everysec "$WORK/cachet-1m-rust"
+    rbase=$(rss_kb $CPID)
+    taskset -c 1 "$LOAD" --target cachet://127.0.0.1:$CPORT --quiet --only-preload --preload 1000000 --key-size 16 --value-size 100 --ttl $ttl > /dev/null
+    rust=$(( ($(rss_kb $CPID) - rbase) * 1024 )); stop_cachet; rm -rf "$WORK/cachet-1m-rust"
+    echo "cachet|$ttl|$ready|$(( (rss - base) * 1024 ))|$(( after * 1024 ))|$own|$log|$rust" >> "$MEM"
 
     start_redis everysec "$WORK/redis-1m-$ttl"
     base=$(rss_kb $RPID)
@@ -153,7 +164,7 @@ for ttl in never 3600; do
     log=$(du -sb "$WORK/redis-1m-$ttl" | cut -f1)
     t0=$(ms); start_redis everysec "$WORK/redis-1m-$ttl"; ready=$(( $(ms) - t0 ))
     after=$(rss_kb $RPID); stop_redis
-    echo "redis|$ttl|$ready|$(( (rss - base) * 1024 ))|$(( after * 1024 ))|$own|$log" >> "$MEM"
+    echo "redis|$ttl|$ready|$(( (rss - base) * 1024 ))|$(( after * 1024 ))|$own|$log|0" >> "$MEM"
 done
 
 fi
@@ -190,12 +201,13 @@ for name, sys_runs in by.items():
     lines.append(f"| {name} | {co:,.0f} | {ro:,.0f} | {co/ro if ro else 0:.2f} | {med([x[1] for x in c]):.0f} | {med([x[1] for x in rd]):.0f} | {med([x[2] for x in c]):.1f} | {med([x[2] for x in rd]):.1f} | {med([x[3] for x in c]):.1f} / {med([x[3] for x in rd]):.1f} |")
 m = {}
 for l in open(sys.argv[8]):
-    system, ttl, ready, growth, after, own, log = l.strip().split("|")
-    m[(system, ttl)] = dict(ready=int(ready), growth=int(growth), after=int(after), own=int(own), log=int(log))
+    system, ttl, ready, growth, after, own, log, rust = l.strip().split("|")
+    m[(system, ttl)] = dict(ready=int(ready), growth=int(growth), after=int(after), own=int(own), log=int(log), rust=int(rust))
 mem = [] if not m else ["| 1M keys, 16 B keys, 100 B values | cachet, no TTL | Redis, no TTL | cachet, TTL | Redis, TTL |", "|---|---:|---:|---:|---:|"]
 rows = [
     ("start to ready (replaying log / AOF)", lambda d: f"{d['ready']} ms"),
-    ("RSS growth per key while filling", lambda d: f"{d['growth']/1e6:.0f} B"),
+    ("RSS growth per key while filling (both through a Redis client)", lambda d: f"{d['growth']/1e6:.0f} B"),
+    ("RSS growth per key, filled by the Rust client (Django key, MessagePack value: 5 B more)", lambda d: f"{d['rust']/1e6:.0f} B" if d['rust'] else "—"),
     ("RSS per key after the restart", lambda d: f"{d['after']/1e6:.0f} B"),
     ("own accounting per key (memory_bytes / used_memory)", lambda d: f"{d['own']/1e6:.0f} B"),
     ("log / AOF on disk (AOF after BGREWRITEAOF)", lambda d: f"{d['log']/1e6:.0f} MB"),

@@ -311,6 +311,11 @@ impl Index {
         }
     }
 
+    /// Marks a bulk load (replay) as started or over (see the arena's pages).
+    pub(crate) fn set_bulk(&mut self, bulk: bool) {
+        self.arena.set_bulk(bulk);
+    }
+
     pub(crate) fn reserve(&mut self, additional: usize) {
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
         self.table.reserve(additional, || hashed(hasher, entries, arena));
@@ -550,9 +555,12 @@ impl Index {
         true
     }
 
-    /// An empty index with pages of the same size.
+    /// An empty index with pages of the same size (and in the same bulk
+    /// load, if one is under way).
     pub(crate) fn new_like(&self) -> Index {
-        Index::new(self.arena.page_bytes())
+        let mut index = Index::new(self.arena.page_bytes());
+        index.arena.set_bulk(self.arena.bulk());
+        index
     }
 
     /// One reclaim slice in step with the writes: it examines four times

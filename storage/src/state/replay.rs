@@ -46,6 +46,7 @@ impl State {
 
     /// After replay: drop what expired during it and arm one timer per entry.
     pub(crate) fn finish_replay(&mut self, now: u64) {
+        self.index.set_bulk(false);
         self.wheel = Wheel::new(now);
         // Timers go straight into the wheel, each slot sized first: a list
         // of them, or slots grown by doubling, would leave buffers freed but

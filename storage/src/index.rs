@@ -264,21 +264,6 @@ impl std::ops::IndexMut<usize> for Slab {
     }
 }
 
-/// Every occupied slot with its key's hash, in slab order: what the table
-/// is rebuilt from (the items of slots in a row lie mostly in a row in the
-/// arena, so hashing their keys reads memory in order).
-fn hashed<'a>(
-    hasher: &'a DefaultHashBuilder,
-    entries: &'a Slab,
-    arena: &'a Arena,
-) -> impl Iterator<Item = (u32, u64)> + 'a {
-    entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| !e.is_free())
-        .map(|(slot, e)| (slot as u32, hasher.hash_one(arena.key(e.loc()))))
-}
-
 const NO_SLOT: u32 = u32::MAX;
 const GEN_MASK: u16 = (1 << 12) - 1;
 const TEXT_BIT: u16 = 1 << 15;
@@ -318,7 +303,7 @@ impl Index {
 
     pub(crate) fn reserve(&mut self, additional: usize) {
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
-        self.table.reserve(additional, || hashed(hasher, entries, arena));
+        self.table.reserve(additional, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
         self.entries.reserve(additional);
     }
 
@@ -427,7 +412,7 @@ impl Index {
         debug_assert!(self.find(self.arena.key(loc)).is_none(), "undo reinserts only removed keys");
         let slot = self.next_slot();
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
-        self.table.insert_unique(hash, slot, || hashed(hasher, entries, arena));
+        self.table.insert_unique(hash, slot, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
         self.fill_slot(slot, loc, expires, segment);
         slot
     }
@@ -451,7 +436,7 @@ impl Index {
         }
         let slot = self.next_slot();
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
-        self.table.insert_unique(hash, slot, || hashed(hasher, entries, arena));
+        self.table.insert_unique(hash, slot, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
         let loc = self.arena.alloc(key, value);
         self.fill_slot(slot, loc, expires, segment);
         (slot, true)

@@ -17,36 +17,53 @@
 //!   misses of its random inserts overlap.
 //!
 //! A bucket is five bytes: its control byte and its slot. A control byte is
-//! [`EMPTY`] (0xFF), [`DELETED`] (0x80, a tombstone) or, in a full bucket,
-//! the hash's low seven bits (its tag; the home group comes from the high
-//! bits, so the two are independent). Group matching is SWAR on a `u64`
-//! (portable; a false match is possible only on a full bucket next to a
-//! real one, and `eq` rejects it). A lookup stops at the first group with an
-//! EMPTY byte.
-//!
-//! The table lives in an anonymous map of its own (see [`SlotTable`]).
+//! [`EMPTY`] (0x00, so a fresh map needs no writing), [`DELETED`] (0x01, a
+//! tombstone) or, in a full bucket, 0x80 and the hash's low seven bits (its
+//! tag; the home group comes from the high bits, so the two are
+//! independent). Group matching is SWAR on a `u64` (portable; a false match
+//! is possible only on a full bucket next to a real one, and `eq` rejects
+//! it). A lookup stops at the first group with an EMPTY byte.
 //!
 //! Removing leaves EMPTY when the bucket's group has an EMPTY byte, else
-//! DELETED: a group with an EMPTY byte has never been full since the last
-//! rebuild (a full group only ever gets tombstones back), so no probe has
-//! gone past it. Inserting takes the first EMPTY or DELETED bucket on the
+//! DELETED: a group with an EMPTY byte has never been full since its
+//! buckets were made (a full group only ever gets tombstones back), so no
+//! probe has gone past it. Inserting takes the first EMPTY or DELETED bucket on the
 //! probe. Only EMPTY buckets taken count against the load (`growth_left`),
 //! so at least one bucket in eight stays EMPTY and every probe ends; when
-//! none may be taken, the table is rebuilt: at the same size if that
-//! leaves a quarter of the load free, else half as large again. Rebuilding
-//! needs every slot and its hash, which the caller gives (`all`: the index
-//! walks its slab and hashes each key).
+//! none may be taken, new buckets are made: the same number if that leaves
+//! a quarter of the load free, else half as many again.
+//!
+//! **Growing is incremental**, as Redis's dict rehashes: the old buckets
+//! stay, and each insert moves eight of their groups into the new ones (the
+//! caller recomputes each moved slot's hash from its key, `hash_of`),
+//! leaving tombstones so probes through the old buckets still go on. A
+//! lookup tries the new buckets, then the old; a removal takes the slot
+//! from whichever holds it. Moving a 2.2M-entry table at once stalled the
+//! insert that grew it for 63–298 ms; now no set in 3M takes over a
+//! millisecond (`cargo bench -p cachet-benches --bench growth`).
 
 use memmap2::MmapMut;
 
 /// Buckets in a group: one `u64` of control bytes.
 const GROUP: usize = 8;
-/// A bucket never used since the last rebuild.
-const EMPTY: u8 = 0xFF;
-/// A bucket whose slot was removed from a group that had been full.
-const DELETED: u8 = 0x80;
+/// A bucket never used since its table was made: zero, so a fresh map is
+/// all EMPTY without being written (and faulted in) up front.
+const EMPTY: u8 = 0x00;
+/// A bucket whose slot was removed from a group that had been full, or
+/// moved on by a migration.
+const DELETED: u8 = 0x01;
+/// The control byte of a full bucket: this bit and the hash's tag.
+const FULL: u8 = 0x80;
 /// Bytes of a slot.
 const SLOT: usize = 4;
+/// Groups an insert moves from the table being emptied, if any: a
+/// migration ends after `groups / MIGRATE` inserts, well before the new
+/// table can fill (it has room for a quarter of the old one's load more).
+/// Each moved slot's key is read to hash it, about 0.1 us, so an insert
+/// during a migration costs up to about 5 us more; the old table's memory
+/// stays until the last group has moved, so a short migration keeps the
+/// time both are held short (17K inserts when 1M entries outgrow theirs).
+const MIGRATE: usize = 8;
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
 
@@ -60,8 +77,8 @@ fn groups_for(items: usize) -> usize {
     items.div_ceil(GROUP - 1).max(1)
 }
 
-fn tag(hash: u64) -> u8 {
-    (hash & 0x7f) as u8
+fn ctrl_of(hash: u64) -> u8 {
+    FULL | (hash & 0x7f) as u8
 }
 
 /// The positions (0-7) of the bytes whose top bit a mask sets.
@@ -85,53 +102,59 @@ impl Iterator for Positions {
 struct Group(u64);
 
 impl Group {
-    /// Buckets whose byte may be `tag` (every real one, and rarely a full
-    /// bucket just above one).
-    fn matching(self, tag: u8) -> Positions {
-        let cmp = self.0 ^ (LO * u64::from(tag));
+    /// Buckets whose byte may be `ctrl` (every real one, and rarely a full
+    /// bucket just above one: only a byte of `ctrl ^ 1`, also full).
+    fn matching(self, ctrl: u8) -> Positions {
+        let cmp = self.0 ^ (LO * u64::from(ctrl));
         Positions(cmp.wrapping_sub(LO) & !cmp & HI)
     }
 
+    /// Whether a byte is EMPTY (zero). The zero-byte test can flag a byte
+    /// above a real zero, never without one, so the answer is exact.
     fn has_empty(self) -> bool {
-        self.0 & (self.0 << 1) & HI != 0
+        self.0.wrapping_sub(LO) & !self.0 & HI != 0
     }
 
-    /// The first EMPTY or DELETED bucket.
+    /// The first EMPTY or DELETED bucket (top bit clear).
     fn first_free(self) -> Option<usize> {
-        Positions(self.0 & HI).next()
+        Positions(!self.0 & HI).next()
+    }
+
+    fn full(self) -> Positions {
+        Positions(self.0 & HI)
     }
 }
 
-/// The table: `buckets` control bytes, then `buckets` slots (`u32`, native
-/// byte order), in one anonymous map of its own (advised to use huge pages
-/// once it spans one), so a rebuild gives the old table's memory straight
-/// back to the system: freed to the allocator, two large blocks stayed
-/// resident (5 B/entry more RSS at 1M entries than the allocator counted).
-pub(crate) struct SlotTable {
+/// One table: `buckets` control bytes, then `buckets` slots (`u32`, native
+/// byte order), in one anonymous map of its own, so dropping it gives its
+/// memory straight back to the system: freed to the allocator, two large
+/// blocks stayed resident (5 B/entry more RSS at 1M entries than the
+/// allocator counted). A table sized by `reserve` (replay's, made whole at
+/// once) is advised to use huge pages; one grown while serving is not, as
+/// for the arena's pages: its first touches come one insert at a time, and
+/// a 2 MiB huge page took 4.3 ms to fault in.
+struct Buckets {
     mem: MmapMut,
     groups: usize,
     len: usize,
-    /// EMPTY buckets that may still be taken before a rebuild.
+    /// EMPTY buckets that may still be taken.
     growth_left: usize,
 }
 
-impl Default for SlotTable {
-    fn default() -> SlotTable {
-        SlotTable::with_groups(1)
-    }
-}
-
-impl SlotTable {
-    fn with_groups(groups: usize) -> SlotTable {
+impl Buckets {
+    fn with_groups(groups: usize, huge: bool) -> Buckets {
         let buckets = groups * GROUP;
         let bytes = buckets * (1 + SLOT);
-        let mut mem = MmapMut::map_anon(bytes).unwrap_or_else(|e| panic!("mapping a {bytes}-byte hash table: {e}"));
-        if bytes >= 2 << 20 {
+        let mem = MmapMut::map_anon(bytes).unwrap_or_else(|e| panic!("mapping a {bytes}-byte hash table: {e}"));
+        if huge && bytes >= 2 << 20 {
             // Advice only: without huge pages the table still works.
             let _ = mem.advise(memmap2::Advice::HugePage);
         }
-        mem[..buckets].fill(EMPTY);
-        SlotTable { mem, groups, len: 0, growth_left: usable(buckets) }
+        Buckets { mem, groups, len: 0, growth_left: usable(buckets) }
+    }
+
+    fn buckets(&self) -> usize {
+        self.groups * GROUP
     }
 
     fn ctrl(&self, at: usize) -> u8 {
@@ -149,21 +172,6 @@ impl SlotTable {
         self.mem[from..from + SLOT].copy_from_slice(&slot.to_ne_bytes());
     }
 
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Bytes of the table's map.
-    #[cfg(any(test, feature = "testing"))]
-    pub(crate) fn mapped_bytes(&self) -> usize {
-        self.mem.len()
-    }
-
-    pub(crate) fn buckets(&self) -> usize {
-        self.groups * GROUP
-    }
-
     fn home(&self, hash: u64) -> usize {
         ((u128::from(hash) * self.groups as u128) >> 64) as usize
     }
@@ -178,12 +186,12 @@ impl SlotTable {
     }
 
     /// The bucket holding a slot with `hash` that `eq` accepts.
-    fn position(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<usize> {
-        let tag = tag(hash);
+    fn position(&self, hash: u64, eq: &mut impl FnMut(u32) -> bool) -> Option<usize> {
+        let ctrl = ctrl_of(hash);
         let mut g = self.home(hash);
         loop {
             let group = self.group(g);
-            for i in group.matching(tag) {
+            for i in group.matching(ctrl) {
                 let at = g * GROUP + i;
                 if eq(self.slot(at)) {
                     return Some(at);
@@ -196,46 +204,14 @@ impl SlotTable {
         }
     }
 
-    /// The slot with `hash` that `eq` accepts.
-    pub(crate) fn find(&self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        self.position(hash, eq).map(|at| self.slot(at))
-    }
-
-    /// Hints the CPU to fetch what a lookup of `hash` reads first: its home
-    /// group's control bytes and slots.
-    pub(crate) fn prefetch(&self, hash: u64) {
+    fn prefetch(&self, hash: u64) {
         let at = self.home(hash) * GROUP;
         prefetch(self.mem[at..].as_ptr());
         prefetch(self.mem[self.buckets() + at * SLOT..].as_ptr());
     }
 
-    /// Room for `additional` more slots without a rebuild. `all` gives
-    /// every slot in the table with its hash, should it need rebuilding.
-    pub(crate) fn reserve<I: IntoIterator<Item = (u32, u64)>>(&mut self, additional: usize, all: impl FnOnce() -> I) {
-        if additional > self.growth_left {
-            self.rebuild(additional, all);
-        }
-    }
-
-    /// Adds `slot`, whose key is not in the table. `all` gives every slot
-    /// already in the table with its hash, should it need rebuilding.
-    pub(crate) fn insert_unique<I: IntoIterator<Item = (u32, u64)>>(
-        &mut self,
-        hash: u64,
-        slot: u32,
-        all: impl FnOnce() -> I,
-    ) {
-        let mut at = self.free_bucket(hash);
-        if self.ctrl(at) == EMPTY && self.growth_left == 0 {
-            self.rebuild(1, all);
-            at = self.free_bucket(hash);
-        }
-        self.put(at, hash, slot);
-    }
-
-    /// Removes `slot` (found by its key's `hash`); false if it is not there.
-    pub(crate) fn remove(&mut self, hash: u64, slot: u32) -> bool {
-        let Some(at) = self.position(hash, |s| s == slot) else { return false };
+    /// Takes the slot out of bucket `at`.
+    fn clear(&mut self, at: usize) {
         if self.group(at / GROUP).has_empty() {
             self.mem[at] = EMPTY;
             self.growth_left += 1;
@@ -243,7 +219,6 @@ impl SlotTable {
             self.mem[at] = DELETED;
         }
         self.len -= 1;
-        true
     }
 
     /// The first EMPTY or DELETED bucket on `hash`'s probe.
@@ -257,52 +232,176 @@ impl SlotTable {
         }
     }
 
-    fn put(&mut self, at: usize, hash: u64, slot: u32) {
+    /// Whether a slot with `hash` can go in without taking an EMPTY bucket
+    /// past the load.
+    fn has_room_for(&self, hash: u64) -> bool {
+        self.growth_left > 0 || self.ctrl(self.free_bucket(hash)) != EMPTY
+    }
+
+    fn put(&mut self, hash: u64, slot: u32) {
+        let at = self.free_bucket(hash);
         if self.ctrl(at) == EMPTY {
+            // Past the load, a probe could find no EMPTY byte and never end.
+            assert!(self.growth_left > 0, "a hash table bucket taken past its load");
             self.growth_left -= 1;
         }
-        self.set(at, tag(hash), slot);
+        self.set(at, ctrl_of(hash), slot);
         self.len += 1;
     }
 
-    /// Moves every slot into a new table with room for `additional` more:
-    /// the same size when that leaves a quarter of it free (tombstones
-    /// filled this one; the next rebuild is then at least a quarter of its
-    /// load away, so rebuilding costs O(1) a write), else half as large
-    /// again, or larger if `additional` asks for it.
+    /// Moves the slots of group `g` into `to` (each re-hashed by
+    /// `hash_of`), leaving tombstones, so probes that pass through it here
+    /// still go on.
+    fn move_group(&mut self, g: usize, to: &mut Buckets, hash_of: &impl Fn(u32) -> u64) {
+        for i in self.group(g).full() {
+            let at = g * GROUP + i;
+            to.put(hash_of(self.slot(at)), self.slot(at));
+            self.mem[at] = DELETED;
+            self.len -= 1;
+        }
+    }
+}
+
+/// The table the index uses: the buckets new slots go into and, while it
+/// grows, the old buckets being emptied into them (see the module docs).
+pub(crate) struct SlotTable {
+    cur: Buckets,
+    /// The old buckets and the next of their groups to move.
+    old: Option<(Buckets, usize)>,
+}
+
+impl Default for SlotTable {
+    fn default() -> SlotTable {
+        SlotTable { cur: Buckets::with_groups(1, false), old: None }
+    }
+}
+
+impl SlotTable {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.cur.len + self.old.as_ref().map_or(0, |(o, _)| o.len)
+    }
+
+    /// Bytes of the table's maps.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.cur.mem.len() + self.old.as_ref().map_or(0, |(o, _)| o.mem.len())
+    }
+
+    /// Buckets of the table new slots go into.
+    #[cfg(test)]
+    pub(crate) fn buckets(&self) -> usize {
+        self.cur.buckets()
+    }
+
+    /// The slot with `hash` that `eq` accepts.
+    pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        if let Some(at) = self.cur.position(hash, &mut eq) {
+            return Some(self.cur.slot(at));
+        }
+        let (old, _) = self.old.as_ref()?;
+        old.position(hash, &mut eq).map(|at| old.slot(at))
+    }
+
+    /// Hints the CPU to fetch what a lookup of `hash` reads first: its home
+    /// group's control bytes and slots (in both tables while it grows).
+    pub(crate) fn prefetch(&self, hash: u64) {
+        self.cur.prefetch(hash);
+        if let Some((old, _)) = &self.old {
+            old.prefetch(hash);
+        }
+    }
+
+    /// Room for `additional` more slots without growing, made now, all at
+    /// once (replay calls it first, on an empty table). `hash_of` gives the
+    /// hash of a slot in the table.
+    pub(crate) fn reserve(&mut self, additional: usize, hash_of: impl Fn(u32) -> u64) {
+        self.finish(&hash_of);
+        if additional > self.cur.growth_left {
+            self.start(additional, true, &hash_of);
+            self.finish(&hash_of);
+        }
+    }
+
+    /// Adds `slot`, whose key is not in the table. `hash_of` gives the hash
+    /// of a slot already in the table, for moving it.
+    pub(crate) fn insert_unique(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) {
+        self.step(&hash_of);
+        if !self.cur.has_room_for(hash) {
+            self.start(1, false, &hash_of);
+        }
+        self.cur.put(hash, slot);
+    }
+
+    /// Removes `slot` (found by its key's `hash`); false if it is not there.
+    pub(crate) fn remove(&mut self, hash: u64, slot: u32) -> bool {
+        let mut is = |s| s == slot;
+        if let Some(at) = self.cur.position(hash, &mut is) {
+            self.cur.clear(at);
+            return true;
+        }
+        match &mut self.old {
+            Some((old, _)) => match old.position(hash, &mut is) {
+                Some(at) => {
+                    old.clear(at);
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        }
+    }
+
+    /// Starts moving every slot into new buckets with room for `additional`
+    /// more: the same size when that leaves a quarter of the load free
+    /// (tombstones filled this one; the next one is then at least a quarter
+    /// of its load away, so moving costs O(1) a write), else half as large
+    /// again, or larger if `additional` asks for it. The old buckets are
+    /// emptied `MIGRATE` groups per insert, so no insert waits for the
+    /// whole table (a growing table of 2.2M entries took 63 ms in one
+    /// insert when it moved at once).
     ///
-    /// The slots come from `all`, not from this table's buckets: the index
-    /// walks its slab in order, whose items lie in the arena in about the
-    /// order they were written, so reading each key to hash it is a
-    /// sequential read, where the buckets' order made it a cache miss per
-    /// key (a rebuild at 2.2M entries stalled the writer 298 ms that way).
-    /// Inserts go in batches whose groups are prefetched first.
-    fn rebuild<I: IntoIterator<Item = (u32, u64)>>(&mut self, additional: usize, all: impl FnOnce() -> I) {
-        const BATCH: usize = 16;
-        let need = self.len + additional;
-        let room = usable(self.buckets());
+    /// A migration ends before the new buckets can fill: they have room for
+    /// a quarter of the old load more than the old buckets held, and the
+    /// old ones hold a seventh of their load in groups, `MIGRATE` moved per
+    /// insert.
+    /// Should one still be running, its rest moves into the new buckets now.
+    fn start(&mut self, additional: usize, huge: bool, hash_of: &impl Fn(u32) -> u64) {
+        let leftover = self.old.as_ref().map_or(0, |(o, _)| o.len);
+        let need = self.cur.len + leftover + additional;
+        let room = usable(self.cur.buckets());
         let target = if need <= room - room / 4 { room } else { need.max(room + room / 2) };
-        let mut new = SlotTable::with_groups(groups_for(target));
-        let mut batch = [(0, 0); BATCH];
-        let mut n = 0;
-        let put = |new: &mut SlotTable, batch: &[(u32, u64)]| {
-            for &(slot, hash) in batch {
-                let to = new.free_bucket(hash);
-                new.put(to, hash, slot);
-            }
-        };
-        for (slot, hash) in all() {
-            new.prefetch(hash);
-            batch[n] = (slot, hash);
-            n += 1;
-            if n == BATCH {
-                put(&mut new, &batch);
-                n = 0;
+        let mut new = Buckets::with_groups(groups_for(target), huge);
+        if let Some((mut old, next)) = self.old.take() {
+            for g in next..old.groups {
+                old.move_group(g, &mut new, hash_of);
             }
         }
-        put(&mut new, &batch[..n]);
-        assert_eq!(new.len, self.len, "a rebuild is given exactly the slots in the table");
-        *self = new;
+        let old = std::mem::replace(&mut self.cur, new);
+        self.old = Some((old, 0));
+        self.step(hash_of);
+    }
+
+    /// Moves the next `MIGRATE` groups of the old buckets, if any; drops
+    /// them once empty.
+    fn step(&mut self, hash_of: &impl Fn(u32) -> u64) {
+        let Some((old, next)) = &mut self.old else { return };
+        let end = (*next + MIGRATE).min(old.groups);
+        for g in *next..end {
+            old.move_group(g, &mut self.cur, hash_of);
+        }
+        *next = end;
+        if end == old.groups {
+            debug_assert_eq!(old.len, 0, "every slot moved");
+            self.old = None;
+        }
+    }
+
+    /// Moves whatever is left of the old buckets.
+    fn finish(&mut self, hash_of: &impl Fn(u32) -> u64) {
+        while self.old.is_some() {
+            self.step(hash_of);
+        }
     }
 }
 
@@ -334,14 +433,16 @@ mod tests {
             let hash = h(key);
             if insert {
                 if t.find(hash, |s| s == key).is_none() {
-                    t.insert_unique(hash, key, || model.keys().map(|&k| (k, h(k))));
+                    t.insert_unique(hash, key, h);
                 }
                 model.insert(key, ());
             } else {
                 assert_eq!(t.remove(hash, key), model.remove(&key).is_some(), "remove {key}");
             }
             assert_eq!(t.len(), model.len());
-            assert!(t.growth_left + t.len <= usable(t.buckets()), "the load stays under 7/8");
+            for b in [Some(&t.cur), t.old.as_ref().map(|(o, _)| o)].into_iter().flatten() {
+                assert!(b.growth_left + b.len <= usable(b.buckets()), "the load stays under 7/8");
+            }
         }
         for key in 0..512 {
             assert_eq!(t.find(h(key), |s| s == key).is_some(), model.contains_key(&key), "key {key}");
@@ -385,13 +486,13 @@ mod tests {
         // rebuilt, growing once at most (the live count at the rebuild may
         // be near the whole load), then in place.
         let mut t = SlotTable::default();
-        t.reserve(1000, std::iter::empty);
+        t.reserve(1000, mix);
         let first = t.buckets();
         let mut sizes = Vec::new();
         for round in 0..50u32 {
             for k in 0..1000 {
                 let first = round * 1000;
-                t.insert_unique(mix(first + k), first + k, || (first..first + k).map(|x| (x, mix(x))));
+                t.insert_unique(mix(first + k), first + k, mix);
             }
             for k in 0..1000 {
                 assert!(t.remove(mix(round * 1000 + k), round * 1000 + k));
@@ -405,13 +506,39 @@ mod tests {
     #[test]
     fn reserve_sizes_the_table_to_seven_eighths() {
         let mut t = SlotTable::default();
-        t.reserve(1_000_000, std::iter::empty);
+        t.reserve(1_000_000, mix);
         assert_eq!(t.buckets(), 1_142_864);
         for k in 0..1_000_000 {
-            t.insert_unique(mix(k), k, || (0..k).map(|x| (x, mix(x))));
+            t.insert_unique(mix(k), k, mix);
         }
         assert_eq!(t.buckets(), 1_142_864, "no rebuild after a reserve");
         assert!((0..1_000_000).step_by(997).all(|k| t.find(mix(k), |s| s == k) == Some(k)));
+    }
+
+    #[test]
+    fn a_growing_table_moves_a_few_groups_per_insert() {
+        let mut t = SlotTable::default();
+        let mut k = 0;
+        let mut migrations = 0;
+        while k < 200_000 {
+            t.insert_unique(mix(k), k, mix);
+            k += 1;
+            if let Some((old, _)) = &t.old {
+                migrations += 1;
+                let groups = old.groups;
+                let mut inserts = 0;
+                while t.old.is_some() {
+                    t.insert_unique(mix(k), k, mix);
+                    k += 1;
+                    inserts += 1;
+                    // Meanwhile every key is in one table or the other.
+                    assert_eq!(t.find(mix(k / 2), |s| s == k / 2), Some(k / 2));
+                }
+                assert_eq!(inserts, (groups - MIGRATE).div_ceil(MIGRATE), "{MIGRATE} groups an insert");
+            }
+        }
+        assert!(migrations >= 8, "{migrations}");
+        assert!((0..k).all(|k| t.find(mix(k), |s| s == k) == Some(k)));
     }
 
     #[test]
@@ -419,7 +546,7 @@ mod tests {
         let mut t = SlotTable::default();
         let mut sizes = vec![t.buckets()];
         for k in 0..10_000 {
-            t.insert_unique(mix(k), k, || (0..k).map(|x| (x, mix(x))));
+            t.insert_unique(mix(k), k, mix);
             if t.buckets() != *sizes.last().unwrap() {
                 sizes.push(t.buckets());
             }

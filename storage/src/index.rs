@@ -656,6 +656,50 @@ mod tests {
     }
 
     #[test]
+    fn keys_come_and_go_while_the_table_grows_and_shrinks() {
+        // Thousands of keys inserted and removed at random, so the table
+        // moves its buckets (growing, and in place after tombstones) many
+        // times, with removals and reused slots in the middle of a move;
+        // every key is checked against a set throughout.
+        let mut ix = Index::new(PAGE_BYTES);
+        let mut live = std::collections::HashMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..200_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // The key space widens and narrows, so the live count rises
+            // and falls through several table sizes.
+            let span = 1 + (u64::from(round) * 7 % 6000);
+            let key = (x % span).to_le_bytes();
+            if x >> 62 == 0 {
+                if let Some(slot) = live.remove(&key) {
+                    assert_eq!(ix.find(&key), Some(slot));
+                    ix.remove_slot(slot);
+                }
+            } else {
+                let (slot, inserted) = ix.find_or_insert(&key, b"v", 0, SegmentId(1));
+                assert_eq!(inserted, !live.contains_key(&key));
+                assert_eq!(*live.entry(key).or_insert(slot), slot);
+            }
+            if round % 4999 == 0 {
+                for (key, &slot) in &live {
+                    assert_eq!(ix.find(key), Some(slot));
+                }
+                assert_eq!(ix.len(), live.len());
+            }
+        }
+        for (key, &slot) in &live {
+            assert_eq!(ix.find(key), Some(slot));
+        }
+        for k in 0..6000u64 {
+            if !live.contains_key(&k.to_le_bytes()) {
+                assert_eq!(ix.find(&k.to_le_bytes()), None, "removed keys stay gone");
+            }
+        }
+    }
+
+    #[test]
     fn reclaim_keeps_every_live_entry_and_frees_dead_pages() {
         let mut ix = Index::new(PAGE_BYTES);
         let value = [9u8; 200];

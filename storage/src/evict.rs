@@ -67,12 +67,7 @@ impl S3Fifo {
         if self.small.len() + self.main.len() <= 2 * index.len() + 1024 {
             return;
         }
-        let valid = |main: bool| {
-            move |h: &Handle| {
-                let (slot, generation) = h.parts();
-                index.get_gen(slot, generation).is_some_and(|e| e.in_main() == main)
-            }
-        };
+        let valid = |main: bool| move |&h: &Handle| index.get(h).is_some_and(|e| e.in_main() == main);
         self.small.retain(valid(false));
         self.main.retain(valid(true));
         Self::fit(&mut self.small);
@@ -103,7 +98,7 @@ impl S3Fifo {
         let e = index.entry_mut(slot);
         e.set_freq(0);
         e.set_in_main(to_main);
-        let handle = Handle::new(slot, e.generation());
+        let handle = index.handle(slot);
         if to_main {
             self.main.push_back(handle);
             self.main_bytes += size;
@@ -144,9 +139,10 @@ impl S3Fifo {
             let total = self.small_bytes + self.main_bytes;
             let from_small = !self.small.is_empty() && (self.small_bytes * 10 >= total || self.main.is_empty());
             if from_small {
-                let (slot, generation) = self.small.pop_front()?.parts();
+                let handle = self.small.pop_front()?;
                 Self::fit(&mut self.small);
-                let Some(e) = index.get_gen(slot, generation) else { continue };
+                let Some(e) = index.get(handle) else { continue };
+                let slot = handle.slot();
                 if e.in_main() {
                     continue;
                 }
@@ -157,23 +153,24 @@ impl S3Fifo {
                     let e = index.entry_mut(slot);
                     e.set_in_main(true);
                     e.set_freq(0);
-                    self.main.push_back(Handle::new(slot, generation));
+                    self.main.push_back(handle);
                     continue;
                 }
                 let hash = index.hash(e.key());
                 self.remember(hash, index.len());
                 return Some(slot);
             }
-            let (slot, generation) = self.main.pop_front()?.parts();
+            let handle = self.main.pop_front()?;
             Self::fit(&mut self.main);
-            let Some(e) = index.get_gen(slot, generation) else { continue };
+            let Some(e) = index.get(handle) else { continue };
+            let slot = handle.slot();
             if !e.in_main() {
                 continue;
             }
             let f = e.freq();
             if f > 0 {
                 index.entry_mut(slot).set_freq(f - 1);
-                self.main.push_back(Handle::new(slot, generation));
+                self.main.push_back(handle);
                 continue;
             }
             return Some(slot);

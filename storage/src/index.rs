@@ -2,13 +2,13 @@
 //! entries, whose keys and values live in the arena's pages.
 //!
 //! The table ([`SlotTable`]) stores only a `u32` slot number per key (its
-//! hash is recomputed from the key when the table is rebuilt). An entry is
-//! 18 bytes: where its item is ([`Loc`], 6), its flags and a 12-bit
-//! generation (2), its deadline (6: 48-bit unix ms) and the log segment of
-//! its set record (4). A 16-byte key with a 100-byte value so costs its
-//! 118-byte item, the 18-byte entry and 5.7 to 8.6 bytes of table (a `u32` and a control byte
-//! per bucket, at a load between 7/12 and 7/8; a table sized by replay
-//! starts at 7/8). Timers and eviction
+//! hash is recomputed from the key when the table grows). An entry is 18
+//! bytes: where its item is ([`Loc`], 6), its flags and a 12-bit generation
+//! (2), its deadline (6: 48-bit unix ms) and the log segment of its set
+//! record (4). A 16-byte key with a 100-byte value so costs its 118-byte
+//! item, the 18-byte entry and 5.7 to 8.6 bytes of table (a `u32` and a
+//! control byte per bucket, at a load between 7/12 and 7/8; a table sized
+//! by replay starts at 7/8). Timers and eviction
 //! queues refer to entries by `(slot, generation)`; the generation changes
 //! whenever a slot gets a new entry, which is how the wheel and the queues
 //! cancel lazily.
@@ -62,6 +62,15 @@ fn unpack48([a, b, c]: [u16; 3]) -> u64 {
     u64::from(a) | (u64::from(b) << 16) | (u64::from(c) << 32)
 }
 
+/// Packs `n` as two `u16`s, low first.
+fn pack32(n: u32) -> [u16; 2] {
+    [n as u16, (n >> 16) as u16]
+}
+
+fn unpack32([a, b]: [u16; 2]) -> u32 {
+    u32::from(a) | (u32::from(b) << 16)
+}
+
 impl Entry {
     fn empty(segment: SegmentId) -> Entry {
         let mut e = Entry { loc: [0; 3], meta: 0, expires: [0; 3], segment: [0; 2] };
@@ -90,11 +99,11 @@ impl Entry {
 
     /// The segment holding this entry's set record.
     pub(crate) fn segment(&self) -> SegmentId {
-        SegmentId(u32::from(self.segment[0]) | (u32::from(self.segment[1]) << 16))
+        SegmentId(unpack32(self.segment))
     }
 
     pub(crate) fn set_segment(&mut self, id: SegmentId) {
-        self.segment = [id.0 as u16, (id.0 >> 16) as u16];
+        self.segment = pack32(id.0);
     }
 
     /// The slot's generation (12 bits, wrapping). A handle that outlived
@@ -147,20 +156,23 @@ impl Entry {
 /// A reference to an entry that outlives it: `(slot, generation)` in six
 /// bytes (a `u32` and the 12-bit generation in a `u16`, aligned to 2), which
 /// is what the wheel keeps per timer and S3-FIFO per queued entry. A handle
-/// matches only while its slot holds the same entry (see [`Index::get_gen`]).
+/// matches only while its slot holds the same entry (see [`Index::get`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Handle([u16; 3]);
 
 impl Handle {
-    pub(crate) fn new(slot: u32, generation: u32) -> Handle {
+    fn new(slot: u32, generation: u32) -> Handle {
         debug_assert!(generation <= u32::from(GEN_MASK));
-        Handle([slot as u16, (slot >> 16) as u16, generation as u16])
+        let [lo, hi] = pack32(slot);
+        Handle([lo, hi, generation as u16])
     }
 
-    /// `(slot, generation)`.
-    pub(crate) fn parts(self) -> (u32, u32) {
-        let [lo, hi, generation] = self.0;
-        (u32::from(lo) | (u32::from(hi) << 16), u32::from(generation))
+    pub(crate) fn slot(self) -> u32 {
+        unpack32([self.0[0], self.0[1]])
+    }
+
+    fn generation(self) -> u32 {
+        u32::from(self.0[2])
     }
 }
 
@@ -370,10 +382,15 @@ impl Index {
         &mut self.entries[slot as usize]
     }
 
-    /// The entry at `slot` if it is occupied and still has `generation`.
-    pub(crate) fn get_gen(&self, slot: u32, generation: u32) -> Option<EntryRef<'_>> {
-        let e = self.entries.get(slot as usize)?;
-        (!e.is_free() && e.generation() == generation).then(|| self.view(e))
+    /// A handle on the occupied entry at `slot`, for a timer or a queue.
+    pub(crate) fn handle(&self, slot: u32) -> Handle {
+        Handle::new(slot, self.entries[slot as usize].generation())
+    }
+
+    /// The entry `handle` names, if its slot still holds it.
+    pub(crate) fn get(&self, handle: Handle) -> Option<EntryRef<'_>> {
+        let e = self.entries.get(handle.slot() as usize)?;
+        (!e.is_free() && e.generation() == handle.generation()).then(|| self.view(e))
     }
 
     /// Gives an existing entry (whose key is `key`) a new value; returns the
@@ -574,10 +591,10 @@ mod tests {
         ix.replace_value(a, b"a", b"one");
         assert_eq!(ix.entry(a).value(), b"one");
         assert_eq!(ix.entry(a).key(), b"a");
-        let g = ix.entry(a).generation();
+        let (g, h) = (ix.entry(a).generation(), ix.handle(a));
         ix.remove_slot(a);
         assert_eq!(ix.find(b"a"), None);
-        assert!(ix.get_gen(a, g).is_none());
+        assert!(ix.get(h).is_none());
         let c = ix.insert_new(b"c", b"", 0, SegmentId(2));
         assert_eq!(c, a, "free slot reused");
         assert_ne!(ix.entry(c).generation(), g);
@@ -644,7 +661,8 @@ mod tests {
     #[test]
     fn a_handle_keeps_its_slot_and_generation() {
         for (slot, generation) in [(0, 0), (u32::MAX, u32::from(GEN_MASK)), (0x1234_5678, 0xabc), (1 << 16, 1)] {
-            assert_eq!(Handle::new(slot, generation).parts(), (slot, generation));
+            let h = Handle::new(slot, generation);
+            assert_eq!((h.slot(), h.generation()), (slot, generation));
         }
         assert_eq!(std::mem::size_of::<Handle>(), 6);
     }

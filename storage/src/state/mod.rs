@@ -285,8 +285,7 @@ impl State {
         if new == 0 || (old != 0 && old <= new) {
             return;
         }
-        let generation = self.index.entry(slot).generation();
-        self.wheel.insert(new, Handle::new(slot, generation));
+        self.wheel.insert(new, self.index.handle(slot));
     }
 
     /// Removes an entry without logging it (expiry, eviction, undo); returns
@@ -340,10 +339,7 @@ impl State {
             let mut out = Vec::new();
             self.wheel.poll(
                 now,
-                |h: &Timer| {
-                    let (slot, generation) = h.parts();
-                    index.get_gen(slot, generation).and_then(|e| (e.expires() != 0).then_some(e.expires()))
-                },
+                |&h: &Timer| index.get(h).and_then(|e| (e.expires() != 0).then_some(e.expires())),
                 &mut out,
             );
             self.due.extend(out);
@@ -351,10 +347,9 @@ impl State {
         let mut removed = 0;
         while removed < budget {
             let Some(handle) = self.due.pop_front() else { break };
-            let (slot, generation) = handle.parts();
-            let Some(e) = self.index.get_gen(slot, generation) else { continue };
+            let Some(e) = self.index.get(handle) else { continue };
             if e.expires() != 0 && e.expires() <= now {
-                self.remove(slot);
+                self.remove(handle.slot());
                 self.stats.expired += 1;
                 removed += 1;
             } else if e.expires() != 0 {

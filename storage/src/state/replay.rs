@@ -2,7 +2,6 @@
 //! ends replay.
 
 use super::{Placed, State, Timers};
-use crate::index::Handle;
 use crate::record::{Record, SegmentId};
 use crate::wheel::Wheel;
 
@@ -58,7 +57,7 @@ impl State {
                 if e.expires() <= now {
                     expired.push(slot);
                 } else {
-                    self.wheel.insert(e.expires(), Handle::new(slot, e.generation()));
+                    self.wheel.insert(e.expires(), self.index.handle(slot));
                 }
             }
         }

@@ -1,12 +1,15 @@
 //! Engine micro-benchmarks: set/get through the channel (1 and 4 submitting
 //! threads, many requests in flight so the writer batches), replay of a
-//! 1M-record log, the record codec, the timer wheel, and MessagePack values.
+//! 1M-record log, the record codec, the timer wheel, expiry of 1M entries as
+//! the writer does it, and MessagePack values.
 
 use std::time::{Duration, Instant};
 
 use cachet_benches::{key16, value100, write_log};
 use cachet_storage::record::{self, Record, SegmentId, Seq};
-use cachet_storage::{Command, Config, Encoding, Engine, SyncPolicy, Ttl, UnixMillis, Wheel};
+use cachet_storage::{
+    Command, Config, Encoding, Engine, Limits, NullSink, State, SyncPolicy, Ttl, UnixMillis, Wheel, testing,
+};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 // The daemon's allocator, so the figures match what cachetd does.
@@ -158,6 +161,42 @@ fn wheel(c: &mut Criterion) {
     g.finish();
 }
 
+/// 1M entries with TTLs spread over 300 s (Django's default timeout), set
+/// in an order unrelated to their deadlines, as a cache's slots are reused;
+/// then the clock moves on 1 ms at a time to past the last deadline, and
+/// after each step the writer's expiry call runs with its budget (1000).
+/// One element is one entry expired.
+fn expiry(c: &mut Criterion) {
+    let mut g = c.benchmark_group("expiry");
+    g.sample_size(10);
+    let n = 1_000_000u64;
+    let start = 1_700_000_000_000u64;
+    g.throughput(Throughput::Elements(n));
+    g.bench_function("steady_1M_over_300s", |b| {
+        b.iter_batched(
+            || {
+                let mut state = State::new(Limits::default(), start);
+                for i in 0..n {
+                    let ttl = Ttl::Millis(1 + (i * 2_654_435_761) % 300_000);
+                    let set = Command::Set { key: key16(i), value: value100(i), ttl };
+                    testing::apply(&mut state, &set, start, &mut NullSink).unwrap();
+                }
+                state
+            },
+            |mut state| {
+                let mut removed = 0;
+                for now in start + 1..=start + 300_001 {
+                    removed += testing::expire(&mut state, now, 1000);
+                }
+                assert_eq!(removed, n as usize);
+                state
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
 fn msgpack(c: &mut Criterion) {
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Profile {
@@ -182,5 +221,5 @@ fn msgpack(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, channel_ops, replay, codec, wheel, msgpack);
+criterion_group!(benches, channel_ops, replay, codec, wheel, expiry, msgpack);
 criterion_main!(benches);

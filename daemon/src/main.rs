@@ -4,7 +4,7 @@
 //!
 //! mimalloc is the allocator (per-request buffers are its work now that
 //! items live in the arena). It is built with `no_thp`: advised into
-//! transparent huge pages, its heap (slab, table, wheel) kept whole 2 MiB
+//! transparent huge pages, its heap (slab, timers, queues) kept whole 2 MiB
 //! pages resident around what it had freed or barely touched, 15 MB more
 //! RSS at 1M keys with a TTL. The item arena advises huge pages for itself.
 

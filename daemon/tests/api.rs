@@ -153,7 +153,7 @@ async fn timeouts_zero_never_fractional() {
     .await;
     assert!(t0.elapsed() >= Duration::from_millis(1200));
     assert!(c.has_key("forever").await.unwrap());
-    eventually(Duration::from_secs(15), "the wheel removes expired entries", || async {
+    eventually(Duration::from_secs(15), "expiry removes expired entries without a read", || async {
         c.stats().await.unwrap().entries == 1
     })
     .await;

@@ -8,10 +8,10 @@
 //! record (4). A 16-byte key with a 100-byte value so costs its 118-byte
 //! item, the 18-byte entry and 5.7 to 8.6 bytes of table (a `u32` and a
 //! control byte per bucket, at a load between 7/12 and 7/8; a table sized
-//! by replay starts at 7/8). Timers and eviction
-//! queues refer to entries by `(slot, generation)`; the generation changes
-//! whenever a slot gets a new entry, which is how the wheel and the queues
-//! cancel lazily.
+//! by replay starts at 7/8). Expiry timers name groups of slots, not
+//! entries (`timers`). Eviction queues refer to entries by `(slot,
+//! generation)`; the generation changes whenever a slot gets a new entry,
+//! which is how the queues cancel lazily.
 //!
 //! An overwritten or removed entry's item stays in its page, dead, until
 //! [`Index::reclaim`] moves the live items out of the emptiest page (in
@@ -107,8 +107,8 @@ impl Entry {
     }
 
     /// The slot's generation (12 bits, wrapping). A handle that outlived
-    /// 4096 reuses of its slot may match again; timers and queue handles
-    /// then only look at an entry early, which they check anyway.
+    /// 4096 reuses of its slot may match again; a queue handle then only
+    /// looks at an entry early, which it checks anyway.
     pub(crate) fn generation(&self) -> u32 {
         u32::from(self.meta & GEN_MASK)
     }
@@ -137,7 +137,7 @@ impl Entry {
         self.meta = (self.meta & !TEXT_BIT) | if encoding == Encoding::Text { TEXT_BIT } else { 0 };
     }
 
-    /// A new entry in this slot: old timers and queue handles stop matching
+    /// A new entry in this slot: old queue handles stop matching
     /// (and its flags start clear).
     pub(crate) fn new_generation(&mut self) {
         self.meta = ((self.meta & GEN_MASK) + 1) & GEN_MASK;
@@ -155,7 +155,7 @@ impl Entry {
 
 /// A reference to an entry that outlives it: `(slot, generation)` in six
 /// bytes (a `u32` and the 12-bit generation in a `u16`, aligned to 2), which
-/// is what the wheel keeps per timer and S3-FIFO per queued entry. A handle
+/// is what S3-FIFO keeps per queued entry. A handle
 /// matches only while its slot holds the same entry (see [`Index::get`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Handle([u16; 3]);
@@ -212,8 +212,9 @@ pub(crate) fn blob_len(key: &[u8], value: &[u8]) -> usize {
     item_len(key.len(), value.len())
 }
 
-/// Entries per slab chunk after the first: 2^16 (1.5 MiB of entries).
-const CHUNK_BITS: u32 = 16;
+/// Entries per slab chunk after the first: 2^14 (288 KiB of entries).
+const CHUNK_BITS: u32 = 14;
+const _: () = assert!(crate::timers::GROUP_SLOTS as usize <= 1 << CHUNK_BITS, "a slot group lies within a chunk");
 const CHUNK: usize = 1 << CHUNK_BITS;
 
 /// The slab: entries in chunks of `CHUNK`, so it grows without copying
@@ -382,7 +383,7 @@ impl Index {
         &mut self.entries[slot as usize]
     }
 
-    /// A handle on the occupied entry at `slot`, for a timer or a queue.
+    /// A handle on the occupied entry at `slot`, for an eviction queue.
     pub(crate) fn handle(&self, slot: u32) -> Handle {
         Handle::new(slot, self.entries[slot as usize].generation())
     }
@@ -512,10 +513,31 @@ impl Index {
         self.entries.get(slot as usize).filter(|e| !e.is_free()).map(|e| self.view(e))
     }
 
-    /// The deadlines of the occupied slots (0 for none), without reading
+    /// The occupied slots and their deadlines (0 for none), without reading
     /// their items.
-    pub(crate) fn deadlines(&self) -> impl Iterator<Item = u64> + '_ {
-        self.entries.iter().filter(|e| !e.is_free()).map(Entry::expires)
+    pub(crate) fn deadlines(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.entries.iter().enumerate().filter(|(_, e)| !e.is_free()).map(|(i, e)| (i as u32, e.expires()))
+    }
+
+    /// Looks at the slots in `slots` (within one slab chunk) as expiry does:
+    /// pushes onto `due` those whose entry's deadline is at or before `now`,
+    /// and returns the earliest deadline after `now` among the others (0
+    /// for none). Reads only the slab, in order.
+    pub(crate) fn scan_deadlines(&self, slots: std::ops::Range<u32>, now: u64, due: &mut Vec<u32>) -> u64 {
+        let Some(chunk) = self.entries.chunks.get((slots.start >> CHUNK_BITS) as usize) else { return 0 };
+        let first = slots.start as usize & (CHUNK - 1);
+        let within = chunk.get(first..first + slots.len()).expect("a slot group lies within one slab chunk");
+        let mut next = u64::MAX;
+        for (slot, e) in slots.zip(within) {
+            let at = e.expires();
+            if at > now {
+                next = next.min(at);
+            } else if at != 0 && !e.is_free() {
+                // (A free slot's deadline field holds the free list's link.)
+                due.push(slot);
+            }
+        }
+        if next == u64::MAX { 0 } else { next }
     }
 
     /// Occupied slots, for compaction and checks.

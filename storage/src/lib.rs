@@ -18,6 +18,7 @@ mod replay;
 mod segment;
 mod state;
 mod table;
+mod timers;
 mod wheel;
 
 pub use budget::ReplyBudget;

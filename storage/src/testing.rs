@@ -12,6 +12,12 @@ pub fn apply(state: &mut State, cmd: &Command, now: u64, sink: &mut NullSink) ->
     state.apply(cmd, now, sink)
 }
 
+/// Removes up to `budget` entries due at `now` (as the writer does after
+/// each batch); returns how many it removed.
+pub fn expire(state: &mut State, now: u64, budget: usize) -> usize {
+    state.expire(now, budget)
+}
+
 /// Replays a data directory into a fresh state at `now`.
 pub fn replay(dir: &std::path::Path, state: &mut State, now: u64) -> crate::Result<crate::ReplayReport> {
     crate::replay::replay_into(dir, state, now, |_| {})

@@ -201,7 +201,7 @@ fn an_expired_set_after_a_long_lived_one_is_not_resurrected() {
     h.call_blocking(Command::Set { key: b"t".to_vec(), value: b"old".to_vec(), ttl: Ttl::Never }).unwrap();
     h.call_blocking(Command::Touch { key: b"t".to_vec(), ttl: Ttl::Millis(10) }).unwrap();
     clock.advance(20);
-    // Let the wheel remove both (which writes nothing to the log).
+    // Let their timers remove both (which writes nothing to the log).
     h.call_blocking(Command::Stats).unwrap();
     drop(h);
     engine.shutdown().unwrap();

@@ -1,4 +1,4 @@
-//! Where commands run. The writer (the index, the wheel, the log) sits
+//! Where commands run. The writer (the index, the timers, the log) sits
 //! behind one lock, and two kinds of threads take it:
 //!
 //! - the caller's own thread, for a request under `everysec` or `never`:

@@ -3,7 +3,7 @@
 
 use super::command::{ExpireWhen, Expiry, When};
 use super::undo::{Cleared, Undo};
-use super::{Command, Placed, Reply, Sink, State, Timers, decode_int};
+use super::{Command, Placed, PutMode, Reply, Sink, State, decode_int};
 use crate::Ttl;
 use crate::error::{Error, Result};
 use crate::evict::S3Fifo;
@@ -11,7 +11,7 @@ use crate::index::blob_len;
 use crate::keyspace;
 use crate::record::Encoding;
 use crate::record::Record;
-use crate::wheel::Wheel;
+use crate::timers::GroupTimers;
 
 impl State {
     /// Applies one command at time `now` (unix ms).
@@ -253,7 +253,7 @@ impl State {
             Some(expires) => {
                 self.make_room(key, blob_len(key, value), now)?;
                 let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires), encoding });
-                self.put(key, value, Placed { expires, segment, encoding }, Timers::Arm { now });
+                self.put(key, value, Placed { expires, segment, encoding }, PutMode::Live { now });
                 self.stats.sets += 1;
             }
         }
@@ -287,8 +287,7 @@ impl State {
         let fresh_index = self.index.new_like();
         let before = Cleared {
             index: std::mem::replace(&mut self.index, fresh_index),
-            wheel: std::mem::replace(&mut self.wheel, Wheel::new(now)),
-            due: std::mem::take(&mut self.due),
+            timers: std::mem::replace(&mut self.timers, GroupTimers::new(now)),
             live_by_segment: std::mem::take(&mut self.live_by_segment),
             evict: std::mem::replace(&mut self.evict, fresh_evict),
         };
@@ -317,7 +316,7 @@ impl State {
         let old = e.expires();
         e.set_expires(expires);
         self.log_undo(Undo::Expiry { slot, expires: old });
-        self.arm(slot, old, expires);
+        self.arm(slot, expires);
     }
 
     pub(super) fn incr(&mut self, key: &[u8], delta: i64, now: u64, sink: &mut impl Sink) -> Result<i64> {
@@ -333,7 +332,7 @@ impl State {
         rmp::encode::write_sint(&mut value, next).expect("writing to a Vec cannot fail");
         let (expires, encoding) = (e.expires(), Encoding::MessagePack);
         let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires), encoding });
-        self.put(key, &value, Placed { expires, segment, encoding }, Timers::Arm { now });
+        self.put(key, &value, Placed { expires, segment, encoding }, PutMode::Live { now });
         Ok(next)
     }
 
@@ -354,7 +353,7 @@ impl State {
         let value = next.to_string().into_bytes();
         let (expires, encoding) = (e.expires(), Encoding::Text);
         let segment = sink.append(&Record::Set { key, value: &value, expires: crate::UnixMillis(expires), encoding });
-        self.put(key, &value, Placed { expires, segment, encoding }, Timers::Arm { now });
+        self.put(key, &value, Placed { expires, segment, encoding }, PutMode::Live { now });
         Ok(next)
     }
 
@@ -399,7 +398,7 @@ impl State {
         // then leaves a duplicate, never a loss.
         let segment =
             sink.append(&Record::Set { key: to, value: &value, expires: crate::UnixMillis(expires), encoding });
-        self.put(to, &value, Placed { expires, segment, encoding }, Timers::Arm { now });
+        self.put(to, &value, Placed { expires, segment, encoding }, PutMode::Live { now });
         sink.append(&Record::Delete { key: from });
         let slot = self.index.find(from).expect("renamed key still present");
         self.remove_logged(slot);

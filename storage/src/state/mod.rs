@@ -1,4 +1,4 @@
-//! The engine's pure core: the index, the timer wheel and the counters, with
+//! The engine's pure core: the index, the expiry timers and the counters, with
 //! one method that applies a command at a given time and reports, through a
 //! [`Sink`], the log records it implies. No threads, files or clocks here, so
 //! the core is tested and fuzzed directly; `engine` wraps it with the writer
@@ -19,7 +19,7 @@ mod replay;
 mod scan;
 mod undo;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 pub(crate) use command::Sink;
 pub use command::{Command, ExpireWhen, Expiry, NullSink, Reply, Stats, When};
@@ -28,13 +28,10 @@ pub use scan::glob_match;
 
 use crate::error::{Error, Result};
 use crate::evict::{ENTRY_OVERHEAD, S3Fifo};
-use crate::index::{Handle, Index, Loc, blob_len};
+use crate::index::{Index, Loc, blob_len};
 use crate::record::{Encoding, SegmentId, set_record_len};
-use crate::wheel::Wheel;
+use crate::timers::{GroupTimers, group_slots};
 use undo::Undo;
-
-/// A timer: an entry's slot and generation (a stale generation cancels it).
-type Timer = Handle;
 
 /// Where a stored value's record is and what it says besides key and
 /// value: its deadline, its segment and its encoding.
@@ -45,19 +42,18 @@ struct Placed {
     encoding: Encoding,
 }
 
-/// Whether `put` arms the entry's timer now (a live write at time `now`) or
-/// leaves all timers to the end of replay.
+/// Whether `put` is a live write at time `now` (it arms the entry's group
+/// timer) or replay's (timers are armed once, at its end).
 #[derive(Clone, Copy)]
-enum Timers {
-    Arm { now: u64 },
-    Deferred,
+enum PutMode {
+    Live { now: u64 },
+    Replay,
 }
 
 pub struct State {
     index: Index,
-    wheel: Wheel<Timer>,
-    /// Timers found due but not yet processed (expiry work is bounded per loop).
-    due: VecDeque<Timer>,
+    /// When to look for expired entries, per group of slab slots.
+    timers: GroupTimers,
     /// Bytes of live set records per segment, for `log_live_bytes` and compaction.
     live_by_segment: BTreeMap<SegmentId, u64>,
     limits: Limits,
@@ -82,8 +78,7 @@ impl State {
     pub fn new(limits: Limits, now: u64) -> State {
         State {
             index: Index::new(crate::arena::page_bytes_for(limits.max_memory)),
-            wheel: Wheel::new(now),
-            due: VecDeque::new(),
+            timers: GroupTimers::new(now),
             live_by_segment: BTreeMap::new(),
             evict: ((limits.max_memory.is_some() || limits.max_entries.is_some())
                 && limits.eviction == Eviction::S3Fifo)
@@ -150,12 +145,9 @@ impl State {
         self.index.iter().filter(move |(_, e)| e.is_live_at(now)).map(|(_, e)| (e.key(), e.value(), e.expires()))
     }
 
-    /// When the wheel next needs attention (ms), if ever.
+    /// When the expiry timers next need attention (ms), if ever.
     pub fn next_deadline(&self) -> Option<u64> {
-        if !self.due.is_empty() {
-            return Some(0);
-        }
-        self.wheel.next_deadline()
+        self.timers.next_deadline()
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -195,19 +187,19 @@ impl State {
     }
 
     /// Stores a value (no logging): the shared step of `set`, `incr`,
-    /// `rename` and replay. Live writes ([`Timers::Arm`]) treat an expired
-    /// entry under the key as absent and arm its timer; replay
-    /// ([`Timers::Deferred`]) applies every record as it comes (liveness is
+    /// `rename` and replay. Live writes ([`PutMode::Live`]) treat an expired
+    /// entry under the key as absent and arm its group's timer; replay
+    /// ([`PutMode::Replay`]) applies every record as it comes (liveness is
     /// decided once, at the end, by `finish_replay`, which arms the timers).
-    fn put(&mut self, key: &[u8], value: &[u8], at: Placed, timers: Timers) {
+    fn put(&mut self, key: &[u8], value: &[u8], at: Placed, mode: PutMode) {
         let Placed { expires, segment, encoding } = at;
         let (slot, inserted) = self.index.find_or_insert(key, value, expires, segment);
-        let arm = matches!(timers, Timers::Arm { .. });
+        let arm = matches!(mode, PutMode::Live { .. });
         if inserted {
             self.index.entry_mut(slot).set_encoding(encoding);
             self.log_undo(Undo::Remove(slot));
             if arm {
-                self.arm(slot, 0, expires);
+                self.arm(slot, expires);
             }
             if let Some(ev) = &mut self.evict {
                 let hash = self.index.hash(key);
@@ -217,9 +209,9 @@ impl State {
             let e = self.index.entry(slot);
             let (old_expires, old_segment, old_encoding, old_len) =
                 (e.expires(), e.segment(), e.encoding(), set_record_len(key.len(), e.value().len()));
-            let was_live = match timers {
-                Timers::Arm { now } => e.is_live_at(now),
-                Timers::Deferred => true,
+            let was_live = match mode {
+                PutMode::Live { now } => e.is_live_at(now),
+                PutMode::Replay => true,
             };
             let old_blob = e.blob_len();
             if let Some(ev) = &mut self.evict {
@@ -248,13 +240,13 @@ impl State {
             e.set_expires(expires);
             if arm && was_live {
                 self.index.entry_mut(slot).set_encoding(encoding);
-                self.arm(slot, old_expires, expires);
+                self.arm(slot, expires);
             } else if arm {
-                // A new entry in an old slot: timers of the expired one must not match.
+                // A new entry in an old slot: queue handles of the expired one must not match.
                 self.stats.expired += 1;
                 self.index.entry_mut(slot).new_generation();
                 self.index.entry_mut(slot).set_encoding(encoding);
-                self.arm(slot, 0, expires);
+                self.arm(slot, expires);
                 if let Some(ev) = &mut self.evict {
                     let hash = self.index.hash(key);
                     ev.on_insert(&mut self.index, slot, hash);
@@ -276,16 +268,12 @@ impl State {
         }
     }
 
-    /// Makes sure a timer will fire at or before `new` (ms). A pending timer
-    /// for an earlier deadline is kept: when it fires, the wheel re-inserts
-    /// it at the entry's current deadline. So an overwrite-heavy load with
-    /// the default TTL adds no timers at all. A shortened deadline adds a
-    /// timer; the older one, firing later, finds the entry gone or re-arms.
-    fn arm(&mut self, slot: u32, old: u64, new: u64) {
-        if new == 0 || (old != 0 && old <= new) {
-            return;
-        }
-        self.wheel.insert(new, self.index.handle(slot));
+    /// Makes sure the entry at `slot` is looked at by its deadline `at`
+    /// (ms; 0 for never): its group's timer fires at or before it. A group
+    /// timer armed earlier is kept, so an overwrite-heavy load with the
+    /// default TTL adds no timers at all.
+    fn arm(&mut self, slot: u32, at: u64) {
+        self.timers.arm(slot, at);
     }
 
     /// Removes an entry without logging it (expiry, eviction, undo); returns
@@ -331,30 +319,34 @@ impl State {
         self.index.reclaim_step();
     }
 
-    /// Removes up to `budget` entries whose deadline has passed; returns how
-    /// many it removed. Removal writes nothing to the log.
+    /// Removes up to `budget` entries whose deadline has passed, scanning the
+    /// slab groups whose timer is due (at most 64 slots per unit of budget,
+    /// so stale timers cannot make one call long); returns how many it
+    /// removed. Removal writes nothing to the log.
     pub(crate) fn expire(&mut self, now: u64, budget: usize) -> usize {
-        if self.due.len() < budget {
-            let index = &self.index;
-            let mut out = Vec::new();
-            self.wheel.poll(
-                now,
-                |&h: &Timer| index.get(h).and_then(|e| (e.expires() != 0).then_some(e.expires())),
-                &mut out,
-            );
-            self.due.extend(out);
-        }
-        let mut removed = 0;
-        while removed < budget {
-            let Some(handle) = self.due.pop_front() else { break };
-            let Some(e) = self.index.get(handle) else { continue };
-            if e.expires() != 0 && e.expires() <= now {
-                self.remove(handle.slot());
-                self.stats.expired += 1;
-                removed += 1;
-            } else if e.expires() != 0 {
-                self.wheel.insert(e.expires(), handle);
+        let (mut removed, mut examined) = (0, 0);
+        let max_examined = budget.saturating_mul(64);
+        let mut due = Vec::new();
+        while removed < budget && examined < max_examined {
+            let Some(group) = self.timers.next_due(now) else { break };
+            let slots = group_slots(group, self.index.slot_count());
+            examined += slots.len();
+            due.clear();
+            let next = self.index.scan_deadlines(slots, now, &mut due);
+            if removed + due.len() > budget {
+                // The group stays due, for a later call to scan again.
+                for &slot in &due[..budget - removed] {
+                    self.remove(slot);
+                }
+                self.stats.expired += (budget - removed) as u64;
+                return budget;
             }
+            for &slot in &due {
+                self.remove(slot);
+            }
+            self.stats.expired += due.len() as u64;
+            removed += due.len();
+            self.timers.scanned(next);
         }
         removed
     }
@@ -432,7 +424,7 @@ mod tests {
         c.advance(999);
         assert_eq!(c.get("k"), Some(b"v".to_vec()));
         c.advance(1);
-        assert_eq!(c.s.len(), 0, "removed by the wheel without a read");
+        assert_eq!(c.s.len(), 0, "removed by its group's timer without a read");
         assert_eq!(c.get("k"), None);
         assert_eq!(c.s.stats().expired, 1);
     }
@@ -445,7 +437,7 @@ mod tests {
             c.run(Command::Add { key: "k".into(), value: b"x".to_vec(), ttl: Ttl::Never }).unwrap(),
             Reply::Bool(false)
         );
-        c.now += 10; // not yet swept by the wheel: add must still see it expired
+        c.now += 10; // not yet removed by its timer: add must still see it expired
         assert_eq!(
             c.s.apply(
                 &Command::Add { key: b"k".to_vec(), value: b"new".to_vec(), ttl: Ttl::Never },
@@ -544,6 +536,62 @@ mod tests {
         assert_eq!(c.get("ok"), Some(vec![]));
     }
 
+    /// Thousands of keys over many slot groups, with deadlines spread out,
+    /// some shortened, some made permanent, some deleted: after each step of
+    /// the clock, expiry in small budgets removes exactly the entries due,
+    /// never more than a budget at a time, and never one not yet due.
+    #[test]
+    fn expiry_by_slot_group_removes_exactly_what_is_due() {
+        let mut c = Core::new();
+        let start = c.now;
+        let mut model = std::collections::HashMap::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for i in 0..3000 {
+            let key = format!("k{i}");
+            let ttl = 1 + rand(5000);
+            c.s.apply(
+                &Command::Set { key: key.clone().into_bytes(), value: vec![1], ttl: Ttl::Millis(ttl) },
+                c.now,
+                &mut c.sink,
+            )
+            .unwrap();
+            model.insert(key, start + ttl);
+        }
+        for i in (0..3000).step_by(7) {
+            let key = format!("k{i}");
+            let expiry = match i % 3 {
+                0 => Ttl::Never,
+                1 => Ttl::Millis(1 + rand(100)),
+                _ => Ttl::Millis(10_000),
+            };
+            c.s.apply(&Command::Touch { key: key.clone().into_bytes(), ttl: expiry }, c.now, &mut c.sink).unwrap();
+            model.insert(key, expiry.deadline(c.now).unwrap());
+        }
+        for i in (0..3000).step_by(11) {
+            c.s.apply(&Command::Delete { key: format!("k{i}").into_bytes() }, c.now, &mut c.sink).unwrap();
+            model.remove(&format!("k{i}"));
+        }
+        while c.now < start + 12_000 {
+            c.now += 1 + rand(300);
+            loop {
+                let removed = c.s.expire(c.now, 7);
+                assert!(removed <= 7);
+                if removed == 0 && c.s.next_deadline().is_none_or(|at| at > c.now) {
+                    break;
+                }
+            }
+            let live = model.values().filter(|&&at| at == 0 || at > c.now).count();
+            assert_eq!(c.s.len(), live, "at {}", c.now - start);
+        }
+        assert_eq!(c.s.len(), model.values().filter(|&&at| at == 0).count());
+    }
+
     #[test]
     fn overwrites_with_a_ttl_do_not_pile_up_timers() {
         let mut c = Core::new();
@@ -551,6 +599,6 @@ mod tests {
             c.set("k", b"v", Ttl::Millis(300_000));
             c.now += 1;
         }
-        assert_eq!(c.s.wheel.len(), 1);
+        assert_eq!(c.s.timers.len(), 1);
     }
 }

@@ -1,9 +1,9 @@
 //! Applying records read back from the log at start-up, and the step that
 //! ends replay.
 
-use super::{Placed, State, Timers};
+use super::{Placed, PutMode, State};
 use crate::record::{Record, SegmentId};
-use crate::wheel::Wheel;
+use crate::timers::GroupTimers;
 
 impl State {
     /// Applies one record read back from the log. Every record applies,
@@ -14,7 +14,7 @@ impl State {
     pub(crate) fn replay(&mut self, rec: &Record<'_>, segment: SegmentId, now: u64) {
         match *rec {
             Record::Set { key, value, expires, encoding } => {
-                self.put(key, value, Placed { expires: expires.0, segment, encoding }, Timers::Deferred);
+                self.put(key, value, Placed { expires: expires.0, segment, encoding }, PutMode::Replay);
                 // The caps hold as replay goes, so a log larger than
                 // max_memory never has to fit in memory whole; and the
                 // items overwritten are reclaimed as it goes, for the same
@@ -43,21 +43,18 @@ impl State {
         self.index.prefetch(key);
     }
 
-    /// After replay: drop what expired during it and arm one timer per entry.
+    /// After replay: drop what expired during it and arm the expiry timers
+    /// (one per group of slots, at its earliest deadline).
     pub(crate) fn finish_replay(&mut self, now: u64) {
         self.index.set_bulk(false);
-        self.wheel = Wheel::new(now);
-        // Timers go straight into the wheel, each slot sized first: a list
-        // of them, or slots grown by doubling, would leave buffers freed but
-        // still resident when ready.
-        self.wheel.reserve_for(self.index.deadlines().filter(|&at| at > now));
+        self.timers = GroupTimers::new(now);
         let mut expired = Vec::new();
-        for (slot, e) in self.index.iter() {
-            if e.expires() != 0 {
-                if e.expires() <= now {
+        for (slot, at) in self.index.deadlines() {
+            if at != 0 {
+                if at <= now {
                     expired.push(slot);
                 } else {
-                    self.wheel.insert(e.expires(), self.index.handle(slot));
+                    self.timers.arm(slot, at);
                 }
             }
         }

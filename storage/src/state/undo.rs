@@ -1,13 +1,13 @@
 //! The undo log: while a batch's records are being written, how to take back
 //! each change the batch made, should the write fail.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use super::{Placed, State, Timer};
+use super::{Placed, State};
 use crate::evict::S3Fifo;
 use crate::index::{Index, Loc, blob_len};
 use crate::record::{SegmentId, set_record_len};
-use crate::wheel::Wheel;
+use crate::timers::GroupTimers;
 
 /// The inverse of one change, kept until the batch's write succeeds. Old
 /// items are kept by their place in the arena (released, but left alone
@@ -28,8 +28,7 @@ pub(super) enum Undo {
 
 pub(super) struct Cleared {
     pub(super) index: Index,
-    pub(super) wheel: Wheel<Timer>,
-    pub(super) due: VecDeque<Timer>,
+    pub(super) timers: GroupTimers,
     pub(super) live_by_segment: BTreeMap<SegmentId, u64>,
     pub(super) evict: Option<S3Fifo>,
 }
@@ -78,7 +77,7 @@ impl State {
                     e.set_segment(segment);
                     e.set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += old_len as u64;
-                    self.arm(slot, 0, expires);
+                    self.arm(slot, expires);
                 }
                 Undo::Reinsert { loc, at: Placed { expires, segment, encoding } } => {
                     let (key, value) = self.index.item(loc);
@@ -86,7 +85,7 @@ impl State {
                     let slot = self.index.insert_item(loc, expires, segment);
                     self.index.entry_mut(slot).set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += len as u64;
-                    self.arm(slot, 0, expires);
+                    self.arm(slot, expires);
                     if let Some(ev) = &mut self.evict {
                         let hash = self.index.hash(self.index.entry(slot).key());
                         ev.on_insert(&mut self.index, slot, hash);
@@ -94,13 +93,12 @@ impl State {
                 }
                 Undo::Expiry { slot, expires } => {
                     self.index.entry_mut(slot).set_expires(expires);
-                    self.arm(slot, 0, expires);
+                    self.arm(slot, expires);
                 }
                 Undo::Clear(c) => {
                     let c = *c;
                     self.index = c.index;
-                    self.wheel = c.wheel;
-                    self.due = c.due;
+                    self.timers = c.timers;
                     self.live_by_segment = c.live_by_segment;
                     self.evict = c.evict;
                 }

@@ -1,14 +1,14 @@
 //! The in-memory index: a hash table of small slab handles over a slab of
 //! entries, whose keys and values live in the arena's pages.
 //!
-//! The table ([`SlotTable`]) stores only a `u32` slot number per key (its
+//! The table ([`SlotTable`]) stores only a slot number per key (its
 //! hash is recomputed from the key when the table grows). An entry is 18
 //! bytes: where its item is ([`Loc`], 6), its flags and a 12-bit generation
 //! (2), its deadline (6: 48-bit unix ms) and the log segment of its set
 //! record (4). A 16-byte key with a 100-byte value so costs its 118-byte
-//! item, the 18-byte entry and 5.7 to 8.6 bytes of table (a `u32` and a
-//! control byte per bucket, at a load between 7/12 and 7/8; a table sized
-//! by replay starts at 7/8). Expiry timers name groups of slots, not
+//! item, the 18-byte entry and 4.6 to 6.9 bytes of table (a three-byte
+//! slot and a control byte per bucket, at a load between 7/12 and 7/8; a
+//! table sized by replay starts at 7/8). Expiry timers name groups of slots, not
 //! entries (`timers`). Eviction queues refer to entries by `(slot,
 //! generation)`; the generation changes whenever a slot gets a new entry,
 //! which is how the queues cancel lazily.

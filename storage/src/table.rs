@@ -11,12 +11,15 @@
 //!   replay makes it exactly big enough for the log's keys at a load of 7/8,
 //!   and it grows by half when full. hashbrown rounds to a power of two:
 //!   1M keys took 2^21 buckets, 10.5 bytes a key, where this takes 1.14M
-//!   buckets, 5.7 bytes a key (5.7 to 8.6 while growing).
+//!   buckets, 4.6 bytes a key (4.6 to 6.9 while growing).
 //! - **[`SlotTable::prefetch`]** asks the CPU for a key's group and slots
 //!   before they are needed; replay does it a few records ahead, so the
 //!   misses of its random inserts overlap.
 //!
-//! A bucket is five bytes: its control byte and its slot. A control byte is
+//! A bucket is four bytes, its control byte and a three-byte slot, while
+//! slot numbers fit 24 bits (below 16M entries); buckets made for more get
+//! four-byte slots (see [`SlotTable::narrow_below`]): 1.1 to 1.7 bytes an
+//! entry less than four-byte slots everywhere. A control byte is
 //! [`EMPTY`] (0x00, so a fresh map needs no writing), [`DELETED`] (0x01, a
 //! tombstone) or, in a full bucket, 0x80 and the hash's low seven bits (its
 //! tag; the home group comes from the high bits, so the two are
@@ -54,8 +57,9 @@ const EMPTY: u8 = 0x00;
 const DELETED: u8 = 0x01;
 /// The control byte of a full bucket: this bit and the hash's tag.
 const FULL: u8 = 0x80;
-/// Bytes of a slot.
-const SLOT: usize = 4;
+/// Bytes of a slot while slot numbers fit 24 bits, and beyond.
+const NARROW_SLOT: usize = 3;
+const WIDE_SLOT: usize = 4;
 /// Groups an insert moves from the table being emptied, if any: a
 /// migration ends after `groups / MIGRATE` inserts, well before the new
 /// table can fill (it has room for a quarter of the old one's load more).
@@ -125,8 +129,10 @@ impl Group {
     }
 }
 
-/// One table: `buckets` control bytes, then `buckets` slots (`u32`, native
-/// byte order), in one anonymous map of its own, so dropping it gives its
+/// One table: `buckets` control bytes, then `buckets` slots of
+/// `slot_bytes` (3 or 4, little-endian; a slot is read as a `u32` and
+/// masked, so the map has a byte to spare after a last three-byte slot),
+/// in one anonymous map of its own, so dropping it gives its
 /// memory straight back to the system: freed to the allocator, two large
 /// blocks stayed resident (5 B/entry more RSS at 1M entries than the
 /// allocator counted). A table sized by `reserve` (replay's, made whole at
@@ -139,18 +145,24 @@ struct Buckets {
     len: usize,
     /// EMPTY buckets that may still be taken.
     growth_left: usize,
+    slot_bytes: usize,
 }
 
 impl Buckets {
-    fn with_groups(groups: usize, huge: bool) -> Buckets {
+    fn with_groups(groups: usize, huge: bool, slot_bytes: usize) -> Buckets {
         let buckets = groups * GROUP;
-        let bytes = buckets * (1 + SLOT);
+        let bytes = buckets * (1 + slot_bytes) + (WIDE_SLOT - slot_bytes);
         let mem = MmapMut::map_anon(bytes).unwrap_or_else(|e| panic!("mapping a {bytes}-byte hash table: {e}"));
         if huge && bytes >= 2 << 20 {
             // Advice only: without huge pages the table still works.
             let _ = mem.advise(memmap2::Advice::HugePage);
         }
-        Buckets { mem, groups, len: 0, growth_left: usable(buckets) }
+        Buckets { mem, groups, len: 0, growth_left: usable(buckets), slot_bytes }
+    }
+
+    /// Whether slot number `slot` fits these buckets' slots.
+    fn fits(&self, slot: u32) -> bool {
+        self.slot_bytes == WIDE_SLOT || slot < 1 << (8 * NARROW_SLOT)
     }
 
     fn buckets(&self) -> usize {
@@ -162,14 +174,16 @@ impl Buckets {
     }
 
     fn slot(&self, at: usize) -> u32 {
-        let from = self.buckets() + at * SLOT;
-        u32::from_ne_bytes(self.mem[from..from + SLOT].try_into().expect("a slot is four bytes"))
+        let from = self.buckets() + at * self.slot_bytes;
+        let word = u32::from_le_bytes(self.mem[from..from + WIDE_SLOT].try_into().expect("four bytes"));
+        if self.slot_bytes == WIDE_SLOT { word } else { word & ((1 << (8 * NARROW_SLOT)) - 1) }
     }
 
     fn set(&mut self, at: usize, ctrl: u8, slot: u32) {
+        assert!(self.fits(slot), "slot {slot} is too large for these buckets");
         self.mem[at] = ctrl;
-        let from = self.buckets() + at * SLOT;
-        self.mem[from..from + SLOT].copy_from_slice(&slot.to_ne_bytes());
+        let from = self.buckets() + at * self.slot_bytes;
+        self.mem[from..from + self.slot_bytes].copy_from_slice(&slot.to_le_bytes()[..self.slot_bytes]);
     }
 
     fn home(&self, hash: u64) -> usize {
@@ -207,7 +221,7 @@ impl Buckets {
     fn prefetch(&self, hash: u64) {
         let at = self.home(hash) * GROUP;
         prefetch(self.mem[at..].as_ptr());
-        prefetch(self.mem[self.buckets() + at * SLOT..].as_ptr());
+        prefetch(self.mem[self.buckets() + at * self.slot_bytes..].as_ptr());
     }
 
     /// Takes the slot out of bucket `at`.
@@ -268,11 +282,21 @@ pub(crate) struct SlotTable {
     cur: Buckets,
     /// The old buckets and the next of their groups to move.
     old: Option<(Buckets, usize)>,
+    /// One more than the largest slot ever inserted.
+    slots_seen: u32,
+    /// New buckets get three-byte slots while both the slots seen and the
+    /// buckets' load are below this (2^24; smaller in tests).
+    narrow_below: u32,
 }
 
 impl Default for SlotTable {
     fn default() -> SlotTable {
-        SlotTable { cur: Buckets::with_groups(1, false), old: None }
+        SlotTable {
+            cur: Buckets::with_groups(1, false, NARROW_SLOT),
+            old: None,
+            slots_seen: 0,
+            narrow_below: 1 << (8 * NARROW_SLOT),
+        }
     }
 }
 
@@ -326,8 +350,12 @@ impl SlotTable {
     /// Adds `slot`, whose key is not in the table. `hash_of` gives the hash
     /// of a slot already in the table, for moving it.
     pub(crate) fn insert_unique(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) {
+        self.slots_seen = self.slots_seen.max(slot.saturating_add(1));
         self.step(&hash_of);
-        if !self.cur.has_room_for(hash) {
+        if !self.cur.has_room_for(hash) || !self.cur.fits(slot) {
+            // (The index's slot numbers stay below its table's load, so
+            // buckets made narrow are always outgrown before their slots
+            // are; a slot that does not fit moves everything to wide ones.)
             self.start(1, false, &hash_of);
         }
         self.cur.put(hash, slot);
@@ -371,7 +399,12 @@ impl SlotTable {
         let need = self.cur.len + leftover + additional;
         let room = usable(self.cur.buckets());
         let target = if need <= room - room / 4 { room } else { need.max(room + room / 2) };
-        let mut new = Buckets::with_groups(groups_for(target), huge);
+        let groups = groups_for(target);
+        // Slot numbers stay below the most entries the index ever held, and
+        // these buckets hold at most `usable` of them.
+        let most = (self.slots_seen as usize).max(usable(groups * GROUP));
+        let slot_bytes = if most < self.narrow_below as usize { NARROW_SLOT } else { WIDE_SLOT };
+        let mut new = Buckets::with_groups(groups, huge, slot_bytes);
         if let Some((mut old, next)) = self.old.take() {
             for g in next..old.groups {
                 old.move_group(g, &mut new, hash_of);
@@ -555,5 +588,58 @@ mod tests {
             let ratio = w[1] as f64 / w[0] as f64;
             assert!((1.4..=1.6).contains(&ratio), "{sizes:?}");
         }
+    }
+
+    /// Slots past what three bytes hold (a small limit here, 2^24 in use):
+    /// buckets made once the slots seen or the load pass it get four-byte
+    /// slots, and every slot stays findable through the change, with
+    /// removals in between.
+    #[test]
+    fn slots_outgrow_narrow_buckets() {
+        let mut t = SlotTable { narrow_below: 300, ..SlotTable::default() };
+        assert_eq!(t.cur.slot_bytes, NARROW_SLOT);
+        let mut live = std::collections::BTreeSet::new();
+        for k in 0..2000u32 {
+            t.insert_unique(mix(k), k, mix);
+            live.insert(k);
+            if k % 3 == 0 {
+                let gone = k / 2;
+                if live.remove(&gone) {
+                    assert!(t.remove(mix(gone), gone));
+                }
+            }
+            if k % 97 == 0 {
+                assert!(live.iter().all(|&s| t.find(mix(s), |x| x == s) == Some(s)), "at {k}");
+            }
+        }
+        assert_eq!(t.cur.slot_bytes, WIDE_SLOT);
+        assert!(live.iter().all(|&s| t.find(mix(s), |x| x == s) == Some(s)));
+        assert_eq!(t.len(), live.len());
+    }
+
+    /// A slot that does not fit the current buckets (which the index never
+    /// inserts) still goes in: the table moves to wide buckets first.
+    #[test]
+    fn a_slot_too_large_for_narrow_buckets_moves_the_table() {
+        let mut t = SlotTable::default();
+        for k in 0..100 {
+            t.insert_unique(mix(k), k, mix);
+        }
+        let big = (1 << 24) + 5;
+        t.insert_unique(mix(big), big, mix);
+        assert_eq!(t.cur.slot_bytes, WIDE_SLOT);
+        assert_eq!(t.find(mix(big), |s| s == big), Some(big));
+        assert!((0..100).all(|k| t.find(mix(k), |s| s == k) == Some(k)));
+    }
+
+    #[test]
+    fn narrow_slots_read_back_at_the_end_of_the_map() {
+        let mut b = Buckets::with_groups(2, false, NARROW_SLOT);
+        let last = b.buckets() - 1;
+        b.set(last, FULL, (1 << 24) - 1);
+        b.set(last - 1, FULL, 0x00ab_cdef);
+        assert_eq!(b.slot(last), (1 << 24) - 1);
+        assert_eq!(b.slot(last - 1), 0x00ab_cdef);
+        assert_eq!(b.mem.len(), 2 * GROUP * 4 + 1);
     }
 }

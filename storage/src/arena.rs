@@ -11,7 +11,8 @@
 //! new one opens. An item larger than a quarter of a page gets a page of its
 //! own, sized to it.
 //!
-//! A [`Loc`] names an item: its page number and its offset, in 48 bits. Items never move while something refers to them except
+//! A [`Loc`] names an item: its page number and its offset, in 43 bits.
+//! Items never move while something refers to them except
 //! through [`Index::reclaim`](crate::index::Index::reclaim), which runs only
 //! between batches.
 //!
@@ -110,14 +111,16 @@ fn lengths(b: &[u8]) -> (usize, usize, usize) {
 /// Bits of a [`Loc`] that hold the offset: a regular page is at most
 /// 2 MiB, and a page of its own holds one item at offset 0.
 const OFFSET_BITS: u32 = 21;
-/// Bits of a [`Loc`] that hold the page number: 2^27 pages (256 TiB of
-/// 2 MiB pages), so a place fits the index's six bytes.
-const PAGE_BITS: u32 = 27;
+/// Bits of a [`Loc`] that hold the page number: 2^22 pages (8 TiB of
+/// 2 MiB pages, or 4M values of over 512 KiB, each in a page of its own).
+const PAGE_BITS: u32 = 22;
+/// Bits of a [`Loc`], as the index's entry keeps it.
+pub(crate) const LOC_BITS: u32 = PAGE_BITS + OFFSET_BITS;
 /// Page numbers stop one short of the top, which marks [`Loc::NONE`].
 const MAX_PAGES: usize = (1 << PAGE_BITS) - 1;
 
-/// An item's place: page number (bits 21-47) and offset (bits 0-20); the
-/// top 16 bits are always zero, so the index keeps it in six bytes.
+/// An item's place: page number (bits 21-42) and offset (bits 0-20); the
+/// bits above are always zero, so the index keeps it in 43 bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Loc(u64);
 
@@ -130,7 +133,7 @@ impl Loc {
         Loc((u64::from(page) << OFFSET_BITS) | offset as u64)
     }
 
-    /// The place as the 48-bit number the index stores.
+    /// The place as the 43-bit number the index stores.
     pub(crate) fn to_bits(self) -> u64 {
         self.0
     }
@@ -310,8 +313,8 @@ impl Arena {
                 id
             }
             None => {
-                // 2^27 pages is 256 TiB of regular pages, or as many values
-                // large enough for a page of their own.
+                // 2^22 pages is 8 TiB of regular pages, or as many values
+                // large enough for a page of their own (over 512 KiB: 2 TiB).
                 assert!(self.pages.len() < MAX_PAGES, "the arena holds at most {MAX_PAGES} pages");
                 self.pages.push(page);
                 (self.pages.len() - 1) as u32

@@ -21,8 +21,8 @@ use hashbrown::HashSet;
 use crate::index::{Handle, Index};
 
 /// Bytes an entry costs beyond its arena item (key, value and their
-/// lengths): the slab entry (18) and a table slot with its control byte
-/// (4.6 to 8.6 by the table's load and slot width), 27 at most (expiry timers are per
+/// lengths): the slab entry (16) and a table slot with its control byte
+/// (4.6 to 8.6 by the table's load and slot width), 25 at most (expiry timers are per
 /// group of 64 slots, 0.4 bytes an entry), rounded up for the arena's
 /// page slack and the dead bytes reclaim has not yet freed: with 34, a
 /// flood of 100-byte values held 1.06x the cap; with 40, 1.02x. The eviction queues' handles are counted apart, by the

@@ -2,11 +2,13 @@
 //! entries, whose keys and values live in the arena's pages.
 //!
 //! The table ([`SlotTable`]) stores only a slot number per key (its
-//! hash is recomputed from the key when the table grows). An entry is 18
-//! bytes: where its item is ([`Loc`], 6), its flags and a 12-bit generation
-//! (2), its deadline (6: 48-bit unix ms) and the log segment of its set
-//! record (4). A 16-byte key with a 100-byte value so costs its 118-byte
-//! item, the 18-byte entry and 4.6 to 6.9 bytes of table (a three-byte
+//! hash is recomputed from the key when the table grows). An entry is 16
+//! bytes, 128 bits: where its item is ([`Loc`], 43 bits), its flags and a
+//! 12-bit generation (16), its deadline (43 bits of unix ms, to the year
+//! 2248) and the low 26 bits of the log segment of its set record (the
+//! high bits come back from the newest segment: the log never spans more
+//! than 2^26 segments). A 16-byte key with a 100-byte value so costs its
+//! 118-byte item, the 16-byte entry and 4.6 to 6.9 bytes of table (a three-byte
 //! slot and a control byte per bucket, at a load between 7/12 and 7/8; a
 //! table sized by replay starts at 7/8). Expiry timers name groups of slots, not
 //! entries (`timers`). Eviction queues refer to entries by `(slot,
@@ -34,33 +36,31 @@ use cachet_types::MAX_DEADLINE;
 /// Keys are at most this long (the on-disk record keeps two bytes for it).
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 
-/// One slot of the slab: 18 bytes, every field made of `u16`s so nothing
-/// pads it (six bytes of place, two of generation and flags, six of
-/// deadline, four of segment).
-pub(crate) struct Entry {
-    /// The item's place ([`Loc::to_bits`], 48 bits, low half first);
-    /// `Loc::NONE` marks a free slot.
-    loc: [u16; 3],
-    /// Low 12 bits: the slot's generation. Bits 12-13: S3-FIFO access
-    /// frequency (0-3). Bit 14: in S3-FIFO's main queue (else the small one).
-    /// Bit 15: the value is text (written through RESP), else MessagePack.
-    meta: u16,
-    /// Absolute expiry in unix ms (48 bits: deadlines stop at
-    /// [`MAX_DEADLINE`], the year 10889); 0 means never. For a free slot:
-    /// the next free slot, or `NO_SLOT`.
-    expires: [u16; 3],
-    /// The segment holding this entry's set record.
-    segment: [u16; 2],
-}
+/// One slot of the slab: 16 bytes, the fields packed in a `u128` (low bits
+/// first): the item's place (43 bits: [`Loc::to_bits`]; `Loc::NONE` marks a
+/// free slot), generation and flags (16, see [`Entry::generation`]), the
+/// deadline (43 bits of unix ms; 0 means never; deadlines stop at
+/// [`MAX_DEADLINE`], in the year 2248; for a free slot, the next free slot
+/// or `NO_SLOT`), and the low 26 bits of the segment holding the entry's
+/// set record (the index adds the high bits back, see [`segment_of`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Entry(u128);
 
-/// Packs the low 48 bits of `n` as three `u16`s, low first.
-fn pack48(n: u64) -> [u16; 3] {
-    [n as u16, (n >> 16) as u16, (n >> 32) as u16]
-}
-
-fn unpack48([a, b, c]: [u16; 3]) -> u64 {
-    u64::from(a) | (u64::from(b) << 16) | (u64::from(c) << 32)
-}
+const LOC_SHIFT: u32 = 0;
+const LOC_BITS: u32 = crate::arena::LOC_BITS;
+const META_SHIFT: u32 = LOC_SHIFT + LOC_BITS;
+const META_BITS: u32 = 16;
+const EXPIRES_SHIFT: u32 = META_SHIFT + META_BITS;
+const EXPIRES_BITS: u32 = 43;
+const SEGMENT_SHIFT: u32 = EXPIRES_SHIFT + EXPIRES_BITS;
+/// Bits of a segment number an entry keeps.
+const SEGMENT_BITS: u32 = 26;
+const _: () = assert!(SEGMENT_SHIFT + SEGMENT_BITS == 128, "the fields fill the entry");
+const _: () = assert!(MAX_DEADLINE < 1 << EXPIRES_BITS, "every deadline fits");
+/// Segments an entry's segment number can be behind the newest one and
+/// still be told apart: 2^26, 64 Mi segments (256 GiB of the smallest,
+/// 4 KiB, segments; the writer stops rolling before the log spans more).
+pub(crate) const SEGMENT_SPAN: u32 = 1 << SEGMENT_BITS;
 
 /// Packs `n` as two `u16`s, low first.
 fn pack32(n: u32) -> [u16; 2] {
@@ -73,74 +73,94 @@ fn unpack32([a, b]: [u16; 2]) -> u32 {
 
 impl Entry {
     fn empty(segment: SegmentId) -> Entry {
-        let mut e = Entry { loc: [0; 3], meta: 0, expires: [0; 3], segment: [0; 2] };
+        let mut e = Entry(0);
         e.set_segment(segment);
         e
     }
 
+    fn field(&self, shift: u32, bits: u32) -> u64 {
+        ((self.0 >> shift) & ((1 << bits) - 1)) as u64
+    }
+
+    fn set_field(&mut self, shift: u32, bits: u32, v: u64) {
+        debug_assert!(u128::from(v) < 1 << bits);
+        let mask = ((1u128 << bits) - 1) << shift;
+        self.0 = (self.0 & !mask) | ((u128::from(v) << shift) & mask);
+    }
+
+    fn meta(&self) -> u16 {
+        self.field(META_SHIFT, META_BITS) as u16
+    }
+
+    fn set_meta(&mut self, meta: u16) {
+        self.set_field(META_SHIFT, META_BITS, u64::from(meta));
+    }
+
     fn loc(&self) -> Loc {
-        Loc::from_bits(unpack48(self.loc))
+        Loc::from_bits(self.field(LOC_SHIFT, LOC_BITS))
     }
 
     fn set_loc(&mut self, loc: Loc) {
-        self.loc = pack48(loc.to_bits());
+        self.set_field(LOC_SHIFT, LOC_BITS, loc.to_bits());
     }
 
     /// Absolute expiry in unix ms; 0 means never.
     pub(crate) fn expires(&self) -> u64 {
-        unpack48(self.expires)
+        self.field(EXPIRES_SHIFT, EXPIRES_BITS)
     }
 
     /// Sets the expiry; a deadline past [`MAX_DEADLINE`] becomes it (only
     /// a log written before deadlines were capped can hold one).
     pub(crate) fn set_expires(&mut self, ms: u64) {
-        self.expires = pack48(ms.min(MAX_DEADLINE));
+        self.set_field(EXPIRES_SHIFT, EXPIRES_BITS, ms.min(MAX_DEADLINE));
     }
 
-    /// The segment holding this entry's set record.
-    pub(crate) fn segment(&self) -> SegmentId {
-        SegmentId(unpack32(self.segment))
+    /// The low bits of the segment holding this entry's set record.
+    fn segment_bits(&self) -> u32 {
+        self.field(SEGMENT_SHIFT, SEGMENT_BITS) as u32
     }
 
-    pub(crate) fn set_segment(&mut self, id: SegmentId) {
-        self.segment = pack32(id.0);
+    /// Keeps the low bits of `id`; only the index sets it, noting the
+    /// newest segment it has seen so it can add the high bits back.
+    fn set_segment(&mut self, id: SegmentId) {
+        self.set_field(SEGMENT_SHIFT, SEGMENT_BITS, u64::from(id.0 & (SEGMENT_SPAN - 1)));
     }
 
     /// The slot's generation (12 bits, wrapping). A handle that outlived
     /// 4096 reuses of its slot may match again; a queue handle then only
     /// looks at an entry early, which it checks anyway.
     pub(crate) fn generation(&self) -> u32 {
-        u32::from(self.meta & GEN_MASK)
+        u32::from(self.meta() & GEN_MASK)
     }
 
     pub(crate) fn freq(&self) -> u32 {
-        u32::from((self.meta >> 12) & 3)
+        u32::from((self.meta() >> 12) & 3)
     }
 
     pub(crate) fn set_freq(&mut self, f: u32) {
-        self.meta = (self.meta & !(3 << 12)) | ((f.min(3) as u16) << 12);
+        self.set_meta((self.meta() & !(3 << 12)) | ((f.min(3) as u16) << 12));
     }
 
     pub(crate) fn in_main(&self) -> bool {
-        self.meta & (1 << 14) != 0
+        self.meta() & (1 << 14) != 0
     }
 
     pub(crate) fn set_in_main(&mut self, main: bool) {
-        self.meta = (self.meta & !(1 << 14)) | (u16::from(main) << 14);
+        self.set_meta((self.meta() & !(1 << 14)) | (u16::from(main) << 14));
     }
 
     pub(crate) fn encoding(&self) -> Encoding {
-        if self.meta & TEXT_BIT != 0 { Encoding::Text } else { Encoding::MessagePack }
+        if self.meta() & TEXT_BIT != 0 { Encoding::Text } else { Encoding::MessagePack }
     }
 
     pub(crate) fn set_encoding(&mut self, encoding: Encoding) {
-        self.meta = (self.meta & !TEXT_BIT) | if encoding == Encoding::Text { TEXT_BIT } else { 0 };
+        self.set_meta((self.meta() & !TEXT_BIT) | if encoding == Encoding::Text { TEXT_BIT } else { 0 });
     }
 
     /// A new entry in this slot: old queue handles stop matching
     /// (and its flags start clear).
     pub(crate) fn new_generation(&mut self) {
-        self.meta = ((self.meta & GEN_MASK) + 1) & GEN_MASK;
+        self.set_meta(((self.meta() & GEN_MASK) + 1) & GEN_MASK);
     }
 
     pub(crate) fn is_live_at(&self, now: u64) -> bool {
@@ -182,9 +202,16 @@ pub(crate) struct EntryRef<'a> {
     entry: &'a Entry,
     key: &'a [u8],
     value: &'a [u8],
+    /// The index's newest segment, to complete the entry's segment number.
+    newest_segment: u32,
 }
 
 impl<'a> EntryRef<'a> {
+    /// The segment holding this entry's set record.
+    pub(crate) fn segment(&self) -> SegmentId {
+        segment_of(self.entry.segment_bits(), self.newest_segment)
+    }
+
     pub(crate) fn key(&self) -> &'a [u8] {
         self.key
     }
@@ -205,6 +232,12 @@ impl Deref for EntryRef<'_> {
     fn deref(&self) -> &Entry {
         self.entry
     }
+}
+
+/// The segment whose low bits are `bits`, at most `SEGMENT_SPAN - 1`
+/// segments before `newest` (the newest segment the index has stored).
+fn segment_of(bits: u32, newest: u32) -> SegmentId {
+    SegmentId(newest - (newest.wrapping_sub(bits) & (SEGMENT_SPAN - 1)))
 }
 
 /// The bytes an entry holding `key` and `value` takes in the arena.
@@ -292,6 +325,10 @@ pub(crate) struct Index {
     reclaiming: Option<(u32, usize)>,
     /// `arena.written()` at the last reclaim step.
     reclaimed_mark: usize,
+    /// The highest segment number stored in an entry: entries keep the low
+    /// `SEGMENT_BITS` of theirs, and are never more than `SEGMENT_SPAN`
+    /// segments behind it.
+    newest_segment: u32,
 }
 
 impl Index {
@@ -306,6 +343,7 @@ impl Index {
             hasher: DefaultHashBuilder::default(),
             reclaiming: None,
             reclaimed_mark: 0,
+            newest_segment: 0,
         }
     }
 
@@ -369,7 +407,17 @@ impl Index {
 
     fn view<'a>(&'a self, e: &'a Entry) -> EntryRef<'a> {
         let (key, value) = self.arena.item(e.loc());
-        EntryRef { entry: e, key, value }
+        EntryRef { entry: e, key, value, newest_segment: self.newest_segment }
+    }
+
+    /// Records that the entry at `slot` has its set record in `segment`.
+    pub(crate) fn set_segment(&mut self, slot: u32, segment: SegmentId) {
+        self.note_segment(segment);
+        self.entries[slot as usize].set_segment(segment);
+    }
+
+    fn note_segment(&mut self, segment: SegmentId) {
+        self.newest_segment = self.newest_segment.max(segment.0);
     }
 
     /// The occupied entry at `slot`.
@@ -463,6 +511,7 @@ impl Index {
     /// Puts an entry into `slot` (the free list's head or one past the end).
     fn fill_slot(&mut self, slot: u32, loc: Loc, expires: u64, segment: SegmentId) {
         self.len += 1;
+        self.note_segment(segment);
         if slot == self.free_head {
             let e = &mut self.entries[slot as usize];
             self.free_head = u32::try_from(e.expires()).expect("a free slot's link is a slot number");
@@ -584,6 +633,7 @@ impl Index {
     pub(crate) fn new_like(&self) -> Index {
         let mut index = Index::new(self.arena.page_bytes());
         index.arena.set_bulk(self.arena.bulk());
+        index.newest_segment = self.newest_segment;
         index
     }
 
@@ -638,9 +688,9 @@ mod tests {
         }
         e.set_expires(u64::MAX);
         assert_eq!(e.expires(), MAX_DEADLINE, "a later deadline is capped, not wrapped");
-        for id in [0, 1, 0xffff, 0x1_0000, u32::MAX] {
+        for id in [0, 1, 0xffff, 0x1_0000, SEGMENT_SPAN - 1, SEGMENT_SPAN, u32::MAX] {
             e.set_segment(SegmentId(id));
-            assert_eq!(e.segment(), SegmentId(id));
+            assert_eq!(e.segment_bits(), id & (SEGMENT_SPAN - 1));
         }
         e.set_segment(SegmentId(7));
         e.set_freq(3);
@@ -659,7 +709,7 @@ mod tests {
             e.new_generation();
         }
         assert_eq!(e.generation(), (g + 1) & u32::from(GEN_MASK), "the generation wraps at 12 bits");
-        assert_eq!((e.loc(), e.expires(), e.segment()), (loc, ms, SegmentId(7)), "flags never spill into other fields");
+        assert_eq!((e.loc(), e.expires(), e.segment_bits()), (loc, ms, 7), "flags never spill into other fields");
     }
 
     #[test]
@@ -691,8 +741,32 @@ mod tests {
 
     #[test]
     fn entry_is_small() {
-        assert_eq!(std::mem::size_of::<Entry>(), 18);
-        assert_eq!(std::mem::align_of::<Entry>(), 2, "no padding to 20 in the slab");
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    }
+
+    #[test]
+    fn a_segment_number_comes_back_from_its_low_bits() {
+        for newest in [0, 5, SEGMENT_SPAN - 1, SEGMENT_SPAN, SEGMENT_SPAN + 3, 3 * SEGMENT_SPAN + 7, u32::MAX] {
+            for back in [0, 1, 2, SEGMENT_SPAN / 2, SEGMENT_SPAN - 1].into_iter().filter(|&b| b <= newest) {
+                let id = newest - back;
+                assert_eq!(segment_of(id & (SEGMENT_SPAN - 1), newest), SegmentId(id), "{id} seen from {newest}");
+            }
+        }
+    }
+
+    /// Entries keep their segments while newer ones pass 2^26 (the bits an
+    /// entry keeps): the index adds the high bits back from the newest.
+    #[test]
+    fn entries_keep_their_segments_past_the_bits_they_hold() {
+        let mut ix = Index::new(PAGE_BYTES);
+        let old = SegmentId(SEGMENT_SPAN - 1000);
+        let a = ix.insert_new(b"a", b"1", 0, old);
+        let b = ix.insert_new(b"b", b"2", 0, SegmentId(SEGMENT_SPAN + 5));
+        assert_eq!(ix.entry(a).segment(), old);
+        assert_eq!(ix.entry(b).segment(), SegmentId(SEGMENT_SPAN + 5));
+        ix.set_segment(a, SegmentId(2 * SEGMENT_SPAN - 2000));
+        assert_eq!(ix.entry(a).segment(), SegmentId(2 * SEGMENT_SPAN - 2000));
+        assert_eq!(ix.entry(b).segment(), SegmentId(SEGMENT_SPAN + 5), "still within the span of the newest");
     }
 
     #[test]

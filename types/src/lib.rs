@@ -7,10 +7,10 @@ pub mod keyspace;
 
 use std::time::Duration;
 
-/// The latest deadline an entry can have, in unix ms: 2^48 - 1, in the
-/// year 10889 (the engine keeps deadlines in 48 bits). A longer TTL is
+/// The latest deadline an entry can have, in unix ms: 2^43 - 1, in the
+/// year 2248 (the engine keeps deadlines in 43 bits). A longer TTL is
 /// capped to it.
-pub const MAX_DEADLINE: u64 = (1 << 48) - 1;
+pub const MAX_DEADLINE: u64 = (1 << 43) - 1;
 
 /// How long a write keeps its value, once resolved: the type the client
 /// sends, the wire carries and the engine applies. (The client's `Timeout`

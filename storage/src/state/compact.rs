@@ -36,7 +36,7 @@ impl State {
                 written += len;
                 self.unaccount(old, len);
                 *self.live_by_segment.entry(segment).or_default() += len as u64;
-                self.index.entry_mut(slot).set_segment(segment);
+                self.index.set_segment(slot, segment);
             }
             slot += 1;
         }
@@ -50,7 +50,7 @@ impl State {
         for slot in slots {
             let e = self.index.entry(slot);
             live += set_record_len(e.key().len(), e.value().len()) as u64;
-            self.index.entry_mut(slot).set_segment(segment);
+            self.index.set_segment(slot, segment);
         }
         self.live_by_segment.clear();
         if live > 0 {

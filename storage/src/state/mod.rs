@@ -235,9 +235,8 @@ impl State {
                 Undo::Remove(slot)
             });
             self.unaccount(old_segment, old_len);
-            let e = self.index.entry_mut(slot);
-            e.set_segment(segment);
-            e.set_expires(expires);
+            self.index.set_segment(slot, segment);
+            self.index.entry_mut(slot).set_expires(expires);
             if arm && was_live {
                 self.index.entry_mut(slot).set_encoding(encoding);
                 self.arm(slot, expires);

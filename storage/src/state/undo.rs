@@ -72,9 +72,9 @@ impl State {
                     self.unaccount(cur_segment, cur_len);
                     self.index.revive(loc);
                     self.index.swap_item(slot, loc);
+                    self.index.set_segment(slot, segment);
                     let e = self.index.entry_mut(slot);
                     e.set_expires(expires);
-                    e.set_segment(segment);
                     e.set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += old_len as u64;
                     self.arm(slot, expires);

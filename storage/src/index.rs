@@ -311,6 +311,8 @@ impl std::ops::IndexMut<usize> for Slab {
 }
 
 const NO_SLOT: u32 = u32::MAX;
+/// Items reclaim looks ahead at (see [`Index::reclaim`]).
+const RECLAIM_AHEAD: usize = 8;
 const GEN_MASK: u16 = (1 << 12) - 1;
 const TEXT_BIT: u16 = 1 << 15;
 
@@ -600,8 +602,17 @@ impl Index {
     /// and drops the page at the end of the walk. Examines up to `budget`
     /// bytes of items; returns whether a walk is still under way. Only
     /// between batches: a batch's undo log refers to released items by place.
+    ///
+    /// Items are taken `RECLAIM_AHEAD` at a time, in three passes, so the
+    /// cache misses of their lookups overlap: each item's key is hashed
+    /// and its table group prefetched; then the slab entries its group
+    /// points at are prefetched; then each is looked up (by its place) and
+    /// moved. One at a time, each move waited for a table miss and then a
+    /// slab miss: with 1M keys overwritten at random, those were over a
+    /// third of the server's time under `redis-benchmark -t set`.
     pub(crate) fn reclaim(&mut self, budget: usize) -> bool {
         let mut examined = 0;
+        let mut batch = [(Loc::NONE, 0, 0); RECLAIM_AHEAD];
         while examined < budget {
             let (page, offset) = match self.reclaiming {
                 Some(at) => at,
@@ -610,20 +621,42 @@ impl Index {
                     None => return false,
                 },
             };
-            let Some(loc) = self.arena.item_at(page, offset) else {
+            let mut n = 0;
+            let mut at = offset;
+            while n < RECLAIM_AHEAD
+                && let Some(loc) = self.arena.item_at(page, at)
+            {
+                let hash = self.hasher.hash_one(self.arena.key(loc));
+                self.table.prefetch(hash);
+                let len = self.arena.len(loc);
+                batch[n] = (loc, len, hash);
+                n += 1;
+                at += len;
+            }
+            if n == 0 {
                 self.arena.free_page(page);
                 self.reclaiming = None;
                 continue;
-            };
-            let len = self.arena.len(loc);
-            let hash = self.hasher.hash_one(self.arena.key(loc));
-            let entries = &self.entries;
-            if let Some(slot) = self.table.find(hash, |s| entries[s as usize].loc() == loc) {
-                let new = self.arena.relocate(loc);
-                self.entries[slot as usize].set_loc(new);
             }
-            self.reclaiming = Some((page, offset + len));
-            examined += len;
+            for &(_, _, hash) in &batch[..n] {
+                let entries = &self.entries;
+                self.table.candidates(hash, |s| {
+                    if let Some(e) = entries.get(s as usize) {
+                        crate::table::prefetch((e as *const Entry).cast());
+                    }
+                });
+            }
+            let mut at = offset;
+            for &(loc, len, hash) in &batch[..n] {
+                let entries = &self.entries;
+                if let Some(slot) = self.table.find(hash, |s| entries[s as usize].loc() == loc) {
+                    let new = self.arena.relocate(loc);
+                    self.entries[slot as usize].set_loc(new);
+                }
+                at += len;
+                examined += len;
+            }
+            self.reclaiming = Some((page, at));
         }
         true
     }

@@ -336,6 +336,19 @@ impl SlotTable {
         }
     }
 
+    /// Calls `f` with each slot in `hash`'s home group (in both tables
+    /// while it grows) whose tag matches: the slots a lookup of `hash`
+    /// will most likely compare, for a caller that prefetches what they
+    /// point at. Reads the groups' control bytes and slots.
+    pub(crate) fn candidates(&self, hash: u64, mut f: impl FnMut(u32)) {
+        for b in [Some(&self.cur), self.old.as_ref().map(|(o, _)| o)].into_iter().flatten() {
+            let g = b.home(hash);
+            for i in b.group(g).matching(ctrl_of(hash)) {
+                f(b.slot(g * GROUP + i));
+            }
+        }
+    }
+
     /// Room for `additional` more slots without growing, made now, all at
     /// once (replay calls it first, on an empty table). `hash_of` gives the
     /// hash of a slot in the table.
@@ -440,7 +453,7 @@ impl SlotTable {
 
 /// A hint to bring the cache line at `p` in; it never faults.
 #[inline]
-fn prefetch(p: *const u8) {
+pub(crate) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch reads nothing the program sees and cannot fault,
     // whatever the address; SSE is part of every x86_64.

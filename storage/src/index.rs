@@ -612,7 +612,7 @@ impl Index {
     /// third of the server's time under `redis-benchmark -t set`.
     pub(crate) fn reclaim(&mut self, budget: usize) -> bool {
         let mut examined = 0;
-        let mut batch = [(Loc::NONE, 0, 0); RECLAIM_AHEAD];
+        let mut batch = [(Loc::NONE, 0); RECLAIM_AHEAD];
         while examined < budget {
             let (page, offset) = match self.reclaiming {
                 Some(at) => at,
@@ -628,17 +628,16 @@ impl Index {
             {
                 let hash = self.hasher.hash_one(self.arena.key(loc));
                 self.table.prefetch(hash);
-                let len = self.arena.len(loc);
-                batch[n] = (loc, len, hash);
+                batch[n] = (loc, hash);
                 n += 1;
-                at += len;
+                at += self.arena.len(loc);
             }
             if n == 0 {
                 self.arena.free_page(page);
                 self.reclaiming = None;
                 continue;
             }
-            for &(_, _, hash) in &batch[..n] {
+            for &(_, hash) in &batch[..n] {
                 let entries = &self.entries;
                 self.table.candidates(hash, |s| {
                     if let Some(e) = entries.get(s as usize) {
@@ -646,16 +645,14 @@ impl Index {
                     }
                 });
             }
-            let mut at = offset;
-            for &(loc, len, hash) in &batch[..n] {
+            for &(loc, hash) in &batch[..n] {
                 let entries = &self.entries;
                 if let Some(slot) = self.table.find(hash, |s| entries[s as usize].loc() == loc) {
                     let new = self.arena.relocate(loc);
                     self.entries[slot as usize].set_loc(new);
                 }
-                at += len;
-                examined += len;
             }
+            examined += at - offset;
             self.reclaiming = Some((page, at));
         }
         true

@@ -61,7 +61,9 @@ impl GroupTimers {
     }
 
     /// Makes sure the group of `slot` is scanned at or before `deadline`
-    /// (unix ms; 0 means never and arms nothing).
+    /// (unix ms; 0 means never and arms nothing). A group timer armed
+    /// earlier is kept, so an overwrite-heavy load with the default TTL
+    /// adds no timers at all.
     pub(crate) fn arm(&mut self, slot: u32, deadline: u64) {
         if deadline != 0 {
             self.arm_group(slot >> GROUP_BITS, deadline);

@@ -50,30 +50,6 @@ impl<T> Wheel<T> {
         self.len == 0
     }
 
-    /// Makes room for items due at `deadlines` before they are inserted, so
-    /// each slot holds exactly what it needs: replay arms a timer for every
-    /// entry at once, and slots grown by doubling would keep up to twice the
-    /// room, besides the smaller buffers left behind in the allocator
-    /// (15.6 MB against 8.4 MB for 1M timers of 8 bytes; they are 6 now).
-    pub fn reserve_for(&mut self, deadlines: impl Iterator<Item = u64>) {
-        let mut counts = [[0usize; SLOTS]; LEVELS];
-        let mut overdue = 0;
-        for when_ms in deadlines {
-            if when_ms <= self.elapsed {
-                overdue += 1;
-            } else {
-                let level = level_for(self.elapsed, when_ms);
-                counts[level][slot_for(when_ms, level)] += 1;
-            }
-        }
-        self.overdue.reserve_exact(overdue);
-        for (level, counts) in self.levels.iter_mut().zip(&counts) {
-            for (slot, &n) in level.slots.iter_mut().zip(counts) {
-                slot.reserve_exact(n);
-            }
-        }
-    }
-
     pub fn insert(&mut self, when_ms: u64, item: T) {
         self.len += 1;
         if when_ms <= self.elapsed {
@@ -181,25 +157,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
-
-    #[test]
-    fn reserved_slots_hold_exactly_their_items() {
-        let mut w = Wheel::new(1_000);
-        let deadlines: Vec<u64> = (0..5_000u64).map(|i| 1_000 + (i * 7_919) % 3_600_000).collect();
-        w.reserve_for(deadlines.iter().copied());
-        for (i, &at) in deadlines.iter().enumerate() {
-            w.insert(at, i);
-        }
-        for level in &w.levels {
-            for slot in &level.slots {
-                assert_eq!(slot.capacity(), slot.len());
-            }
-        }
-        assert_eq!(w.overdue.capacity(), w.overdue.len());
-        let mut out = Vec::new();
-        w.poll(3_601_000, |&i| Some(deadlines[i]), &mut out);
-        assert_eq!(out.len(), 5_000, "every item still comes due");
-    }
 
     #[test]
     fn levels_at_their_boundaries() {

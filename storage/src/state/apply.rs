@@ -316,7 +316,7 @@ impl State {
         let old = e.expires();
         e.set_expires(expires);
         self.log_undo(Undo::Expiry { slot, expires: old });
-        self.arm(slot, expires);
+        self.timers.arm(slot, expires);
     }
 
     pub(super) fn incr(&mut self, key: &[u8], delta: i64, now: u64, sink: &mut impl Sink) -> Result<i64> {

@@ -199,7 +199,7 @@ impl State {
             self.index.entry_mut(slot).set_encoding(encoding);
             self.log_undo(Undo::Remove(slot));
             if arm {
-                self.arm(slot, expires);
+                self.timers.arm(slot, expires);
             }
             if let Some(ev) = &mut self.evict {
                 let hash = self.index.hash(key);
@@ -239,13 +239,13 @@ impl State {
             self.index.entry_mut(slot).set_expires(expires);
             if arm && was_live {
                 self.index.entry_mut(slot).set_encoding(encoding);
-                self.arm(slot, expires);
+                self.timers.arm(slot, expires);
             } else if arm {
                 // A new entry in an old slot: queue handles of the expired one must not match.
                 self.stats.expired += 1;
                 self.index.entry_mut(slot).new_generation();
                 self.index.entry_mut(slot).set_encoding(encoding);
-                self.arm(slot, expires);
+                self.timers.arm(slot, expires);
                 if let Some(ev) = &mut self.evict {
                     let hash = self.index.hash(key);
                     ev.on_insert(&mut self.index, slot, hash);
@@ -265,14 +265,6 @@ impl State {
                 self.live_by_segment.remove(&segment);
             }
         }
-    }
-
-    /// Makes sure the entry at `slot` is looked at by its deadline `at`
-    /// (ms; 0 for never): its group's timer fires at or before it. A group
-    /// timer armed earlier is kept, so an overwrite-heavy load with the
-    /// default TTL adds no timers at all.
-    fn arm(&mut self, slot: u32, at: u64) {
-        self.timers.arm(slot, at);
     }
 
     /// Removes an entry without logging it (expiry, eviction, undo); returns
@@ -332,19 +324,16 @@ impl State {
             examined += slots.len();
             due.clear();
             let next = self.index.scan_deadlines(slots, now, &mut due);
-            if removed + due.len() > budget {
-                // The group stays due, for a later call to scan again.
-                for &slot in &due[..budget - removed] {
-                    self.remove(slot);
-                }
-                self.stats.expired += (budget - removed) as u64;
-                return budget;
-            }
-            for &slot in &due {
+            let take = due.len().min(budget - removed);
+            for &slot in &due[..take] {
                 self.remove(slot);
             }
-            self.stats.expired += due.len() as u64;
-            removed += due.len();
+            self.stats.expired += take as u64;
+            removed += take;
+            if take < due.len() {
+                // The group stays due, for a later call to scan again.
+                break;
+            }
             self.timers.scanned(next);
         }
         removed

@@ -77,7 +77,7 @@ impl State {
                     e.set_expires(expires);
                     e.set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += old_len as u64;
-                    self.arm(slot, expires);
+                    self.timers.arm(slot, expires);
                 }
                 Undo::Reinsert { loc, at: Placed { expires, segment, encoding } } => {
                     let (key, value) = self.index.item(loc);
@@ -85,7 +85,7 @@ impl State {
                     let slot = self.index.insert_item(loc, expires, segment);
                     self.index.entry_mut(slot).set_encoding(encoding);
                     *self.live_by_segment.entry(segment).or_default() += len as u64;
-                    self.arm(slot, expires);
+                    self.timers.arm(slot, expires);
                     if let Some(ev) = &mut self.evict {
                         let hash = self.index.hash(self.index.entry(slot).key());
                         ev.on_insert(&mut self.index, slot, hash);
@@ -93,7 +93,7 @@ impl State {
                 }
                 Undo::Expiry { slot, expires } => {
                     self.index.entry_mut(slot).set_expires(expires);
-                    self.arm(slot, expires);
+                    self.timers.arm(slot, expires);
                 }
                 Undo::Clear(c) => {
                     let c = *c;

@@ -1,12 +1,19 @@
 //! Where keys and values live: items packed one after another into large
 //! pages, instead of one heap allocation each.
 //!
-//! An item is `key_len | value_len | key | value`, the lengths as LEB128
-//! varints (seven bits a byte, low bits first: one byte below 128, two
-//! below 16384), with no padding, so a 16-byte key with a 100-byte value
-//! takes 118 bytes (one allocation of 118 bytes took a 128-byte allocator
-//! bin, plus the allocator's own free lists in every fresh page; fixed
-//! `u16`/`u32` lengths took 122). Items are bump-allocated
+//! An item is `key_len * 2 + has_deadline | value_len | [deadline] | key |
+//! value`, the first two as LEB128 varints (seven bits a byte, low bits
+//! first: one byte below 128, two below 16384), with no padding, so a
+//! 16-byte key with a 100-byte value takes 118 bytes, and 123 with a
+//! deadline (one allocation of 118 bytes took a 128-byte allocator bin,
+//! plus the allocator's own free lists in every fresh page; fixed
+//! `u16`/`u32` lengths took 122). A deadline is five bytes, little-endian:
+//! milliseconds after [`DEADLINE_BASE`] (2020-01-01), which reaches the
+//! year 2054; one outside that range is the five bytes `ff ff ff ff ff`
+//! followed by six bytes of unix milliseconds. The deadline lives in the
+//! item, not in the index's entry, because most entries' deadlines are
+//! read only with their key: a lookup compares the key, then checks the
+//! deadline beside it. Items are bump-allocated
 //! into the *active* page; when one does not fit, the page is sealed and a
 //! new one opens. An item larger than a quarter of a page gets a page of its
 //! own, sized to it.
@@ -23,6 +30,7 @@
 //! page and fixing their slots, then dropping the page. Which page and when
 //! is the index's choice ([`Arena::victim`]).
 
+use cachet_types::MAX_DEADLINE;
 use memmap2::MmapMut;
 
 /// Bytes in a regular page, unless the cache is capped smaller (see
@@ -89,23 +97,85 @@ fn read_varint(b: &[u8], at: usize) -> (usize, usize) {
     }
 }
 
-/// Bytes before the key: the two lengths.
-pub(crate) fn header_len(key_len: usize, value_len: usize) -> usize {
-    varint_len(key_len) + varint_len(value_len)
+/// Deadlines in items count milliseconds from 2020-01-01 00:00 UTC.
+pub(crate) const DEADLINE_BASE: u64 = 1_577_836_800_000;
+/// A short deadline's five bytes: at most this many ms after the base
+/// (all ones marks the long form).
+const SHORT_DEADLINE: u64 = (1 << 40) - 2;
+/// The long form: the marker and six bytes of unix ms.
+const LONG_DEADLINE_LEN: usize = 5 + 6;
+
+/// Bytes a deadline takes in an item (0 for none).
+fn deadline_len(expires: u64) -> usize {
+    match expires {
+        0 => 0,
+        e if e >= DEADLINE_BASE && e - DEADLINE_BASE <= SHORT_DEADLINE => 5,
+        _ => LONG_DEADLINE_LEN,
+    }
 }
 
-/// The size of an item holding `key` and `value`.
-pub(crate) fn item_len(key_len: usize, value_len: usize) -> usize {
-    header_len(key_len, value_len) + key_len + value_len
+fn write_deadline(b: &mut [u8], expires: u64) -> usize {
+    match deadline_len(expires) {
+        0 => 0,
+        5 => {
+            b[..5].copy_from_slice(&(expires - DEADLINE_BASE).to_le_bytes()[..5]);
+            5
+        }
+        _ => {
+            b[..5].fill(0xff);
+            b[5..LONG_DEADLINE_LEN].copy_from_slice(&expires.to_le_bytes()[..6]);
+            LONG_DEADLINE_LEN
+        }
+    }
 }
 
-/// Where an item's key starts, its length and its value's: `(start,
-/// key_len, value_len)`.
+/// Reads the deadline at `b[at..]`; returns it and the position after it.
 #[inline]
-fn lengths(b: &[u8]) -> (usize, usize, usize) {
-    let (klen, at) = read_varint(b, 0);
-    let (vlen, at) = read_varint(b, at);
-    (at, klen, vlen)
+fn read_deadline(b: &[u8], at: usize) -> (u64, usize) {
+    let mut short = [0u8; 8];
+    short[..5].copy_from_slice(&b[at..at + 5]);
+    let short = u64::from_le_bytes(short);
+    if short <= SHORT_DEADLINE {
+        (DEADLINE_BASE + short, at + 5)
+    } else {
+        let mut long = [0u8; 8];
+        long[..6].copy_from_slice(&b[at + 5..at + LONG_DEADLINE_LEN]);
+        (u64::from_le_bytes(long), at + LONG_DEADLINE_LEN)
+    }
+}
+
+/// Bytes before the key: the two lengths and the deadline.
+pub(crate) fn header_len(key_len: usize, value_len: usize, expires: u64) -> usize {
+    varint_len(key_len * 2) + varint_len(value_len) + deadline_len(expires)
+}
+
+/// The size of an item holding `key` and `value` and deadline `expires`
+/// (0 for none).
+pub(crate) fn item_len(key_len: usize, value_len: usize, expires: u64) -> usize {
+    header_len(key_len, value_len, expires) + key_len + value_len
+}
+
+/// An item's header: where its key starts, the key's length, the value's,
+/// and the deadline (0 for none).
+struct Header {
+    key_at: usize,
+    key_len: usize,
+    value_len: usize,
+    expires: u64,
+}
+
+#[inline]
+fn header(b: &[u8]) -> Header {
+    let (tagged, at) = read_varint(b, 0);
+    let (value_len, at) = read_varint(b, at);
+    let (expires, key_at) = if tagged & 1 != 0 { read_deadline(b, at) } else { (0, at) };
+    Header { key_at, key_len: tagged >> 1, value_len, expires }
+}
+
+impl Header {
+    fn len(&self) -> usize {
+        self.key_at + self.key_len + self.value_len
+    }
 }
 
 /// Bits of a [`Loc`] that hold the offset: a regular page is at most
@@ -251,14 +321,17 @@ impl Arena {
         self.written
     }
 
-    /// Writes a new item; returns its place. It counts as live.
-    pub(crate) fn alloc(&mut self, key: &[u8], value: &[u8]) -> Loc {
-        let len = item_len(key.len(), value.len());
+    /// Writes a new item with deadline `expires` (0 for none); returns its
+    /// place. It counts as live.
+    pub(crate) fn alloc(&mut self, key: &[u8], value: &[u8], expires: u64) -> Loc {
+        let expires = expires.min(MAX_DEADLINE);
+        let len = item_len(key.len(), value.len(), expires);
         let (page, offset) = self.room(len);
         let p = &mut self.pages[page as usize];
         let b = &mut p.buf.as_deref_mut().expect("a page in use")[offset..offset + len];
-        let at = write_varint(b, key.len());
+        let at = write_varint(b, key.len() * 2 + usize::from(expires != 0));
         let at = at + write_varint(&mut b[at..], value.len());
+        let at = at + write_deadline(&mut b[at..], expires);
         b[at..at + key.len()].copy_from_slice(key);
         b[at + key.len()..].copy_from_slice(value);
         p.used += len;
@@ -322,23 +395,28 @@ impl Arena {
         }
     }
 
-    /// The item at `loc`: its key and value.
-    pub(crate) fn item(&self, loc: Loc) -> (&[u8], &[u8]) {
+    /// The item at `loc`: its key, value and deadline (0 for none).
+    pub(crate) fn item(&self, loc: Loc) -> (&[u8], &[u8], u64) {
         let b = &buf(&self.pages[loc.page()])[loc.offset()..];
-        let (at, klen, vlen) = lengths(b);
-        (&b[at..at + klen], &b[at + klen..at + klen + vlen])
+        let h = header(b);
+        let value_at = h.key_at + h.key_len;
+        (&b[h.key_at..value_at], &b[value_at..value_at + h.value_len], h.expires)
     }
 
     pub(crate) fn key(&self, loc: Loc) -> &[u8] {
         let b = &buf(&self.pages[loc.page()])[loc.offset()..];
-        let (at, klen, _) = lengths(b);
-        &b[at..at + klen]
+        let h = header(b);
+        &b[h.key_at..h.key_at + h.key_len]
+    }
+
+    /// The item's deadline (0 for none).
+    pub(crate) fn expires(&self, loc: Loc) -> u64 {
+        header(&buf(&self.pages[loc.page()])[loc.offset()..]).expires
     }
 
     /// The item's size in the page, header included.
     pub(crate) fn len(&self, loc: Loc) -> usize {
-        let (at, klen, vlen) = lengths(&buf(&self.pages[loc.page()])[loc.offset()..]);
-        at + klen + vlen
+        header(&buf(&self.pages[loc.page()])[loc.offset()..]).len()
     }
 
     /// The item is no longer referred to; its bytes stay readable until its
@@ -411,15 +489,15 @@ mod tests {
     #[test]
     fn items_pack_and_read_back() {
         let mut a = Arena::new(PAGE_BYTES);
-        let x = a.alloc(b"key", b"value");
-        let y = a.alloc(b"", b"");
-        assert_eq!(a.item(x), (&b"key"[..], &b"value"[..]));
-        assert_eq!(a.item(y), (&b""[..], &b""[..]));
+        let x = a.alloc(b"key", b"value", 0);
+        let y = a.alloc(b"", b"", 0);
+        assert_eq!(a.item(x), (&b"key"[..], &b"value"[..], 0));
+        assert_eq!(a.item(y), (&b""[..], &b""[..], 0));
         assert_eq!(a.len(x), 2 + 8);
         assert_eq!(a.item_at(0, 2 + 8), Some(y));
         assert_eq!(a.live_bytes(), 2 * 2 + 8);
         a.release(x);
-        assert_eq!(a.item(x), (&b"key"[..], &b"value"[..]), "released bytes stay readable");
+        assert_eq!(a.item(x), (&b"key"[..], &b"value"[..], 0), "released bytes stay readable");
         assert_eq!(a.live_bytes(), 2);
         a.revive(x);
         assert_eq!(a.live_bytes(), 2 * 2 + 8);
@@ -428,13 +506,13 @@ mod tests {
     #[test]
     fn a_full_page_is_sealed_and_large_items_get_their_own() {
         let mut a = Arena::new(PAGE_BYTES);
-        let v = vec![7u8; LARGE_ITEM - header_len(1, LARGE_ITEM) - 1];
-        let locs: Vec<Loc> = (0..5).map(|i| a.alloc(&[i], &v)).collect();
+        let v = vec![7u8; LARGE_ITEM - header_len(1, LARGE_ITEM, 0) - 1];
+        let locs: Vec<Loc> = (0..5).map(|i| a.alloc(&[i], &v, 0)).collect();
         assert_eq!(locs[4].page(), 1, "the fifth quarter-page item opens a second page");
-        let big = a.alloc(b"big", &vec![1u8; LARGE_ITEM]);
+        let big = a.alloc(b"big", &vec![1u8; LARGE_ITEM], 0);
         assert_eq!((big.page(), big.offset()), (2, 0));
-        assert_eq!(a.held_bytes(), 2 * PAGE_BYTES + item_len(3, LARGE_ITEM));
-        assert_eq!(a.alloc(b"x", b"y").page(), 1, "small items still go to the active page");
+        assert_eq!(a.held_bytes(), 2 * PAGE_BYTES + item_len(3, LARGE_ITEM, 0));
+        assert_eq!(a.alloc(b"x", b"y", 0).page(), 1, "small items still go to the active page");
     }
 
     #[test]
@@ -446,21 +524,31 @@ mod tests {
             assert_eq!(read_varint(&b, 0), (n, len), "{n}");
         }
         let mut a = Arena::new(PAGE_BYTES);
-        for (k, v) in [(0, 0), (127, 128), (128, 16_384), (65_535, 100), (3, 300_000)] {
-            let (key, value) = (vec![1u8; k], vec![2u8; v]);
-            let loc = a.alloc(&key, &value);
-            assert_eq!(a.item(loc), (&key[..], &value[..]));
-            assert_eq!(a.key(loc), &key[..]);
-            assert_eq!(a.len(loc), item_len(k, v));
+        let deadlines = [0, 1, DEADLINE_BASE - 1, DEADLINE_BASE, 1_800_000_000_000, DEADLINE_BASE + SHORT_DEADLINE];
+        let deadlines = deadlines.into_iter().chain([DEADLINE_BASE + SHORT_DEADLINE + 1, MAX_DEADLINE]);
+        for (i, expires) in deadlines.enumerate() {
+            for (k, v) in [(0, 0), (63, 1), (64, 128), (127, 128), (128, 16_384), (65_535, 100), (3, 300_000)] {
+                let (key, value) = (vec![i as u8; k], vec![2u8; v]);
+                let loc = a.alloc(&key, &value, expires);
+                assert_eq!(a.item(loc), (&key[..], &value[..], expires), "{k} {v} {expires}");
+                assert_eq!(a.key(loc), &key[..]);
+                assert_eq!(a.expires(loc), expires);
+                assert_eq!(a.len(loc), item_len(k, v, expires));
+            }
         }
-        assert_eq!(item_len(16, 100), 118, "the entry of ARCHITECTURE.md's budget");
+        let capped = a.alloc(b"k", b"v", u64::MAX);
+        assert_eq!(a.expires(capped), MAX_DEADLINE, "a later deadline is capped, not wrapped");
+        assert_eq!(item_len(16, 100, 0), 118, "the entry of ARCHITECTURE.md's budget");
+        assert_eq!(item_len(16, 100, 1_800_000_000_000), 123, "and with a deadline");
+        assert_eq!(item_len(16, 100, DEADLINE_BASE - 1), 129, "the long form, before 2020");
     }
 
     #[test]
     fn reclaim_moves_live_items_and_frees_the_page() {
         let mut a = Arena::new(PAGE_BYTES);
         let v = vec![3u8; 1000];
-        let mut locs: Vec<Loc> = (0..4000u16).map(|i| a.alloc(&i.to_le_bytes(), &v)).collect();
+        let mut locs: Vec<Loc> =
+            (0..4000u16).map(|i| a.alloc(&i.to_le_bytes(), &v, u64::from(i % 3) * 1_800_000_000_000)).collect();
         // Release all but every tenth item of the first page.
         for (i, &l) in locs.iter().enumerate() {
             if l.page() == 0 && i % 10 != 0 {
@@ -478,7 +566,7 @@ mod tests {
         a.free_page(0);
         assert_eq!(a.used_bytes(), a.live_bytes());
         for (i, &l) in locs.iter().enumerate().filter(|(i, l)| i % 10 == 0 || l.page() != 0) {
-            assert_eq!(a.item(l), (&(i as u16).to_le_bytes()[..], &v[..]));
+            assert_eq!(a.item(l), (&(i as u16).to_le_bytes()[..], &v[..], (i % 3) as u64 * 1_800_000_000_000));
         }
         assert!(a.spare.is_some(), "the page is kept for the next one");
     }

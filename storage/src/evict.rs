@@ -21,13 +21,15 @@ use hashbrown::HashSet;
 use crate::index::{Handle, Index};
 
 /// Bytes an entry costs beyond its arena item (key, value and their
-/// lengths): the slab entry (16) and a table slot with its control byte
-/// (4.6 to 8.6 by the table's load and slot width), 25 at most (expiry timers are per
-/// group of 64 slots, 0.4 bytes an entry), rounded up for the arena's
-/// page slack and the dead bytes reclaim has not yet freed: with 34, a
-/// flood of 100-byte values held 1.06x the cap; with 40, 1.02x. The eviction queues' handles are counted apart, by the
-/// queues' capacity (`S3Fifo::own_bytes`). The memory bench checks it.
-pub const ENTRY_OVERHEAD: usize = 40;
+/// lengths and deadline): the slab entry (8) and a table slot with its
+/// control byte (4.6 to 8.6 by the table's load and slot width), 17 at
+/// most (expiry timers are per group of 64 slots, 0.4 bytes an entry),
+/// rounded up for the arena's page slack and the dead bytes reclaim has
+/// not yet freed (with 16-byte entries: 34 held a flood of 100-byte values
+/// at 1.06x the cap, 40 at 1.02x; this is that 40 less the 8 bytes entries
+/// lost). The eviction queues' handles are counted apart, by the queues'
+/// capacity (`S3Fifo::own_bytes`). The memory bench checks it.
+pub const ENTRY_OVERHEAD: usize = 32;
 
 #[derive(Default)]
 pub(crate) struct S3Fifo {

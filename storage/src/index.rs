@@ -1,24 +1,25 @@
 //! The in-memory index: a hash table of small slab handles over a slab of
-//! entries, whose keys and values live in the arena's pages.
+//! entries, whose keys, values and deadlines live in the arena's pages.
 //!
 //! The table ([`SlotTable`]) stores only a slot number per key (its
-//! hash is recomputed from the key when the table grows). An entry is 16
-//! bytes, 128 bits: where its item is ([`Loc`], 43 bits), its flags and a
-//! 12-bit generation (16), its deadline (43 bits of unix ms, to the year
-//! 2248) and the low 26 bits of the log segment of its set record (the
-//! high bits come back from the newest segment: the log never spans more
-//! than 2^26 segments). A 16-byte key with a 100-byte value so costs its
-//! 118-byte item, the 16-byte entry and 4.6 to 6.9 bytes of table (a three-byte
-//! slot and a control byte per bucket, at a load between 7/12 and 7/8; a
-//! table sized by replay starts at 7/8). Expiry timers name groups of slots, not
-//! entries (`timers`). Eviction queues refer to entries by `(slot,
-//! generation)`; the generation changes whenever a slot gets a new entry,
-//! which is how the queues cancel lazily.
+//! hash is recomputed from the key when the table grows). An entry is 8
+//! bytes, 64 bits: where its item is ([`Loc`], 43 bits), a 12-bit
+//! generation, its eviction bits, whether its item holds a deadline, and
+//! the compaction epoch of its set record (see [`Entry`]). The deadline
+//! itself is in the item, beside the key a lookup compares anyway
+//! (`arena`). A 16-byte key with a 100-byte value so costs its 118-byte
+//! item (123 with a deadline), the 8-byte entry and 4.6 to 6.9 bytes of
+//! table (a three-byte slot and a control byte per bucket, at a load
+//! between 7/12 and 7/8; a table sized by replay starts at 7/8). Expiry
+//! timers name groups of slots, not entries (`timers`). Eviction queues
+//! refer to entries by `(slot, generation)`; the generation changes
+//! whenever a slot gets a new entry, which is how the queues cancel lazily.
 //!
 //! An overwritten or removed entry's item stays in its page, dead, until
 //! [`Index::reclaim`] moves the live items out of the emptiest page (in
 //! bounded slices, between batches) and drops it; so the undo log of a
-//! batch keeps old items by their place, without copying them.
+//! batch keeps old items by their place, without copying them. A new
+//! deadline is a new item too (`set_expires`), for the same reason.
 
 use std::ops::Deref;
 
@@ -29,38 +30,140 @@ pub(crate) use crate::arena::Loc;
 #[cfg(test)]
 use crate::arena::PAGE_BYTES;
 use crate::arena::{Arena, item_len};
-use crate::record::{Encoding, SegmentId};
+use crate::record::Encoding;
 use crate::table::SlotTable;
-use cachet_types::MAX_DEADLINE;
 
 /// Keys are at most this long (the on-disk record keeps two bytes for it).
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 
-/// One slot of the slab: 16 bytes, the fields packed in a `u128` (low bits
-/// first): the item's place (43 bits: [`Loc::to_bits`]; `Loc::NONE` marks a
-/// free slot), generation and flags (16, see [`Entry::generation`]), the
-/// deadline (43 bits of unix ms; 0 means never; deadlines stop at
-/// [`MAX_DEADLINE`], in the year 2248; for a free slot, the next free slot
-/// or `NO_SLOT`), and the low 26 bits of the segment holding the entry's
-/// set record (the index adds the high bits back, see [`segment_of`]).
+/// One slot of the slab: 8 bytes, the fields packed in a `u64` (low bits
+/// first):
+///
+/// | bits  | field |
+/// |-------|-------|
+/// | 0-42  | the item's place ([`Loc::to_bits`]) |
+/// | 43-54 | generation (12 bits, see [`Entry::generation`]) |
+/// | 55-56 | S3-FIFO frequency |
+/// | 57    | in S3-FIFO's main queue |
+/// | 58    | the value is text (else MessagePack) |
+/// | 59    | the item holds a deadline |
+/// | 60-61 | compaction epoch of the set record (see [`Entry::epoch`]) |
+/// | 63    | free: bits 0-31 then link the free list |
+///
+/// A free slot keeps its generation, so handles on its last entry keep
+/// failing to match.
 #[derive(Clone, Copy)]
-pub(crate) struct Entry(u128);
+pub(crate) struct Entry(u64);
 
-const LOC_SHIFT: u32 = 0;
 const LOC_BITS: u32 = crate::arena::LOC_BITS;
-const META_SHIFT: u32 = LOC_SHIFT + LOC_BITS;
-const META_BITS: u32 = 16;
-const EXPIRES_SHIFT: u32 = META_SHIFT + META_BITS;
-const EXPIRES_BITS: u32 = 43;
-const SEGMENT_SHIFT: u32 = EXPIRES_SHIFT + EXPIRES_BITS;
-/// Bits of a segment number an entry keeps.
-const SEGMENT_BITS: u32 = 26;
-const _: () = assert!(SEGMENT_SHIFT + SEGMENT_BITS == 128, "the fields fill the entry");
-const _: () = assert!(MAX_DEADLINE < 1 << EXPIRES_BITS, "every deadline fits");
-/// Segments an entry's segment number can be behind the newest one and
-/// still be told apart: 2^26, 64 Mi segments (256 GiB of the smallest,
-/// 4 KiB, segments; the writer stops rolling before the log spans more).
-pub(crate) const SEGMENT_SPAN: u32 = 1 << SEGMENT_BITS;
+const LOC_MASK: u64 = (1 << LOC_BITS) - 1;
+const GEN_SHIFT: u32 = LOC_BITS;
+const GEN_BITS: u32 = 12;
+const GEN_MASK: u64 = ((1 << GEN_BITS) - 1) << GEN_SHIFT;
+const FREQ_SHIFT: u32 = GEN_SHIFT + GEN_BITS;
+const MAIN_BIT: u64 = 1 << (FREQ_SHIFT + 2);
+const TEXT_BIT: u64 = MAIN_BIT << 1;
+const DEADLINE_BIT: u64 = TEXT_BIT << 1;
+const EPOCH_SHIFT: u32 = FREQ_SHIFT + 5;
+const EPOCH_BITS: u32 = 2;
+const EPOCH_MASK: u64 = ((1 << EPOCH_BITS) - 1) << EPOCH_SHIFT;
+const FREE_BIT: u64 = 1 << 63;
+const _: () = assert!(EPOCH_SHIFT + EPOCH_BITS < 63, "the fields fit below the free bit");
+/// The flags a new entry in a slot starts without.
+const FLAGS: u64 = (3 << FREQ_SHIFT) | MAIN_BIT | TEXT_BIT;
+
+/// Compaction epochs, as entries keep them: they count modulo this.
+pub(crate) const EPOCHS: u8 = 1 << EPOCH_BITS;
+
+impl Entry {
+    fn new(loc: Loc, has_deadline: bool, epoch: u8) -> Entry {
+        let mut e = Entry(0);
+        e.set_loc(loc, has_deadline);
+        e.set_epoch(epoch);
+        e
+    }
+
+    fn loc(&self) -> Loc {
+        Loc::from_bits(self.0 & LOC_MASK)
+    }
+
+    fn set_loc(&mut self, loc: Loc, has_deadline: bool) {
+        let flag = if has_deadline { DEADLINE_BIT } else { 0 };
+        self.0 = (self.0 & !(LOC_MASK | DEADLINE_BIT)) | loc.to_bits() | flag;
+    }
+
+    /// Whether the entry's item holds a deadline (expiry reads only those).
+    pub(crate) fn has_deadline(&self) -> bool {
+        self.0 & DEADLINE_BIT != 0
+    }
+
+    /// The compaction epoch of the entry's set record, modulo [`EPOCHS`]:
+    /// the state's epoch when the record was written. A compaction starts
+    /// a new epoch as it rolls to a new segment, so a record is in the
+    /// segments it empties exactly when its entry's epoch is not the
+    /// current one (each compaction rewrites or removes every entry of the
+    /// one before, so no older epoch is left to wrap around).
+    pub(crate) fn epoch(&self) -> u8 {
+        ((self.0 & EPOCH_MASK) >> EPOCH_SHIFT) as u8
+    }
+
+    fn set_epoch(&mut self, epoch: u8) {
+        self.0 = (self.0 & !EPOCH_MASK) | (u64::from(epoch % EPOCHS) << EPOCH_SHIFT);
+    }
+
+    /// The slot's generation (12 bits, wrapping). A handle that outlived
+    /// 4096 reuses of its slot may match again; a queue handle then only
+    /// looks at an entry early, which it checks anyway.
+    pub(crate) fn generation(&self) -> u32 {
+        ((self.0 & GEN_MASK) >> GEN_SHIFT) as u32
+    }
+
+    pub(crate) fn freq(&self) -> u32 {
+        ((self.0 >> FREQ_SHIFT) & 3) as u32
+    }
+
+    pub(crate) fn set_freq(&mut self, f: u32) {
+        self.0 = (self.0 & !(3 << FREQ_SHIFT)) | (u64::from(f.min(3)) << FREQ_SHIFT);
+    }
+
+    pub(crate) fn in_main(&self) -> bool {
+        self.0 & MAIN_BIT != 0
+    }
+
+    pub(crate) fn set_in_main(&mut self, main: bool) {
+        self.0 = (self.0 & !MAIN_BIT) | if main { MAIN_BIT } else { 0 };
+    }
+
+    pub(crate) fn encoding(&self) -> Encoding {
+        if self.0 & TEXT_BIT != 0 { Encoding::Text } else { Encoding::MessagePack }
+    }
+
+    pub(crate) fn set_encoding(&mut self, encoding: Encoding) {
+        self.0 = (self.0 & !TEXT_BIT) | if encoding == Encoding::Text { TEXT_BIT } else { 0 };
+    }
+
+    /// A new entry in this slot: old queue handles stop matching
+    /// (and its flags start clear).
+    pub(crate) fn new_generation(&mut self) {
+        let generation = (self.0 + (1 << GEN_SHIFT)) & GEN_MASK;
+        self.0 = (self.0 & !(GEN_MASK | FLAGS)) | generation;
+    }
+
+    fn is_free(&self) -> bool {
+        self.0 & FREE_BIT != 0
+    }
+
+    /// Frees the slot, linking it to `next`; the generation stays.
+    fn free(&mut self, next: u32) {
+        self.0 = FREE_BIT | (self.0 & GEN_MASK) | u64::from(next);
+    }
+
+    /// A free slot's link to the next free one.
+    fn next_free(&self) -> u32 {
+        debug_assert!(self.is_free());
+        self.0 as u32
+    }
+}
 
 /// Packs `n` as two `u16`s, low first.
 fn pack32(n: u32) -> [u16; 2] {
@@ -69,108 +172,6 @@ fn pack32(n: u32) -> [u16; 2] {
 
 fn unpack32([a, b]: [u16; 2]) -> u32 {
     u32::from(a) | (u32::from(b) << 16)
-}
-
-impl Entry {
-    fn empty(segment: SegmentId) -> Entry {
-        let mut e = Entry(0);
-        e.set_segment(segment);
-        e
-    }
-
-    fn field(&self, shift: u32, bits: u32) -> u64 {
-        ((self.0 >> shift) & ((1 << bits) - 1)) as u64
-    }
-
-    fn set_field(&mut self, shift: u32, bits: u32, v: u64) {
-        debug_assert!(u128::from(v) < 1 << bits);
-        let mask = ((1u128 << bits) - 1) << shift;
-        self.0 = (self.0 & !mask) | ((u128::from(v) << shift) & mask);
-    }
-
-    fn meta(&self) -> u16 {
-        self.field(META_SHIFT, META_BITS) as u16
-    }
-
-    fn set_meta(&mut self, meta: u16) {
-        self.set_field(META_SHIFT, META_BITS, u64::from(meta));
-    }
-
-    fn loc(&self) -> Loc {
-        Loc::from_bits(self.field(LOC_SHIFT, LOC_BITS))
-    }
-
-    fn set_loc(&mut self, loc: Loc) {
-        self.set_field(LOC_SHIFT, LOC_BITS, loc.to_bits());
-    }
-
-    /// Absolute expiry in unix ms; 0 means never.
-    pub(crate) fn expires(&self) -> u64 {
-        self.field(EXPIRES_SHIFT, EXPIRES_BITS)
-    }
-
-    /// Sets the expiry; a deadline past [`MAX_DEADLINE`] becomes it (only
-    /// a log written before deadlines were capped can hold one).
-    pub(crate) fn set_expires(&mut self, ms: u64) {
-        self.set_field(EXPIRES_SHIFT, EXPIRES_BITS, ms.min(MAX_DEADLINE));
-    }
-
-    /// The low bits of the segment holding this entry's set record.
-    fn segment_bits(&self) -> u32 {
-        self.field(SEGMENT_SHIFT, SEGMENT_BITS) as u32
-    }
-
-    /// Keeps the low bits of `id`; only the index sets it, noting the
-    /// newest segment it has seen so it can add the high bits back.
-    fn set_segment(&mut self, id: SegmentId) {
-        self.set_field(SEGMENT_SHIFT, SEGMENT_BITS, u64::from(id.0 & (SEGMENT_SPAN - 1)));
-    }
-
-    /// The slot's generation (12 bits, wrapping). A handle that outlived
-    /// 4096 reuses of its slot may match again; a queue handle then only
-    /// looks at an entry early, which it checks anyway.
-    pub(crate) fn generation(&self) -> u32 {
-        u32::from(self.meta() & GEN_MASK)
-    }
-
-    pub(crate) fn freq(&self) -> u32 {
-        u32::from((self.meta() >> 12) & 3)
-    }
-
-    pub(crate) fn set_freq(&mut self, f: u32) {
-        self.set_meta((self.meta() & !(3 << 12)) | ((f.min(3) as u16) << 12));
-    }
-
-    pub(crate) fn in_main(&self) -> bool {
-        self.meta() & (1 << 14) != 0
-    }
-
-    pub(crate) fn set_in_main(&mut self, main: bool) {
-        self.set_meta((self.meta() & !(1 << 14)) | (u16::from(main) << 14));
-    }
-
-    pub(crate) fn encoding(&self) -> Encoding {
-        if self.meta() & TEXT_BIT != 0 { Encoding::Text } else { Encoding::MessagePack }
-    }
-
-    pub(crate) fn set_encoding(&mut self, encoding: Encoding) {
-        self.set_meta((self.meta() & !TEXT_BIT) | if encoding == Encoding::Text { TEXT_BIT } else { 0 });
-    }
-
-    /// A new entry in this slot: old queue handles stop matching
-    /// (and its flags start clear).
-    pub(crate) fn new_generation(&mut self) {
-        self.set_meta(((self.meta() & GEN_MASK) + 1) & GEN_MASK);
-    }
-
-    pub(crate) fn is_live_at(&self, now: u64) -> bool {
-        let expires = self.expires();
-        expires == 0 || expires > now
-    }
-
-    fn is_free(&self) -> bool {
-        self.loc() == Loc::NONE
-    }
 }
 
 /// A reference to an entry that outlives it: `(slot, generation)` in six
@@ -182,7 +183,7 @@ pub(crate) struct Handle([u16; 3]);
 
 impl Handle {
     fn new(slot: u32, generation: u32) -> Handle {
-        debug_assert!(generation <= u32::from(GEN_MASK));
+        debug_assert!(generation < 1 << GEN_BITS);
         let [lo, hi] = pack32(slot);
         Handle([lo, hi, generation as u16])
     }
@@ -202,16 +203,10 @@ pub(crate) struct EntryRef<'a> {
     entry: &'a Entry,
     key: &'a [u8],
     value: &'a [u8],
-    /// The index's newest segment, to complete the entry's segment number.
-    newest_segment: u32,
+    expires: u64,
 }
 
 impl<'a> EntryRef<'a> {
-    /// The segment holding this entry's set record.
-    pub(crate) fn segment(&self) -> SegmentId {
-        segment_of(self.entry.segment_bits(), self.newest_segment)
-    }
-
     pub(crate) fn key(&self) -> &'a [u8] {
         self.key
     }
@@ -220,9 +215,18 @@ impl<'a> EntryRef<'a> {
         self.value
     }
 
+    /// Absolute expiry in unix ms; 0 means never.
+    pub(crate) fn expires(&self) -> u64 {
+        self.expires
+    }
+
+    pub(crate) fn is_live_at(&self, now: u64) -> bool {
+        self.expires == 0 || self.expires > now
+    }
+
     /// The bytes its item takes in the arena.
     pub(crate) fn blob_len(&self) -> usize {
-        item_len(self.key.len(), self.value.len())
+        item_len(self.key.len(), self.value.len(), self.expires)
     }
 }
 
@@ -234,15 +238,10 @@ impl Deref for EntryRef<'_> {
     }
 }
 
-/// The segment whose low bits are `bits`, at most `SEGMENT_SPAN - 1`
-/// segments before `newest` (the newest segment the index has stored).
-fn segment_of(bits: u32, newest: u32) -> SegmentId {
-    SegmentId(newest - (newest.wrapping_sub(bits) & (SEGMENT_SPAN - 1)))
-}
-
-/// The bytes an entry holding `key` and `value` takes in the arena.
-pub(crate) fn blob_len(key: &[u8], value: &[u8]) -> usize {
-    item_len(key.len(), value.len())
+/// The bytes an entry holding `key`, `value` and deadline `expires` takes
+/// in the arena.
+pub(crate) fn blob_len(key: &[u8], value: &[u8], expires: u64) -> usize {
+    item_len(key.len(), value.len(), expires)
 }
 
 /// Entries per slab chunk after the first: 2^14 (288 KiB of entries).
@@ -313,8 +312,6 @@ impl std::ops::IndexMut<usize> for Slab {
 const NO_SLOT: u32 = u32::MAX;
 /// Items reclaim looks ahead at (see [`Index::reclaim`]).
 const RECLAIM_AHEAD: usize = 8;
-const GEN_MASK: u16 = (1 << 12) - 1;
-const TEXT_BIT: u16 = 1 << 15;
 
 pub(crate) struct Index {
     table: SlotTable,
@@ -327,10 +324,6 @@ pub(crate) struct Index {
     reclaiming: Option<(u32, usize)>,
     /// `arena.written()` at the last reclaim step.
     reclaimed_mark: usize,
-    /// The highest segment number stored in an entry: entries keep the low
-    /// `SEGMENT_BITS` of theirs, and are never more than `SEGMENT_SPAN`
-    /// segments behind it.
-    newest_segment: u32,
 }
 
 impl Index {
@@ -345,7 +338,6 @@ impl Index {
             hasher: DefaultHashBuilder::default(),
             reclaiming: None,
             reclaimed_mark: 0,
-            newest_segment: 0,
         }
     }
 
@@ -408,18 +400,14 @@ impl Index {
     }
 
     fn view<'a>(&'a self, e: &'a Entry) -> EntryRef<'a> {
-        let (key, value) = self.arena.item(e.loc());
-        EntryRef { entry: e, key, value, newest_segment: self.newest_segment }
+        let (key, value, expires) = self.arena.item(e.loc());
+        EntryRef { entry: e, key, value, expires }
     }
 
-    /// Records that the entry at `slot` has its set record in `segment`.
-    pub(crate) fn set_segment(&mut self, slot: u32, segment: SegmentId) {
-        self.note_segment(segment);
-        self.entries[slot as usize].set_segment(segment);
-    }
-
-    fn note_segment(&mut self, segment: SegmentId) {
-        self.newest_segment = self.newest_segment.max(segment.0);
+    /// Records that the entry at `slot` has its set record in compaction
+    /// epoch `epoch`.
+    pub(crate) fn set_epoch(&mut self, slot: u32, epoch: u8) {
+        self.entries[slot as usize].set_epoch(epoch);
     }
 
     /// The occupied entry at `slot`.
@@ -444,21 +432,35 @@ impl Index {
         (!e.is_free() && e.generation() == handle.generation()).then(|| self.view(e))
     }
 
-    /// Gives an existing entry (whose key is `key`) a new value; returns the
-    /// old item's place, released but readable until the next reclaim (the
-    /// batch's undo log keeps it).
-    pub(crate) fn replace_value(&mut self, slot: u32, key: &[u8], value: &[u8]) -> Loc {
+    /// Gives an existing entry (whose key is `key`) a new value and
+    /// deadline; returns the old item's place, released but readable until
+    /// the next reclaim (the batch's undo log keeps it).
+    pub(crate) fn replace_value(&mut self, slot: u32, key: &[u8], value: &[u8], expires: u64) -> Loc {
         debug_assert_eq!(self.entry(slot).key(), key);
-        let loc = self.arena.alloc(key, value);
+        let loc = self.arena.alloc(key, value, expires);
+        self.swap_item(slot, loc)
+    }
+
+    /// Gives an existing entry a new deadline (0 for none): a copy of its
+    /// item with the new one. Returns the old item's place, as
+    /// `replace_value` does.
+    pub(crate) fn set_expires(&mut self, slot: u32, expires: u64) -> Loc {
+        let old = self.entries[slot as usize].loc();
+        let (key, value, _) = self.arena.item(old);
+        // The arena copies from its own page into the active one: the two
+        // never overlap, but the borrow checker cannot see that.
+        let (key, value) = (key.to_vec(), value.to_vec());
+        let loc = self.arena.alloc(&key, &value, expires);
         self.swap_item(slot, loc)
     }
 
     /// Points an occupied slot at the item at `loc` (same key, released
     /// before); returns the old one, released.
     pub(crate) fn swap_item(&mut self, slot: u32, loc: Loc) -> Loc {
+        let has_deadline = self.arena.expires(loc) != 0;
         let e = &mut self.entries[slot as usize];
         let old = e.loc();
-        e.set_loc(loc);
+        e.set_loc(loc, has_deadline);
         self.arena.release(old);
         old
     }
@@ -468,20 +470,20 @@ impl Index {
         self.arena.revive(loc);
     }
 
-    /// Key and value of an item, live or released.
-    pub(crate) fn item(&self, loc: Loc) -> (&[u8], &[u8]) {
+    /// Key, value and deadline of an item, live or released.
+    pub(crate) fn item(&self, loc: Loc) -> (&[u8], &[u8], u64) {
         self.arena.item(loc)
     }
 
     /// Inserts an absent key from a released item kept by the undo log.
-    pub(crate) fn insert_item(&mut self, loc: Loc, expires: u64, segment: SegmentId) -> u32 {
+    pub(crate) fn insert_item(&mut self, loc: Loc, epoch: u8) -> u32 {
         self.arena.revive(loc);
         let hash = self.hasher.hash_one(self.arena.key(loc));
         debug_assert!(self.find(self.arena.key(loc)).is_none(), "undo reinserts only removed keys");
         let slot = self.next_slot();
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
         self.table.insert_unique(hash, slot, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
-        self.fill_slot(slot, loc, expires, segment);
+        self.fill_slot(slot, loc, epoch);
         slot
     }
 
@@ -496,7 +498,7 @@ impl Index {
     /// The slot of `key`, inserting it with `value` if absent (one hash, one
     /// probe). Returns the slot and whether it was inserted; an existing
     /// entry is left unchanged.
-    pub(crate) fn find_or_insert(&mut self, key: &[u8], value: &[u8], expires: u64, segment: SegmentId) -> (u32, bool) {
+    pub(crate) fn find_or_insert(&mut self, key: &[u8], value: &[u8], expires: u64, epoch: u8) -> (u32, bool) {
         let hash = self.hasher.hash_one(key);
         let (entries, arena) = (&self.entries, &self.arena);
         if let Some(slot) = self.table.find(hash, |s| arena.key(entries[s as usize].loc()) == key) {
@@ -505,34 +507,32 @@ impl Index {
         let slot = self.next_slot();
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
         self.table.insert_unique(hash, slot, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
-        let loc = self.arena.alloc(key, value);
-        self.fill_slot(slot, loc, expires, segment);
+        let loc = self.arena.alloc(key, value, expires);
+        self.fill_slot(slot, loc, epoch);
         (slot, true)
     }
 
-    /// Puts an entry into `slot` (the free list's head or one past the end).
-    fn fill_slot(&mut self, slot: u32, loc: Loc, expires: u64, segment: SegmentId) {
+    /// Puts an entry for the item at `loc` into `slot` (the free list's
+    /// head or one past the end).
+    fn fill_slot(&mut self, slot: u32, loc: Loc, epoch: u8) {
         self.len += 1;
-        self.note_segment(segment);
+        let has_deadline = self.arena.expires(loc) != 0;
         if slot == self.free_head {
             let e = &mut self.entries[slot as usize];
-            self.free_head = u32::try_from(e.expires()).expect("a free slot's link is a slot number");
-            e.set_loc(loc);
-            e.set_expires(expires);
+            self.free_head = e.next_free();
+            let generation = e.generation();
+            *e = Entry::new(loc, has_deadline, epoch);
+            e.0 |= u64::from(generation) << GEN_SHIFT;
             e.new_generation();
-            e.set_segment(segment);
         } else {
-            let mut e = Entry::empty(segment);
-            e.set_loc(loc);
-            e.set_expires(expires);
-            self.entries.push(e);
+            self.entries.push(Entry::new(loc, has_deadline, epoch));
         }
     }
 
     /// Inserts a key known to be absent; returns its slot.
     #[cfg(test)]
-    pub(crate) fn insert_new(&mut self, key: &[u8], value: &[u8], expires: u64, segment: SegmentId) -> u32 {
-        let (slot, inserted) = self.find_or_insert(key, value, expires, segment);
+    pub(crate) fn insert_new(&mut self, key: &[u8], value: &[u8], expires: u64, epoch: u8) -> u32 {
+        let (slot, inserted) = self.find_or_insert(key, value, expires, epoch);
         assert!(inserted);
         slot
     }
@@ -546,9 +546,8 @@ impl Index {
         assert!(removed, "every live slot is in the table");
         self.arena.release(loc);
         let e = &mut self.entries[slot as usize];
-        e.set_loc(Loc::NONE);
-        e.set_expires(u64::from(self.free_head));
         e.new_generation();
+        e.free(self.free_head);
         self.free_head = slot;
         self.len -= 1;
         loc
@@ -564,27 +563,34 @@ impl Index {
         self.entries.get(slot as usize).filter(|e| !e.is_free()).map(|e| self.view(e))
     }
 
-    /// The occupied slots and their deadlines (0 for none), without reading
-    /// their items.
+    /// The occupied slots that have deadlines, and their deadlines (the
+    /// items of the others are not read).
     pub(crate) fn deadlines(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.entries.iter().enumerate().filter(|(_, e)| !e.is_free()).map(|(i, e)| (i as u32, e.expires()))
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.is_free() && e.has_deadline())
+            .map(|(i, e)| (i as u32, self.arena.expires(e.loc())))
     }
 
     /// Looks at the slots in `slots` (within one slab chunk) as expiry does:
     /// pushes onto `due` those whose entry's deadline is at or before `now`,
     /// and returns the earliest deadline after `now` among the others (0
-    /// for none). Reads only the slab, in order.
+    /// for none). Reads the slab in order, and the items of the entries
+    /// that have deadlines.
     pub(crate) fn scan_deadlines(&self, slots: std::ops::Range<u32>, now: u64, due: &mut Vec<u32>) -> u64 {
         let Some(chunk) = self.entries.chunks.get((slots.start >> CHUNK_BITS) as usize) else { return 0 };
         let first = slots.start as usize & (CHUNK - 1);
         let within = chunk.get(first..first + slots.len()).expect("a slot group lies within one slab chunk");
         let mut next = u64::MAX;
         for (slot, e) in slots.zip(within) {
-            let at = e.expires();
+            if e.is_free() || !e.has_deadline() {
+                continue;
+            }
+            let at = self.arena.expires(e.loc());
             if at > now {
                 next = next.min(at);
-            } else if at != 0 && !e.is_free() {
-                // (A free slot's deadline field holds the free list's link.)
+            } else {
                 due.push(slot);
             }
         }
@@ -649,7 +655,9 @@ impl Index {
                 let entries = &self.entries;
                 if let Some(slot) = self.table.find(hash, |s| entries[s as usize].loc() == loc) {
                     let new = self.arena.relocate(loc);
-                    self.entries[slot as usize].set_loc(new);
+                    let e = &mut self.entries[slot as usize];
+                    let has_deadline = e.has_deadline();
+                    e.set_loc(new, has_deadline);
                 }
             }
             examined += at - offset;
@@ -663,7 +671,6 @@ impl Index {
     pub(crate) fn new_like(&self) -> Index {
         let mut index = Index::new(self.arena.page_bytes());
         index.arena.set_bulk(self.arena.bulk());
-        index.newest_segment = self.newest_segment;
         index
     }
 
@@ -686,18 +693,23 @@ mod tests {
     #[test]
     fn insert_find_replace_remove_reuse() {
         let mut ix = Index::new(PAGE_BYTES);
-        let a = ix.insert_new(b"a", b"1", 0, SegmentId(1));
-        let b = ix.insert_new(b"bb", b"22", 5, SegmentId(1));
+        let a = ix.insert_new(b"a", b"1", 0, 1);
+        let b = ix.insert_new(b"bb", b"22", 5, 1);
         assert_eq!(ix.find(b"a"), Some(a));
         assert_eq!(ix.entry(b).value(), b"22");
-        ix.replace_value(a, b"a", b"one");
+        ix.replace_value(a, b"a", b"one", 1_800_000_000_000);
         assert_eq!(ix.entry(a).value(), b"one");
+        assert_eq!(ix.entry(a).expires(), 1_800_000_000_000);
+        assert!(ix.entry(a).has_deadline());
+        let old = ix.set_expires(a, 0);
+        assert_eq!(ix.item(old), (&b"a"[..], &b"one"[..], 1_800_000_000_000), "the old item stays readable");
+        assert_eq!((ix.entry(a).value(), ix.entry(a).expires(), ix.entry(a).has_deadline()), (&b"one"[..], 0, false));
         assert_eq!(ix.entry(a).key(), b"a");
         let (g, h) = (ix.entry(a).generation(), ix.handle(a));
         ix.remove_slot(a);
         assert_eq!(ix.find(b"a"), None);
         assert!(ix.get(h).is_none());
-        let c = ix.insert_new(b"c", b"", 0, SegmentId(2));
+        let c = ix.insert_new(b"c", b"", 0, 2);
         assert_eq!(c, a, "free slot reused");
         assert_ne!(ix.entry(c).generation(), g);
         assert_eq!(ix.len(), 2);
@@ -706,30 +718,28 @@ mod tests {
 
     #[test]
     fn an_entry_keeps_every_field_apart() {
-        let mut e = Entry::empty(SegmentId(7));
         let far = Loc::from_bits(Loc::NONE.to_bits() - 1);
+        let mut e = Entry::new(far, true, 3);
+        assert_eq!((e.loc(), e.has_deadline(), e.epoch(), e.generation()), (far, true, 3, 0));
         for loc in [Loc::from_bits(0), far, Loc::NONE] {
-            e.set_loc(loc);
-            assert_eq!(e.loc(), loc);
+            for deadline in [false, true] {
+                e.set_loc(loc, deadline);
+                assert_eq!((e.loc(), e.has_deadline()), (loc, deadline));
+            }
         }
-        for ms in [0, 1, u64::from(u32::MAX) + 1, 1_700_000_000_123, MAX_DEADLINE] {
-            e.set_expires(ms);
-            assert_eq!(e.expires(), ms);
+        for epoch in 0..2 * EPOCHS {
+            e.set_epoch(epoch);
+            assert_eq!(e.epoch(), epoch % EPOCHS, "epochs count modulo EPOCHS");
         }
-        e.set_expires(u64::MAX);
-        assert_eq!(e.expires(), MAX_DEADLINE, "a later deadline is capped, not wrapped");
-        for id in [0, 1, 0xffff, 0x1_0000, SEGMENT_SPAN - 1, SEGMENT_SPAN, u32::MAX] {
-            e.set_segment(SegmentId(id));
-            assert_eq!(e.segment_bits(), id & (SEGMENT_SPAN - 1));
-        }
-        e.set_segment(SegmentId(7));
+        e.set_loc(far, true);
+        e.set_epoch(2);
         e.set_freq(3);
         e.set_in_main(true);
         e.set_encoding(Encoding::Text);
-        let (g, loc, ms) = (e.generation(), e.loc(), e.expires());
+        let g = e.generation();
         assert_eq!((e.freq(), e.in_main(), e.encoding()), (3, true, Encoding::Text));
         e.new_generation();
-        assert_eq!(e.generation(), (g + 1) & u32::from(GEN_MASK));
+        assert_eq!(e.generation(), (g + 1) % (1 << GEN_BITS));
         assert_eq!(
             (e.freq(), e.in_main(), e.encoding()),
             (0, false, Encoding::MessagePack),
@@ -738,8 +748,15 @@ mod tests {
         for _ in 0..4096 {
             e.new_generation();
         }
-        assert_eq!(e.generation(), (g + 1) & u32::from(GEN_MASK), "the generation wraps at 12 bits");
-        assert_eq!((e.loc(), e.expires(), e.segment_bits()), (loc, ms, 7), "flags never spill into other fields");
+        assert_eq!(e.generation(), (g + 1) % (1 << GEN_BITS), "the generation wraps at 12 bits");
+        assert_eq!((e.loc(), e.has_deadline(), e.epoch()), (far, true, 2), "flags never spill into other fields");
+        assert!(!e.is_free());
+        for next in [0, 1, u32::MAX - 1, u32::MAX] {
+            let mut f = e;
+            f.free(next);
+            assert!(f.is_free());
+            assert_eq!((f.next_free(), f.generation()), (next, e.generation()), "a free slot keeps its generation");
+        }
     }
 
     #[test]
@@ -747,7 +764,7 @@ mod tests {
         let mut ix = Index::new(PAGE_BYTES);
         let n = 2 * CHUNK as u32 + 10;
         for i in 0..n {
-            ix.insert_new(&i.to_le_bytes(), b"v", 0, SegmentId(1));
+            ix.insert_new(&i.to_le_bytes(), b"v", 0, 1);
         }
         assert_eq!(ix.entries.chunks.len(), 3);
         assert!(ix.entries.chunks.iter().skip(1).all(|c| c.capacity() == CHUNK), "later chunks never grow");
@@ -762,7 +779,7 @@ mod tests {
 
     #[test]
     fn a_handle_keeps_its_slot_and_generation() {
-        for (slot, generation) in [(0, 0), (u32::MAX, u32::from(GEN_MASK)), (0x1234_5678, 0xabc), (1 << 16, 1)] {
+        for (slot, generation) in [(0, 0), (u32::MAX, (1 << GEN_BITS) - 1), (0x1234_5678, 0xabc), (1 << 16, 1)] {
             let h = Handle::new(slot, generation);
             assert_eq!((h.slot(), h.generation()), (slot, generation));
         }
@@ -771,32 +788,7 @@ mod tests {
 
     #[test]
     fn entry_is_small() {
-        assert_eq!(std::mem::size_of::<Entry>(), 16);
-    }
-
-    #[test]
-    fn a_segment_number_comes_back_from_its_low_bits() {
-        for newest in [0, 5, SEGMENT_SPAN - 1, SEGMENT_SPAN, SEGMENT_SPAN + 3, 3 * SEGMENT_SPAN + 7, u32::MAX] {
-            for back in [0, 1, 2, SEGMENT_SPAN / 2, SEGMENT_SPAN - 1].into_iter().filter(|&b| b <= newest) {
-                let id = newest - back;
-                assert_eq!(segment_of(id & (SEGMENT_SPAN - 1), newest), SegmentId(id), "{id} seen from {newest}");
-            }
-        }
-    }
-
-    /// Entries keep their segments while newer ones pass 2^26 (the bits an
-    /// entry keeps): the index adds the high bits back from the newest.
-    #[test]
-    fn entries_keep_their_segments_past_the_bits_they_hold() {
-        let mut ix = Index::new(PAGE_BYTES);
-        let old = SegmentId(SEGMENT_SPAN - 1000);
-        let a = ix.insert_new(b"a", b"1", 0, old);
-        let b = ix.insert_new(b"b", b"2", 0, SegmentId(SEGMENT_SPAN + 5));
-        assert_eq!(ix.entry(a).segment(), old);
-        assert_eq!(ix.entry(b).segment(), SegmentId(SEGMENT_SPAN + 5));
-        ix.set_segment(a, SegmentId(2 * SEGMENT_SPAN - 2000));
-        assert_eq!(ix.entry(a).segment(), SegmentId(2 * SEGMENT_SPAN - 2000));
-        assert_eq!(ix.entry(b).segment(), SegmentId(SEGMENT_SPAN + 5), "still within the span of the newest");
+        assert_eq!(std::mem::size_of::<Entry>(), 8);
     }
 
     #[test]
@@ -822,7 +814,7 @@ mod tests {
                     ix.remove_slot(slot);
                 }
             } else {
-                let (slot, inserted) = ix.find_or_insert(&key, b"v", 0, SegmentId(1));
+                let (slot, inserted) = ix.find_or_insert(&key, b"v", 0, 1);
                 assert_eq!(inserted, !live.contains_key(&key));
                 assert_eq!(*live.entry(key).or_insert(slot), slot);
             }
@@ -847,6 +839,8 @@ mod tests {
     fn reclaim_keeps_every_live_entry_and_frees_dead_pages() {
         let mut ix = Index::new(PAGE_BYTES);
         let value = [9u8; 200];
+        // Odd keys have deadlines, which must survive the moves.
+        let deadline = |k: u32| if k.is_multiple_of(2) { 0 } else { 1_800_000_000_000 + u64::from(k) };
         // Overwrite 1,000 keys over and over: most items written are dead.
         for round in 0..40u32 {
             for k in 0..1000u32 {
@@ -854,10 +848,10 @@ mod tests {
                 let v = [&value[..], &round.to_le_bytes()].concat();
                 match ix.find(&key) {
                     Some(slot) => {
-                        ix.replace_value(slot, &key, &v);
+                        ix.replace_value(slot, &key, &v, deadline(k));
                     }
                     None => {
-                        ix.insert_new(&key, &v, 0, SegmentId(1));
+                        ix.insert_new(&key, &v, deadline(k), 1);
                     }
                 }
             }
@@ -866,9 +860,11 @@ mod tests {
         for k in 0..1000u32 {
             let slot = ix.find(&k.to_le_bytes()).expect("every key is still there");
             assert_eq!(ix.entry(slot).value(), [&value[..], &39u32.to_le_bytes()].concat());
+            assert_eq!(ix.entry(slot).expires(), deadline(k));
+            assert_eq!(ix.entry(slot).has_deadline(), deadline(k) != 0);
         }
         let live = ix.blob_bytes();
-        assert_eq!(live, 1000 * item_len(4, 204));
+        assert_eq!(live, (0..1000).map(|k| item_len(4, 204, deadline(k))).sum::<usize>());
         // Dead bytes: under the reclaim threshold, plus the active page's.
         assert!(ix.arena_used_bytes() - live <= (ix.arena_used_bytes() / 16).max(PAGE_BYTES / 2) + PAGE_BYTES);
         assert!(ix.arena_held_bytes() <= live + 2 * PAGE_BYTES, "{} held", ix.arena_held_bytes());

@@ -73,6 +73,7 @@ impl Writer {
                         return;
                     }
                 };
+                self.state.begin_compaction();
                 tracing::info!(
                     log_bytes = self.log_bytes,
                     live_bytes = self.state.live_log_bytes(),
@@ -87,7 +88,7 @@ impl Writer {
         let now = self.clock.now().0;
         self.buf.clear();
         let mut sink = BatchSink { buf: &mut self.buf, segment: self.active.id, next_seq: &mut self.next_seq };
-        let next = self.state.compact_slice(cursor, cutoff, COMPACT_SLOTS, COMPACT_BYTES, now, &mut sink);
+        let next = self.state.compact_slice(cursor, COMPACT_SLOTS, COMPACT_BYTES, now, &mut sink);
         self.compactor.max_slice_cpu_us = self.compactor.max_slice_cpu_us.max(started.elapsed().as_micros() as u64);
         if !self.buf.is_empty()
             && let Err(e) = self.write_batch(false)

@@ -15,7 +15,6 @@ use super::{Hook, HookPoint, SyncPolicy};
 use crate::budget::ReplyBudget;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::index::SEGMENT_SPAN;
 use crate::record::{self, Record, SegmentId, Seq};
 use crate::segment::{ActiveSegment, Faults, SharedManifest, list_segments, segment_path, sync_dir};
 use crate::state::{Command, Reply, Sink, State};
@@ -388,30 +387,11 @@ impl Writer {
         self.compact_step();
         if self.unavailable.is_none()
             && self.active.len >= self.segment_bytes
-            && self.may_roll()
             && let Err(e) = self.roll()
         {
             tracing::error!("could not start a new segment: {e}");
             self.recover(&e.to_string());
         }
-    }
-
-    /// Whether a new segment keeps the log within `SEGMENT_SPAN` segments
-    /// (the index keeps only the low bits of an entry's segment number).
-    /// If not, the active segment grows past `segment_bytes` until
-    /// compaction moves the floor up: 64 Mi segments are 256 GiB of the
-    /// smallest ones, so this is a guard, not a plan.
-    fn may_roll(&self) -> bool {
-        let floor = self.manifest.get().floor;
-        let fits = span_fits(floor, self.active.id);
-        if !fits {
-            tracing::warn!(
-                "the log spans {} segments from {floor:?}: the active segment grows past --segment-bytes until \
-                 compaction drops the oldest (raise --segment-bytes)",
-                SEGMENT_SPAN
-            );
-        }
-        fits
     }
 
     /// Whether the once-a-second sync is due.
@@ -504,24 +484,5 @@ fn fail_writes(pending: &mut [Pending], cause: &str) {
             Pending::One(_, w, r) => fail(*w, r),
             Pending::Many(_, rs) => rs.iter_mut().for_each(|(w, r)| fail(*w, r)),
         }
-    }
-}
-
-/// Whether the segment after `active` is still within `SEGMENT_SPAN` of the
-/// log's `floor`.
-fn span_fits(floor: SegmentId, active: SegmentId) -> bool {
-    u64::from(active.0) + 1 - u64::from(floor.0.min(active.0)) < u64::from(SEGMENT_SPAN)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_log_rolls_only_within_the_span_an_entry_can_name() {
-        assert!(span_fits(SegmentId(1), SegmentId(1)));
-        assert!(span_fits(SegmentId(1), SegmentId(SEGMENT_SPAN - 1)));
-        assert!(!span_fits(SegmentId(1), SegmentId(SEGMENT_SPAN)), "the next would be SPAN past the floor");
-        assert!(span_fits(SegmentId(u32::MAX - 10), SegmentId(u32::MAX - 1)));
     }
 }

@@ -3,7 +3,7 @@
 
 use super::command::{ExpireWhen, Expiry, When};
 use super::undo::{Cleared, Undo};
-use super::{Command, Placed, PutMode, Reply, Sink, State, decode_int};
+use super::{Command, Placed, PutMode, Reply, Sink, State, Was, decode_int};
 use crate::Ttl;
 use crate::error::{Error, Result};
 use crate::evict::S3Fifo;
@@ -251,7 +251,7 @@ impl State {
                 }
             }
             Some(expires) => {
-                self.make_room(key, blob_len(key, value), now)?;
+                self.make_room(key, blob_len(key, value, expires), now)?;
                 let segment = sink.append(&Record::Set { key, value, expires: crate::UnixMillis(expires), encoding });
                 self.put(key, value, Placed { expires, segment, encoding }, PutMode::Live { now });
                 self.stats.sets += 1;
@@ -288,7 +288,7 @@ impl State {
         let before = Cleared {
             index: std::mem::replace(&mut self.index, fresh_index),
             timers: std::mem::replace(&mut self.timers, GroupTimers::new(now)),
-            live_by_segment: std::mem::take(&mut self.live_by_segment),
+            live_log_bytes: std::mem::take(&mut self.live_log_bytes),
             evict: std::mem::replace(&mut self.evict, fresh_evict),
         };
         if self.undo.is_some() {
@@ -311,11 +311,13 @@ impl State {
         true
     }
 
+    /// Gives the entry at `slot` a new deadline (0 for none): a new item,
+    /// so the undo log keeps the old one by its place.
     pub(super) fn set_expiry(&mut self, slot: u32, expires: u64) {
-        let e = self.index.entry_mut(slot);
-        let old = e.expires();
-        e.set_expires(expires);
-        self.log_undo(Undo::Expiry { slot, expires: old });
+        let e = self.index.entry(slot);
+        let was = Was { epoch: e.epoch(), encoding: e.encoding() };
+        let loc = self.retime(slot, expires);
+        self.log_undo(Undo::Restore { slot, loc, was });
         self.timers.arm(slot, expires);
     }
 
@@ -389,7 +391,7 @@ impl State {
         }
         let e = self.index.entry(slot);
         let (value, expires, encoding) = (e.value().to_vec(), e.expires(), e.encoding());
-        self.make_room(to, blob_len(to, &value), now)?;
+        self.make_room(to, blob_len(to, &value, expires), now)?;
         if self.index.find(from).is_none() {
             // Making room evicted the value being moved.
             return Err(Error::NotFound);

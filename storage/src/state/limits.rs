@@ -85,7 +85,7 @@ impl State {
             n = n.min(usize::try_from(max).unwrap_or(usize::MAX));
         }
         if let Some(max) = self.limits.max_memory {
-            n = n.min(usize::try_from(max / (ENTRY_OVERHEAD + blob_len(b"", b"")) as u64).unwrap_or(usize::MAX));
+            n = n.min(usize::try_from(max / (ENTRY_OVERHEAD + blob_len(b"", b"", 0)) as u64).unwrap_or(usize::MAX));
         }
         self.index.reserve(n);
     }

@@ -42,6 +42,14 @@ struct Placed {
     encoding: Encoding,
 }
 
+/// What an entry held besides its item, for the undo log: the compaction
+/// epoch of its set record and its encoding.
+#[derive(Clone, Copy, Debug)]
+struct Was {
+    epoch: u8,
+    encoding: Encoding,
+}
+
 /// Whether `put` is a live write at time `now` (it arms the entry's group
 /// timer) or replay's (timers are armed once, at its end).
 #[derive(Clone, Copy)]
@@ -54,8 +62,15 @@ pub struct State {
     index: Index,
     /// When to look for expired entries, per group of slab slots.
     timers: GroupTimers,
-    /// Bytes of live set records per segment, for `log_live_bytes` and compaction.
-    live_by_segment: BTreeMap<SegmentId, u64>,
+    /// Bytes of the live entries' set records, for `log_live_bytes` and
+    /// compaction.
+    live_log_bytes: u64,
+    /// The compaction epoch (modulo `EPOCHS`): every compaction starts the
+    /// next, and an entry notes the one its set record was written in.
+    epoch: u8,
+    /// The newest segment a record has gone to: a bound on the segment of
+    /// any entry's record (see `evicted_in`).
+    newest_segment: SegmentId,
     limits: Limits,
     stats: Stats,
     /// S3-FIFO queues, when a cap is set and the policy evicts.
@@ -63,10 +78,11 @@ pub struct State {
     /// While a batch is open: how to take back each change it made, should
     /// its write fail.
     undo: Option<Vec<Undo>>,
-    /// Evicted entries per segment that holds their (now stale) set record.
-    /// While any such segment is in the log, a delete of a key that is not in
-    /// memory is still logged: the key may be one of them, and without the
-    /// record a restart would bring its old value back.
+    /// Evicted entries by a segment at or after the one that holds their
+    /// (now stale) set record: the newest segment when they were evicted.
+    /// While any such segment is in the log, a delete of a key that is not
+    /// in memory is still logged: the key may be one of them, and without
+    /// the record a restart would bring its old value back.
     evicted_in: BTreeMap<SegmentId, u64>,
     /// Bytes of values the current request may still return, and what it
     /// could at the start (for the error message).
@@ -79,7 +95,9 @@ impl State {
         State {
             index: Index::new(crate::arena::page_bytes_for(limits.max_memory)),
             timers: GroupTimers::new(now),
-            live_by_segment: BTreeMap::new(),
+            live_log_bytes: 0,
+            epoch: 0,
+            newest_segment: SegmentId(0),
             evict: ((limits.max_memory.is_some() || limits.max_entries.is_some())
                 && limits.eviction == Eviction::S3Fifo)
                 .then(S3Fifo::default),
@@ -128,7 +146,7 @@ impl State {
     }
 
     pub(crate) fn live_log_bytes(&self) -> u64 {
-        self.live_by_segment.values().sum()
+        self.live_log_bytes
     }
 
     /// Every live entry as `(key, value, expires, encoding)`: what a set
@@ -162,7 +180,7 @@ impl State {
     /// Removes an entry to make room, remembering that its set record stays
     /// in the log (see `evicted_in`).
     fn evict(&mut self, slot: u32) {
-        *self.evicted_in.entry(self.index.entry(slot).segment()).or_default() += 1;
+        *self.evicted_in.entry(self.newest_segment).or_default() += 1;
         self.remove(slot);
         self.stats.evicted += 1;
     }
@@ -193,7 +211,8 @@ impl State {
     /// decided once, at the end, by `finish_replay`, which arms the timers).
     fn put(&mut self, key: &[u8], value: &[u8], at: Placed, mode: PutMode) {
         let Placed { expires, segment, encoding } = at;
-        let (slot, inserted) = self.index.find_or_insert(key, value, expires, segment);
+        self.note_segment(segment);
+        let (slot, inserted) = self.index.find_or_insert(key, value, expires, self.epoch);
         let arm = matches!(mode, PutMode::Live { .. });
         if inserted {
             self.index.entry_mut(slot).set_encoding(encoding);
@@ -207,8 +226,8 @@ impl State {
             }
         } else {
             let e = self.index.entry(slot);
-            let (old_expires, old_segment, old_encoding, old_len) =
-                (e.expires(), e.segment(), e.encoding(), set_record_len(key.len(), e.value().len()));
+            let (was, old_len) =
+                (Was { epoch: e.epoch(), encoding: e.encoding() }, set_record_len(key.len(), e.value().len()));
             let was_live = match mode {
                 PutMode::Live { now } => e.is_live_at(now),
                 PutMode::Replay => true,
@@ -216,7 +235,7 @@ impl State {
             let old_blob = e.blob_len();
             if let Some(ev) = &mut self.evict {
                 if was_live {
-                    ev.on_resize(&self.index, slot, old_blob, blob_len(key, value));
+                    ev.on_resize(&self.index, slot, old_blob, blob_len(key, value, expires));
                     if arm {
                         S3Fifo::on_access(&mut self.index, slot);
                     }
@@ -224,19 +243,10 @@ impl State {
                     ev.on_remove(&self.index, slot);
                 }
             }
-            let old = self.index.replace_value(slot, key, value);
-            self.log_undo(if was_live {
-                Undo::Restore {
-                    slot,
-                    loc: old,
-                    at: Placed { expires: old_expires, segment: old_segment, encoding: old_encoding },
-                }
-            } else {
-                Undo::Remove(slot)
-            });
-            self.unaccount(old_segment, old_len);
-            self.index.set_segment(slot, segment);
-            self.index.entry_mut(slot).set_expires(expires);
+            let old = self.index.replace_value(slot, key, value, expires);
+            self.log_undo(if was_live { Undo::Restore { slot, loc: old, was } } else { Undo::Remove(slot) });
+            self.unaccount(old_len);
+            self.index.set_epoch(slot, self.epoch);
             if arm && was_live {
                 self.index.entry_mut(slot).set_encoding(encoding);
                 self.timers.arm(slot, expires);
@@ -255,16 +265,18 @@ impl State {
         if !arm {
             self.index.entry_mut(slot).set_encoding(encoding);
         }
-        *self.live_by_segment.entry(segment).or_default() += set_record_len(key.len(), value.len()) as u64;
+        self.live_log_bytes += set_record_len(key.len(), value.len()) as u64;
     }
 
-    fn unaccount(&mut self, segment: SegmentId, len: usize) {
-        if let Some(live) = self.live_by_segment.get_mut(&segment) {
-            *live -= len as u64;
-            if *live == 0 {
-                self.live_by_segment.remove(&segment);
-            }
-        }
+    /// A record went to `segment`.
+    fn note_segment(&mut self, segment: SegmentId) {
+        self.newest_segment = self.newest_segment.max(segment);
+    }
+
+    /// An entry's set record of `len` bytes is no longer live.
+    fn unaccount(&mut self, len: usize) {
+        debug_assert!(self.live_log_bytes >= len as u64, "every live record was counted");
+        self.live_log_bytes = self.live_log_bytes.saturating_sub(len as u64);
     }
 
     /// Removes an entry without logging it (expiry, eviction, undo); returns
@@ -274,17 +286,28 @@ impl State {
             ev.on_remove(&self.index, slot);
         }
         let e = self.index.entry(slot);
-        let (segment, len) = (e.segment(), set_record_len(e.key().len(), e.value().len()));
-        self.unaccount(segment, len);
+        self.unaccount(set_record_len(e.key().len(), e.value().len()));
         self.index.remove_slot(slot)
+    }
+
+    /// Gives the entry at `slot` a new deadline (0 for none) in a new item;
+    /// returns the old item's place (released, readable until the next
+    /// reclaim).
+    fn retime(&mut self, slot: u32, expires: u64) -> Loc {
+        let old_blob = self.index.entry(slot).blob_len();
+        let old = self.index.set_expires(slot, expires);
+        if let Some(ev) = &mut self.evict {
+            ev.on_resize(&self.index, slot, old_blob, self.index.entry(slot).blob_len());
+        }
+        old
     }
 
     /// Removes an entry because of a logged delete: undone if the write fails.
     fn remove_logged(&mut self, slot: u32) {
         let e = self.index.entry(slot);
-        let at = Placed { expires: e.expires(), segment: e.segment(), encoding: e.encoding() };
+        let was = Was { epoch: e.epoch(), encoding: e.encoding() };
         let loc = self.remove(slot);
-        self.log_undo(Undo::Reinsert { loc, at });
+        self.log_undo(Undo::Reinsert { loc, was });
     }
 
     /// Looks up the keys of a batch's single-key commands before it runs:
@@ -479,6 +502,33 @@ mod tests {
         c.run(Command::Touch { key: "k".into(), ttl: Ttl::Millis(10) }).unwrap();
         c.advance(10);
         assert_eq!(c.s.len(), 0);
+    }
+
+    /// A new deadline is a new item: a batch that fails takes it back to the
+    /// old item, deadline and all, and the memory counted with it.
+    #[test]
+    fn an_undone_touch_or_persist_restores_the_deadline_it_replaced() {
+        let mut c = Core::new();
+        c.now = 1_700_000_000_000;
+        c.set("ttl", b"v", Ttl::Millis(1000));
+        c.set("never", b"v", Ttl::Never);
+        let ttl = |c: &mut Core, k: &str| match c.run(Command::Ttl { key: k.into() }).unwrap() {
+            Reply::Ttl(t) => t,
+            r => panic!("{r:?}"),
+        };
+        let memory = c.s.memory_bytes();
+        c.s.begin_batch();
+        c.run(Command::Touch { key: "ttl".into(), ttl: Ttl::Millis(9000) }).unwrap();
+        c.run(Command::Persist { key: "ttl".into() }).unwrap();
+        c.run(Command::Touch { key: "never".into(), ttl: Ttl::Millis(5) }).unwrap();
+        assert_eq!(ttl(&mut c, "ttl"), Some(Ttl::Never));
+        assert_eq!(ttl(&mut c, "never"), Some(Ttl::Millis(5)));
+        c.s.rollback_batch();
+        assert_eq!(ttl(&mut c, "ttl"), Some(Ttl::Millis(1000)));
+        assert_eq!(ttl(&mut c, "never"), Some(Ttl::Never));
+        assert_eq!(c.s.memory_bytes(), memory);
+        c.advance(1000);
+        assert_eq!((c.get("ttl"), c.get("never")), (None, Some(b"v".to_vec())), "the restored deadline expires");
     }
 
     #[test]

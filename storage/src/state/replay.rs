@@ -29,7 +29,7 @@ impl State {
             }
             Record::Touch { key, expires } => {
                 if let Some(slot) = self.index.find(key) {
-                    self.index.entry_mut(slot).set_expires(expires.0);
+                    self.retime(slot, expires.0);
                 }
             }
             Record::Clear => self.clear(now),

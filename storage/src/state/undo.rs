@@ -1,12 +1,10 @@
 //! The undo log: while a batch's records are being written, how to take back
 //! each change the batch made, should the write fail.
 
-use std::collections::BTreeMap;
-
-use super::{Placed, State};
+use super::{State, Was};
 use crate::evict::S3Fifo;
 use crate::index::{Index, Loc, blob_len};
-use crate::record::{SegmentId, set_record_len};
+use crate::record::set_record_len;
 use crate::timers::GroupTimers;
 
 /// The inverse of one change, kept until the batch's write succeeds. Old
@@ -16,12 +14,10 @@ use crate::timers::GroupTimers;
 pub(super) enum Undo {
     /// The key was absent (or held an expired entry): remove what is there.
     Remove(u32),
-    /// The slot held this item, expiry and segment.
-    Restore { slot: u32, loc: Loc, at: Placed },
+    /// The slot held this item (with its deadline), epoch and encoding.
+    Restore { slot: u32, loc: Loc, was: Was },
     /// The key was removed: put it back.
-    Reinsert { loc: Loc, at: Placed },
-    /// The entry's expiry was this.
-    Expiry { slot: u32, expires: u64 },
+    Reinsert { loc: Loc, was: Was },
     /// Everything before a `clear`.
     Clear(Box<Cleared>),
 }
@@ -29,7 +25,7 @@ pub(super) enum Undo {
 pub(super) struct Cleared {
     pub(super) index: Index,
     pub(super) timers: GroupTimers,
-    pub(super) live_by_segment: BTreeMap<SegmentId, u64>,
+    pub(super) live_log_bytes: u64,
     pub(super) evict: Option<S3Fifo>,
 }
 
@@ -60,46 +56,39 @@ impl State {
                 Undo::Remove(slot) => {
                     self.remove(slot);
                 }
-                Undo::Restore { slot, loc, at: Placed { expires, segment, encoding } } => {
+                Undo::Restore { slot, loc, was: Was { epoch, encoding } } => {
                     let e = self.index.entry(slot);
-                    let (cur_len, cur_segment, cur_blob) =
-                        (set_record_len(e.key().len(), e.value().len()), e.segment(), e.blob_len());
-                    let (key, value) = self.index.item(loc);
-                    let (old_len, old_blob) = (set_record_len(key.len(), value.len()), blob_len(key, value));
+                    let (cur_len, cur_blob) = (set_record_len(e.key().len(), e.value().len()), e.blob_len());
+                    let (key, value, expires) = self.index.item(loc);
+                    let (old_len, old_blob) = (set_record_len(key.len(), value.len()), blob_len(key, value, expires));
                     if let Some(ev) = &mut self.evict {
                         ev.on_resize(&self.index, slot, cur_blob, old_blob);
                     }
-                    self.unaccount(cur_segment, cur_len);
+                    self.unaccount(cur_len);
                     self.index.revive(loc);
                     self.index.swap_item(slot, loc);
-                    self.index.set_segment(slot, segment);
-                    let e = self.index.entry_mut(slot);
-                    e.set_expires(expires);
-                    e.set_encoding(encoding);
-                    *self.live_by_segment.entry(segment).or_default() += old_len as u64;
+                    self.index.set_epoch(slot, epoch);
+                    self.index.entry_mut(slot).set_encoding(encoding);
+                    self.live_log_bytes += old_len as u64;
                     self.timers.arm(slot, expires);
                 }
-                Undo::Reinsert { loc, at: Placed { expires, segment, encoding } } => {
-                    let (key, value) = self.index.item(loc);
+                Undo::Reinsert { loc, was: Was { epoch, encoding } } => {
+                    let (key, value, expires) = self.index.item(loc);
                     let len = set_record_len(key.len(), value.len());
-                    let slot = self.index.insert_item(loc, expires, segment);
+                    let slot = self.index.insert_item(loc, epoch);
                     self.index.entry_mut(slot).set_encoding(encoding);
-                    *self.live_by_segment.entry(segment).or_default() += len as u64;
+                    self.live_log_bytes += len as u64;
                     self.timers.arm(slot, expires);
                     if let Some(ev) = &mut self.evict {
                         let hash = self.index.hash(self.index.entry(slot).key());
                         ev.on_insert(&mut self.index, slot, hash);
                     }
                 }
-                Undo::Expiry { slot, expires } => {
-                    self.index.entry_mut(slot).set_expires(expires);
-                    self.timers.arm(slot, expires);
-                }
                 Undo::Clear(c) => {
                     let c = *c;
                     self.index = c.index;
                     self.timers = c.timers;
-                    self.live_by_segment = c.live_by_segment;
+                    self.live_log_bytes = c.live_log_bytes;
                     self.evict = c.evict;
                 }
             }

@@ -19,6 +19,8 @@
 # CACHETD=path runs another cachetd build than this checkout's.
 # SECTIONS="load memory resp" (the default) picks the parts to run, e.g.
 # SECTIONS=memory for the restart and memory table alone.
+# KEEP_LOGS=dir copies the servers' logs there at the end (cachetd's log
+# times each restart's replay phases).
 #
 # --record appends the tables to benches/RESULTS.md (without it nothing is
 # written). If redis-server is missing it says so and installs it with
@@ -51,6 +53,7 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]:-}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "${KEEP_LOGS:-}" ]; then cp "$WORK"/*.log "$KEEP_LOGS"/ 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -175,8 +175,9 @@ impl Session {
         let mut batch = Vec::new();
         let mut outs = Vec::with_capacity(cmds.len());
         let mut ops = Vec::with_capacity(cmds.len());
+        let mut upper = [0u8; 32];
         for args in &cmds {
-            let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+            let name = command_name(&args[0], &mut upper);
             ops.push(metrics::resp_op(&name));
             outs.push(self.dispatch(&name, &args[1..], &mut batch));
             if self.quit {
@@ -211,9 +212,8 @@ impl Session {
             Out::Now(v) => v,
             Out::Engine { .. } if failed.is_some() => failed.clone().expect("checked"),
             Out::Engine { at, n, finish } => {
-                let rs: Vec<_> =
-                    replies[at..at + n].iter_mut().map(|r| r.take().expect("each reply read once")).collect();
-                for e in rs.iter().filter_map(|r| r.as_ref().err()) {
+                let rs = &mut replies[at..at + n];
+                for e in rs.iter().filter_map(|r| r.as_ref().expect("each reply read once").as_ref().err()) {
                     if let Some(class) = command::refusal_class(e) {
                         self.shared.note(class, &e.to_string());
                     }
@@ -578,6 +578,19 @@ fn command_info(args: &[Bytes]) -> Value {
 }
 
 /// Compares a secret without an early exit on the first difference.
+/// A command's name in upper case: in `buf` when it is short ASCII (every
+/// command there is), without allocating; else a new string.
+fn command_name<'a>(name: &[u8], buf: &'a mut [u8; 32]) -> std::borrow::Cow<'a, str> {
+    if name.len() <= buf.len() && name.is_ascii() {
+        let upper = &mut buf[..name.len()];
+        upper.copy_from_slice(name);
+        upper.make_ascii_uppercase();
+        std::borrow::Cow::Borrowed(std::str::from_utf8(upper).expect("ASCII is UTF-8"))
+    } else {
+        std::borrow::Cow::Owned(String::from_utf8_lossy(name).to_ascii_uppercase())
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

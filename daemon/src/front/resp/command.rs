@@ -365,58 +365,60 @@ fn scan(args: &[Bytes], db: u8) -> Result<Plan, Refused> {
 pub type InfoText<'a> = dyn Fn(&Stats, &[(u64, u64)], &[String]) -> String + 'a;
 
 /// Builds the RESP reply for a plan from the engine's replies (one per
-/// command, in order). `info` renders `INFO` from the engine's stats.
-pub fn finish(finish: &Finish, replies: Vec<Result<Reply, StoreError>>, info: &InfoText<'_>) -> Value {
-    let mut values = Vec::with_capacity(replies.len());
-    for r in replies {
-        match r {
-            Ok(r) => values.push(r),
-            Err(e) => return error(&e),
-        }
+/// command, in order), taking them (values move into the reply, uncopied).
+/// `info` renders `INFO` from the engine's stats.
+pub fn finish(finish: &Finish, replies: &mut [Option<Result<Reply, StoreError>>], info: &InfoText<'_>) -> Value {
+    if let Some(e) = replies.iter().find_map(|r| r.as_ref()?.as_ref().err()) {
+        return error(e);
     }
+    let mut values = replies.iter_mut().filter_map(|r| r.take()?.ok());
     let unexpected =
         |r: &Reply| Value::err(format!("ERR internal error: unexpected engine reply {r:?}; please report it"));
-    let first = values.first();
+    match finish {
+        Finish::Ok => return Value::Simple("OK"),
+        Finish::Count => return Value::Int(values.filter(|r| matches!(r, Reply::Bool(true))).count() as i64),
+        _ => {}
+    }
+    let Some(first) = values.next() else {
+        return Value::err("ERR internal error: no engine reply; please report it");
+    };
     match (finish, first) {
-        (Finish::Ok, _) => Value::Simple("OK"),
-        (Finish::Set { get: false }, Some(Reply::Swapped { stored, .. })) => {
-            if *stored {
+        (Finish::Set { get: false }, Reply::Swapped { stored, .. }) => {
+            if stored {
                 Value::Simple("OK")
             } else {
                 Value::Null
             }
         }
-        (Finish::Set { get: true }, Some(Reply::Swapped { old, .. })) => old.clone().map_or(Value::Null, Value::bulk),
-        (Finish::Bulk | Finish::FirstBulk, Some(Reply::Value(v))) => v.clone().map_or(Value::Null, Value::bulk),
-        (Finish::Bulks, Some(Reply::Values(vs))) => {
-            Value::Array(vs.iter().map(|v| v.clone().map_or(Value::Null, Value::bulk)).collect())
+        (Finish::Set { get: true }, Reply::Swapped { old, .. }) => old.map_or(Value::Null, Value::bulk),
+        (Finish::Bulk | Finish::FirstBulk, Reply::Value(v)) => v.map_or(Value::Null, Value::bulk),
+        (Finish::Bulks, Reply::Values(vs)) => {
+            Value::Array(vs.into_iter().map(|v| v.map_or(Value::Null, Value::bulk)).collect())
         }
-        (Finish::Int, Some(Reply::Int(n))) => Value::Int(*n),
-        (Finish::BoolInt, Some(Reply::Bool(b))) => Value::Int(i64::from(*b)),
-        (Finish::Stored, Some(Reply::Swapped { stored, .. })) => Value::Int(i64::from(*stored)),
-        (Finish::Count, _) => Value::Int(values.iter().filter(|r| matches!(r, Reply::Bool(true))).count() as i64),
-        (Finish::Len, Some(Reply::Value(v))) => Value::Int(v.as_ref().map_or(0, |v| v.len() as i64)),
-        (Finish::Ttl { millis }, Some(Reply::Ttl(t))) => Value::Int(match t {
+        (Finish::Int, Reply::Int(n)) => Value::Int(n),
+        (Finish::BoolInt, Reply::Bool(b)) => Value::Int(i64::from(b)),
+        (Finish::Stored, Reply::Swapped { stored, .. }) => Value::Int(i64::from(stored)),
+        (Finish::Len, Reply::Value(v)) => Value::Int(v.as_ref().map_or(0, |v| v.len() as i64)),
+        (Finish::Ttl { millis }, Reply::Ttl(t)) => Value::Int(match t {
             None => -2,
             Some(Ttl::Never) => -1,
-            Some(Ttl::Millis(ms)) if *millis => i64::try_from(*ms).unwrap_or(i64::MAX),
+            Some(Ttl::Millis(ms)) if *millis => i64::try_from(ms).unwrap_or(i64::MAX),
             // TTL in seconds rounds to nearest, as Redis does.
             Some(Ttl::Millis(ms)) => i64::try_from(ms.saturating_add(500) / 1000).unwrap_or(i64::MAX),
         }),
-        (Finish::Type, Some(Reply::Bool(b))) => Value::Simple(if *b { "string" } else { "none" }),
-        (Finish::Scan, Some(Reply::Scan { next, keys })) => Value::Array(vec![
+        (Finish::Type, Reply::Bool(b)) => Value::Simple(if b { "string" } else { "none" }),
+        (Finish::Scan, Reply::Scan { next, keys }) => Value::Array(vec![
             Value::text(&next.to_string()),
-            Value::Array(keys.iter().map(|k| Value::bulk(k.clone())).collect()),
+            Value::Array(keys.into_iter().map(Value::bulk).collect()),
         ]),
-        (Finish::DbSize(db), Some(Reply::Counts(c))) => {
+        (Finish::DbSize(db), Reply::Counts(c)) => {
             Value::Int(c.get(usize::from(*db)).map_or(0, |(n, _)| i64::try_from(*n).unwrap_or(i64::MAX)))
         }
-        (Finish::Info(sections), Some(Reply::Stats(s))) => match values.get(1) {
-            Some(Reply::Counts(c)) => Value::Verbatim(info(s, c, sections)),
+        (Finish::Info(sections), Reply::Stats(s)) => match values.next() {
+            Some(Reply::Counts(c)) => Value::Verbatim(info(&s, &c, sections)),
             r => Value::err(format!("ERR internal error: unexpected engine reply {r:?}; please report it")),
         },
-        (_, Some(r)) => unexpected(r),
-        (_, None) => Value::err("ERR internal error: no engine reply; please report it"),
+        (_, r) => unexpected(&r),
     }
 }
 

@@ -141,7 +141,9 @@ impl State {
     /// expired entries go, then S3-FIFO evicts, or under `noeviction` the
     /// write is refused.
     pub(super) fn make_room(&mut self, key: &[u8], bytes: usize, now: u64) -> Result<()> {
-        let add_entries = usize::from(self.index.find(key).is_none());
+        // Whether the key is new matters to the entry cap alone (a lookup).
+        let add_entries =
+            if self.limits.max_entries.is_some() { usize::from(self.index.find(key).is_none()) } else { 0 };
         let add_bytes = bytes + ENTRY_OVERHEAD;
         if let Some(ev) = &mut self.evict {
             ev.reserve_one();

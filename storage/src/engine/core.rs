@@ -15,6 +15,13 @@
 //!   otherwise only wakes for timers: expiries, the once-a-second sync of
 //!   writes made since, compaction slices while no request comes.
 //!
+//! Callers that arrive together share a turn: the first to find no turn
+//! gathering becomes its leader, yields once to the scheduler (so the other
+//! connections it has ready run up to their own call and queue their
+//! commands), then applies everything queued as one batch with one
+//! `write()`, as Redis appends everything one event-loop pass produced
+//! with one write before its replies go out.
+//!
 //! One thread at a time holds the writer, and records are appended in the
 //! order commands are applied: the single-writer rule holds whoever the
 //! writer is. A caller whose turn leaves timer work earlier than the engine
@@ -43,11 +50,50 @@ pub(super) struct Core {
     wakes_at: AtomicU64,
     epoch: Instant,
     tx: Sender<Msg>,
+    /// Callers' messages waiting for the turn a leader gathers.
+    gathering: Mutex<Gathering>,
+    /// Turns run on callers' threads, for tests.
+    #[cfg(test)]
+    inline_turns: AtomicU64,
+}
+
+#[derive(Default)]
+struct Gathering {
+    msgs: Vec<Msg>,
+    /// A caller is gathering a turn (and will run what is queued).
+    led: bool,
+}
+
+/// The leader of a gathered turn: runs what was queued when it ends, even
+/// if the caller's future is dropped while it yields (the others' replies
+/// come from this turn).
+struct Lead<'a>(&'a Core);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let msgs = {
+            let mut g = self.0.gathering.lock().unwrap_or_else(|e| e.into_inner());
+            g.led = false;
+            std::mem::take(&mut g.msgs)
+        };
+        // An error (the engine closed) drops the messages, and with them
+        // their reply channels: every caller sees `Closed`.
+        let _ = self.0.turn_inline_many(msgs);
+    }
 }
 
 impl Core {
     pub(super) fn new(writer: Writer, inline: bool, tx: Sender<Msg>) -> Core {
-        Core { writer: Mutex::new(Some(writer)), inline, wakes_at: AtomicU64::new(0), epoch: Instant::now(), tx }
+        Core {
+            writer: Mutex::new(Some(writer)),
+            inline,
+            wakes_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            tx,
+            gathering: Mutex::new(Gathering::default()),
+            #[cfg(test)]
+            inline_turns: AtomicU64::new(0),
+        }
     }
 
     /// The writer, or `Closed` once it shut down or a panic (a bug) left
@@ -71,10 +117,38 @@ impl Core {
     /// Runs `msg` on this thread; its reply is in the channel inside `msg`
     /// when this returns.
     pub(super) fn turn_inline(&self, msg: Msg) -> Result<()> {
+        self.turn_inline_many(vec![msg])
+    }
+
+    /// Runs `msg` in a turn it shares with the callers that arrive while
+    /// it yields once (see the module's docs): as its leader, or queued
+    /// for the leader of the turn already gathering. Its reply is in the
+    /// channel inside `msg` once the turn ran, which may be after this
+    /// returns.
+    pub(super) async fn turn_gathered(&self, msg: Msg) {
+        {
+            let mut g = self.gathering.lock().unwrap_or_else(|e| e.into_inner());
+            g.msgs.push(msg);
+            if g.led {
+                return;
+            }
+            g.led = true;
+        }
+        let lead = Lead(self);
+        tokio::task::yield_now().await;
+        drop(lead);
+    }
+
+    /// Runs `msgs` on this thread as one batch.
+    fn turn_inline_many(&self, mut msgs: Vec<Msg>) -> Result<()> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
         let mut guard = self.lock()?;
         let w = guard.as_mut().ok_or(Error::Closed)?;
-        let mut msgs = vec![msg];
-        let mut pending = Vec::with_capacity(1);
+        #[cfg(test)]
+        self.inline_turns.fetch_add(1, Ordering::Relaxed);
+        let mut pending = Vec::with_capacity(msgs.len());
         let shutdown = w.turn(&mut msgs, &mut pending, true);
         debug_assert!(shutdown.is_none(), "shutdown comes through the channel");
         let wake = if w.needs_background() { Some(std::time::Duration::ZERO) } else { w.wait_time() };
@@ -171,4 +245,77 @@ impl Core {
 /// returns, so reading it never waits.
 pub(super) fn take<T>(mut rx: oneshot::Receiver<T>) -> Result<T> {
     rx.try_recv().map_err(|_| Error::Closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::engine::{Config, Engine};
+    use crate::state::Reply;
+    use crate::{Command, Ttl};
+
+    fn set(key: &str) -> Vec<Command> {
+        vec![Command::Set { key: key.into(), value: b"v".to_vec(), ttl: Ttl::Never }]
+    }
+
+    /// Callers whose batches arrive together run in one turn: twenty tasks
+    /// on one thread, each sending a batch, take one or two turns, not
+    /// twenty, and every write is there.
+    #[test]
+    fn callers_that_arrive_together_share_a_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(Config::new(dir.path())).unwrap();
+        let h = engine.handle();
+        let before = h.core.inline_turns.load(Ordering::Relaxed);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..20)
+                .map(|i| {
+                    let h = h.clone();
+                    tokio::task::spawn(async move { h.call_many(set(&format!("k{i}"))).await })
+                })
+                .collect();
+            for t in tasks {
+                let replies = t.await.unwrap().unwrap();
+                assert!(matches!(replies[..], [Ok(Reply::Done)]), "{replies:?}");
+            }
+        });
+        let turns = h.core.inline_turns.load(Ordering::Relaxed) - before;
+        assert!((1..=2).contains(&turns), "{turns} turns for 20 batches");
+        for i in 0..20 {
+            let got = h.call_blocking(Command::Get { key: format!("k{i}").into() }).unwrap();
+            assert_eq!(got, Reply::Value(Some(b"v".to_vec())));
+        }
+        drop(h);
+        engine.shutdown().unwrap();
+    }
+
+    /// The leader's future dropped while it yields (its caller gave up)
+    /// still runs the turn it gathered: the others' replies come from it.
+    #[test]
+    fn a_dropped_leader_still_runs_the_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(Config::new(dir.path())).unwrap();
+        let h = engine.handle();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut leader = Box::pin(h.call_many(set("led")));
+        let mut follower = Box::pin(h.call_many(set("followed")));
+        assert!(leader.as_mut().poll(&mut cx).is_pending(), "the leader yields");
+        assert!(follower.as_mut().poll(&mut cx).is_pending(), "the follower waits for the leader's turn");
+        drop(leader);
+        match follower.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(replies)) => assert!(matches!(replies[..], [Ok(Reply::Done)])),
+            other => panic!("the follower's turn ran: {other:?}"),
+        }
+        for key in ["led", "followed"] {
+            let got = h.call_blocking(Command::Get { key: key.into() }).unwrap();
+            assert_eq!(got, Reply::Value(Some(b"v".to_vec())), "{key}");
+        }
+        drop(follower);
+        drop(h);
+        engine.shutdown().unwrap();
+    }
 }

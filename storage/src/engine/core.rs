@@ -77,8 +77,10 @@ impl Drop for Lead<'_> {
             std::mem::take(&mut g.msgs)
         };
         // An error (the engine closed) drops the messages, and with them
-        // their reply channels: every caller sees `Closed`.
-        let _ = self.0.turn_inline_many(msgs);
+        // their reply channels: every caller sees `Closed`. The work
+        // between batches waits for the leader's next step (see
+        // `turn_gathered`).
+        let _ = self.0.turn_inline_many(msgs, false);
     }
 }
 
@@ -117,7 +119,7 @@ impl Core {
     /// Runs `msg` on this thread; its reply is in the channel inside `msg`
     /// when this returns.
     pub(super) fn turn_inline(&self, msg: Msg) -> Result<()> {
-        self.turn_inline_many(vec![msg])
+        self.turn_inline_many(vec![msg], true)
     }
 
     /// Runs `msg` in a turn it shares with the callers that arrive while
@@ -137,10 +139,19 @@ impl Core {
         let lead = Lead(self);
         tokio::task::yield_now().await;
         drop(lead);
+        // The turn's replies are sent: let their callers write them out
+        // before the work between batches (expiry, reclaim, a compaction
+        // slice), which one turn for many connections makes larger. Inside
+        // the turn, SET's p99 at 50 x 16 was 3.2-4.6 ms (2.6-3.1 ms with a
+        // turn per connection); after the replies, 2.6-3.0 ms. If this
+        // future is dropped here, the next turn does the work.
+        tokio::task::yield_now().await;
+        let _ = self.between_batches();
     }
 
-    /// Runs `msgs` on this thread as one batch.
-    fn turn_inline_many(&self, mut msgs: Vec<Msg>) -> Result<()> {
+    /// Runs `msgs` on this thread as one batch, and the work between
+    /// batches after it if `maintain`.
+    fn turn_inline_many(&self, mut msgs: Vec<Msg>, maintain: bool) -> Result<()> {
         if msgs.is_empty() {
             return Ok(());
         }
@@ -149,14 +160,32 @@ impl Core {
         #[cfg(test)]
         self.inline_turns.fetch_add(1, Ordering::Relaxed);
         let mut pending = Vec::with_capacity(msgs.len());
-        let shutdown = w.turn(&mut msgs, &mut pending, true);
+        let shutdown = w.batch_turn(&mut msgs, &mut pending);
         debug_assert!(shutdown.is_none(), "shutdown comes through the channel");
+        if maintain {
+            w.between_batches(true);
+        }
+        self.plan_wake(guard);
+        Ok(())
+    }
+
+    /// The work between batches, on this thread.
+    fn between_batches(&self) -> Result<()> {
+        let mut guard = self.lock()?;
+        guard.as_mut().ok_or(Error::Closed)?.between_batches(true);
+        self.plan_wake(guard);
+        Ok(())
+    }
+
+    /// After a caller's step: pokes the engine thread if the writer has
+    /// work for it sooner than it planned to wake.
+    fn plan_wake(&self, guard: MutexGuard<'_, Option<Writer>>) {
+        let Some(w) = guard.as_ref() else { return };
         let wake = if w.needs_background() { Some(std::time::Duration::ZERO) } else { w.wait_time() };
         drop(guard);
         if let Some(wait) = wake {
             self.poke_before(Instant::now() + wait);
         }
-        Ok(())
     }
 
     /// Wakes the engine thread if it means to sleep past `at`.

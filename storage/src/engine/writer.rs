@@ -151,6 +151,20 @@ impl Writer {
         pending: &mut Vec<Pending>,
         inline: bool,
     ) -> Option<oneshot::Sender<Result<()>>> {
+        let shutdown = self.batch_turn(msgs, pending);
+        self.between_batches(inline);
+        shutdown
+    }
+
+    /// The first half of a turn: applies `msgs` as one batch (written, and
+    /// synced as the policy says), sends the replies and takes the
+    /// snapshots asked for. `between_batches` is the second half; a caller
+    /// may run it a little later, once the replies are on their way.
+    pub(super) fn batch_turn(
+        &mut self,
+        msgs: &mut Vec<Msg>,
+        pending: &mut Vec<Pending>,
+    ) -> Option<oneshot::Sender<Result<()>>> {
         let snapshots: Vec<_> = msgs
             .extract_if(.., |m| matches!(m, Msg::Snapshot(_)))
             .filter_map(|m| match m {
@@ -170,6 +184,14 @@ impl Writer {
         for tx in snapshots {
             let _ = tx.send(self.snapshot());
         }
+        shutdown
+    }
+
+    /// The bounded work between batches: expiry, reclaim, and (on the
+    /// engine thread, or on a caller's in proportion to what it wrote) the
+    /// once-a-second sync, a compaction slice and a segment roll. Each is
+    /// paced by what is due, so a turn that skips it leaves it to the next.
+    pub(super) fn between_batches(&mut self, inline: bool) {
         let now = self.clock.now().0;
         self.state.expire(now, self.expire_budget);
         self.state.reclaim();
@@ -183,7 +205,6 @@ impl Writer {
             // 8x these bytes.
             self.compact_and_roll();
         }
-        shutdown
     }
 
     /// How long to sleep waiting for requests before there is timer or sync work.

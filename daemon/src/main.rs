@@ -6,7 +6,8 @@
 //! items live in the arena). It is built with `no_thp`: advised into
 //! transparent huge pages, its heap (slab, timers, queues) kept whole 2 MiB
 //! pages resident around what it had freed or barely touched, 15 MB more
-//! RSS at 1M keys with a TTL. The item arena advises huge pages for itself.
+//! RSS at 1M keys with a TTL. The item arena and the hash table do not
+//! advise huge pages either (see `arena::PAGE_BYTES` in cachet-storage).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

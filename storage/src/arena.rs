@@ -36,14 +36,17 @@ use memmap2::MmapMut;
 /// Bytes in a regular page, unless the cache is capped smaller (see
 /// [`page_bytes_for`]). Pages are anonymous maps of their own, not heap
 /// allocations (the allocator adds a header slice to every large block,
-/// which cost 6% of a 1 MiB page). Pages mapped during a bulk load
-/// (replay) are advised to use transparent huge pages: 2 MiB is one huge
-/// page, so a page costs one fault to fill, not 512 (replay of 1M records
-/// 146 -> 115 ms). Pages mapped while serving are not: faulting in a 2 MiB
-/// huge page took 4.3 ms on the machine measured, all of it in the one set
-/// that opened the page (one set in 17,772 with 118-byte items stalled the
-/// writer that long, `cargo bench -p cachet-benches --bench growth`); 512
-/// small faults spread the same work over as many sets.
+/// which cost 6% of a 1 MiB page). Pages are not advised to use
+/// transparent huge pages. While serving, faulting in a 2 MiB huge page
+/// took 4.3 ms, all of it in the one set that opened the page (one set in
+/// 17,772 with 118-byte items stalled the writer that long, `cargo bench -p
+/// cachet-benches --bench growth`); 512 small faults spread the same work
+/// over as many sets. During replay huge pages made a warm restart of 1M
+/// keys faster (136 against 179 ms), but on a VM that hands free memory
+/// back to its host, a huge page comes from exactly that memory, and a
+/// restart's 54 huge-page faults then took about 7 ms each: 380-660 ms in
+/// 5 restarts of 9 (`SECTIONS=memory benches/compare.sh`), against 178-218
+/// ms in all 6 without them.
 pub(crate) const PAGE_BYTES: usize = 2 << 20;
 const _: () = assert!(PAGE_BYTES <= 1 << OFFSET_BITS, "an offset in a page fits a Loc");
 
@@ -248,20 +251,11 @@ pub(crate) struct Arena {
     held: usize,
     /// Bytes of new items ever written (wrapping): what reclaim keeps pace with.
     written: usize,
-    /// A bulk load is under way: new pages get huge pages (see `PAGE_BYTES`).
-    bulk: bool,
 }
 
-/// A fresh page of `len` bytes (zeroed by the kernel as it is touched),
-/// advised to use huge pages if `huge`.
-fn map_page(len: usize, huge: bool) -> MmapMut {
-    let map = MmapMut::map_anon(len).unwrap_or_else(|e| panic!("mapping a {len}-byte arena page: {e}"));
-    #[cfg(target_os = "linux")]
-    if huge && len >= PAGE_BYTES {
-        // Advice only: without huge pages the page still works.
-        let _ = map.advise(memmap2::Advice::HugePage);
-    }
-    map
+/// A fresh page of `len` bytes (zeroed by the kernel as it is touched).
+fn map_page(len: usize) -> MmapMut {
+    MmapMut::map_anon(len).unwrap_or_else(|e| panic!("mapping a {len}-byte arena page: {e}"))
 }
 
 fn buf(p: &Page) -> &[u8] {
@@ -280,18 +274,7 @@ impl Arena {
             live: 0,
             held: 0,
             written: 0,
-            bulk: false,
         }
-    }
-
-    /// Marks a bulk load (replay) as started or over: pages mapped during
-    /// one are advised to use huge pages.
-    pub(crate) fn set_bulk(&mut self, bulk: bool) {
-        self.bulk = bulk;
-    }
-
-    pub(crate) fn bulk(&self) -> bool {
-        self.bulk
     }
 
     pub(crate) fn page_bytes(&self) -> usize {
@@ -362,7 +345,7 @@ impl Arena {
     /// Finds `len` bytes: in the active page, a new one, or a page of its own.
     fn room(&mut self, len: usize) -> (u32, usize) {
         if len > self.page_bytes / 4 {
-            let page = self.new_page(map_page(len, self.bulk));
+            let page = self.new_page(map_page(len));
             return (page, 0);
         }
         if let Some(a) = self.active {
@@ -371,7 +354,7 @@ impl Arena {
                 return (a, p.used);
             }
         }
-        let map = self.spare.take().unwrap_or_else(|| map_page(self.page_bytes, self.bulk));
+        let map = self.spare.take().unwrap_or_else(|| map_page(self.page_bytes));
         let page = self.new_page(map);
         self.active = Some(page);
         (page, 0)

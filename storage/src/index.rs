@@ -341,11 +341,6 @@ impl Index {
         }
     }
 
-    /// Marks a bulk load (replay) as started or over (see the arena's pages).
-    pub(crate) fn set_bulk(&mut self, bulk: bool) {
-        self.arena.set_bulk(bulk);
-    }
-
     pub(crate) fn reserve(&mut self, additional: usize) {
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
         self.table.reserve(additional, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
@@ -671,12 +666,9 @@ impl Index {
         true
     }
 
-    /// An empty index with pages of the same size (and in the same bulk
-    /// load, if one is under way).
+    /// An empty index with pages of the same size.
     pub(crate) fn new_like(&self) -> Index {
-        let mut index = Index::new(self.arena.page_bytes());
-        index.arena.set_bulk(self.arena.bulk());
-        index
+        Index::new(self.arena.page_bytes())
     }
 
     /// One reclaim slice in step with the writes: it examines four times

@@ -135,10 +135,8 @@ impl Group {
 /// in one anonymous map of its own, so dropping it gives its
 /// memory straight back to the system: freed to the allocator, two large
 /// blocks stayed resident (5 B/entry more RSS at 1M entries than the
-/// allocator counted). A table sized by `reserve` (replay's, made whole at
-/// once) is advised to use huge pages; one grown while serving is not, as
-/// for the arena's pages: its first touches come one insert at a time, and
-/// a 2 MiB huge page took 4.3 ms to fault in.
+/// allocator counted). It is not advised to use huge pages, for the
+/// reasons the arena's pages are not (see `arena::PAGE_BYTES`).
 struct Buckets {
     mem: MmapMut,
     groups: usize,
@@ -149,14 +147,10 @@ struct Buckets {
 }
 
 impl Buckets {
-    fn with_groups(groups: usize, huge: bool, slot_bytes: usize) -> Buckets {
+    fn with_groups(groups: usize, slot_bytes: usize) -> Buckets {
         let buckets = groups * GROUP;
         let bytes = buckets * (1 + slot_bytes) + (WIDE_SLOT - slot_bytes);
         let mem = MmapMut::map_anon(bytes).unwrap_or_else(|e| panic!("mapping a {bytes}-byte hash table: {e}"));
-        if huge && bytes >= 2 << 20 {
-            // Advice only: without huge pages the table still works.
-            let _ = mem.advise(memmap2::Advice::HugePage);
-        }
         Buckets { mem, groups, len: 0, growth_left: usable(buckets), slot_bytes }
     }
 
@@ -292,7 +286,7 @@ pub(crate) struct SlotTable {
 impl Default for SlotTable {
     fn default() -> SlotTable {
         SlotTable {
-            cur: Buckets::with_groups(1, false, NARROW_SLOT),
+            cur: Buckets::with_groups(1, NARROW_SLOT),
             old: None,
             slots_seen: 0,
             narrow_below: 1 << (8 * NARROW_SLOT),
@@ -355,7 +349,7 @@ impl SlotTable {
     pub(crate) fn reserve(&mut self, additional: usize, hash_of: impl Fn(u32) -> u64) {
         self.finish(&hash_of);
         if additional > self.cur.growth_left {
-            self.start(additional, true, &hash_of);
+            self.start(additional, &hash_of);
             self.finish(&hash_of);
         }
     }
@@ -369,7 +363,7 @@ impl SlotTable {
             // (The index's slot numbers stay below its table's load, so
             // buckets made narrow are always outgrown before their slots
             // are; a slot that does not fit moves everything to wide ones.)
-            self.start(1, false, &hash_of);
+            self.start(1, &hash_of);
         }
         self.cur.put(hash, slot);
     }
@@ -407,7 +401,7 @@ impl SlotTable {
     /// old ones hold a seventh of their load in groups, `MIGRATE` moved per
     /// insert.
     /// Should one still be running, its rest moves into the new buckets now.
-    fn start(&mut self, additional: usize, huge: bool, hash_of: &impl Fn(u32) -> u64) {
+    fn start(&mut self, additional: usize, hash_of: &impl Fn(u32) -> u64) {
         let leftover = self.old.as_ref().map_or(0, |(o, _)| o.len);
         let need = self.cur.len + leftover + additional;
         let room = usable(self.cur.buckets());
@@ -417,7 +411,7 @@ impl SlotTable {
         // these buckets hold at most `usable` of them.
         let most = (self.slots_seen as usize).max(usable(groups * GROUP));
         let slot_bytes = if most < self.narrow_below as usize { NARROW_SLOT } else { WIDE_SLOT };
-        let mut new = Buckets::with_groups(groups, huge, slot_bytes);
+        let mut new = Buckets::with_groups(groups, slot_bytes);
         if let Some((mut old, next)) = self.old.take() {
             for g in next..old.groups {
                 old.move_group(g, &mut new, hash_of);
@@ -647,7 +641,7 @@ mod tests {
 
     #[test]
     fn narrow_slots_read_back_at_the_end_of_the_map() {
-        let mut b = Buckets::with_groups(2, false, NARROW_SLOT);
+        let mut b = Buckets::with_groups(2, NARROW_SLOT);
         let last = b.buckets() - 1;
         b.set(last, FULL, (1 << 24) - 1);
         b.set(last - 1, FULL, 0x00ab_cdef);

@@ -77,9 +77,8 @@ impl State {
     }
 
     /// Sizes the index for `n` entries before replay, no more than the caps
-    /// let it hold, and starts replay's bulk load (ended by `finish_replay`).
+    /// let it hold.
     pub(crate) fn reserve(&mut self, n: usize) {
-        self.index.set_bulk(true);
         let mut n = n;
         if let Some(max) = self.limits.max_entries {
             n = n.min(usize::try_from(max).unwrap_or(usize::MAX));

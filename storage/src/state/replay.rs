@@ -46,7 +46,6 @@ impl State {
     /// After replay: drop what expired during it and arm the expiry timers
     /// (one per group of slots, at its earliest deadline).
     pub(crate) fn finish_replay(&mut self, now: u64) {
-        self.index.set_bulk(false);
         self.timers = GroupTimers::new(now);
         let mut expired = Vec::new();
         for (slot, at) in self.index.deadlines() {

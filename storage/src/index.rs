@@ -341,6 +341,15 @@ impl Index {
         }
     }
 
+    /// See [`Arena::feed`].
+    pub(crate) fn feed_pages(&mut self, pages: Option<std::sync::mpsc::Receiver<memmap2::MmapMut>>) {
+        self.arena.feed(pages);
+    }
+
+    pub(crate) fn page_bytes(&self) -> usize {
+        self.arena.page_bytes()
+    }
+
     pub(crate) fn reserve(&mut self, additional: usize) {
         let (hasher, entries, arena) = (&self.hasher, &self.entries, &self.arena);
         self.table.reserve(additional, |s| hasher.hash_one(arena.key(entries[s as usize].loc())));
@@ -384,9 +393,13 @@ impl Index {
     /// lookup of it a little later finds it in the cache (replay calls this
     /// a few records ahead: its inserts land at random places in a table
     /// larger than the cache). Reads no memory itself.
-    pub(crate) fn prefetch(&self, key: &[u8]) {
-        let hash = self.hasher.hash_one(key);
+    pub(crate) fn prefetch(&self, hash: u64) {
         self.table.prefetch(hash);
+    }
+
+    /// How the table hashes keys ([`Index::hash`]).
+    pub(crate) fn hasher(&self) -> &DefaultHashBuilder {
+        &self.hasher
     }
 
     pub(crate) fn find(&self, key: &[u8]) -> Option<u32> {
@@ -490,11 +503,18 @@ impl Index {
         }
     }
 
-    /// The slot of `key`, inserting it with `value` if absent (one hash, one
-    /// probe). Returns the slot and whether it was inserted; an existing
-    /// entry is left unchanged.
-    pub(crate) fn find_or_insert(&mut self, key: &[u8], value: &[u8], expires: u64, epoch: u8) -> (u32, bool) {
-        let hash = self.hasher.hash_one(key);
+    /// The slot of `key`, whose hash is `hash` ([`Index::hash`]), inserting
+    /// it with `value` if absent. Returns the slot and whether it was
+    /// inserted; an existing entry is left unchanged.
+    pub(crate) fn find_or_insert(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        expires: u64,
+        epoch: u8,
+    ) -> (u32, bool) {
+        debug_assert_eq!(hash, self.hasher.hash_one(key));
         let (entries, arena) = (&self.entries, &self.arena);
         if let Some(slot) = self.table.find(hash, |s| arena.key(entries[s as usize].loc()) == key) {
             return (slot, false);
@@ -527,7 +547,7 @@ impl Index {
     /// Inserts a key known to be absent; returns its slot.
     #[cfg(test)]
     pub(crate) fn insert_new(&mut self, key: &[u8], value: &[u8], expires: u64, epoch: u8) -> u32 {
-        let (slot, inserted) = self.find_or_insert(key, value, expires, epoch);
+        let (slot, inserted) = self.find_or_insert(self.hash(key), key, value, expires, epoch);
         assert!(inserted);
         slot
     }
@@ -811,7 +831,7 @@ mod tests {
                     ix.remove_slot(slot);
                 }
             } else {
-                let (slot, inserted) = ix.find_or_insert(&key, b"v", 0, 1);
+                let (slot, inserted) = ix.find_or_insert(ix.hash(&key), &key, b"v", 0, 1);
                 assert_eq!(inserted, !live.contains_key(&key));
                 assert_eq!(*live.entry(key).or_insert(slot), slot);
             }

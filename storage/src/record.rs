@@ -81,7 +81,7 @@ const AFTER_SEQ: usize = SEQ + 8;
 const SET_EXPIRES: usize = AFTER_SEQ;
 const SET_KEY_LEN: usize = SET_EXPIRES + 8;
 const SET_VALUE_LEN: usize = SET_KEY_LEN + 4;
-const SET_FIXED: usize = SET_VALUE_LEN + 4;
+pub(crate) const SET_FIXED: usize = SET_VALUE_LEN + 4;
 /// delete: `key_len: u32 | key`.
 const DELETE_KEY_LEN: usize = AFTER_SEQ;
 const DELETE_FIXED: usize = DELETE_KEY_LEN + 4;

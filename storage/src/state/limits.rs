@@ -89,6 +89,37 @@ impl State {
         self.index.reserve(n);
     }
 
+    /// Before replay of `sets` set records with `bytes` of keys and values:
+    /// maps and faults in the arena pages they will fill (no more than the
+    /// memory cap allows) on a thread beside replay's, which stops once
+    /// replay calls [`State::end_page_feed`]. Not worth a thread below two
+    /// pages.
+    pub(crate) fn feed_pages_for(&mut self, sets: usize, bytes: u64) {
+        let page = self.index.page_bytes() as u64;
+        // An item's lengths and deadline: 2 + 5 bytes for most.
+        let bytes = bytes + 7 * sets as u64;
+        let bytes = self.limits.max_memory.map_or(bytes, |max| bytes.min(max));
+        let pages = usize::try_from(bytes.div_ceil(page)).unwrap_or(usize::MAX);
+        if pages < 2 {
+            return;
+        }
+        // The pager faults in a page in about half the time replay fills
+        // one, so one page waiting is enough.
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let page = page as usize;
+        let spawned = std::thread::Builder::new()
+            .name("cachet-pager".into())
+            .spawn(move || crate::arena::fault_in_pages(page, pages, tx));
+        if spawned.is_ok() {
+            self.index.feed_pages(Some(rx));
+        }
+    }
+
+    /// Replay is over: drops the page feed, which ends its thread.
+    pub(crate) fn end_page_feed(&mut self) {
+        self.index.feed_pages(None);
+    }
+
     /// Whether the index, grown by `add_entries` entries and `add_bytes`
     /// bytes, would hold more than the caps allow. Asked before a write
     /// (with what it adds: its blob and entry overhead, and one entry if the

@@ -54,8 +54,13 @@ struct Was {
 /// timer) or replay's (timers are armed once, at its end).
 #[derive(Clone, Copy)]
 enum PutMode {
-    Live { now: u64 },
-    Replay,
+    Live {
+        now: u64,
+    },
+    /// With the key's hash, which replay has already.
+    Replay {
+        hash: u64,
+    },
 }
 
 pub struct State {
@@ -212,7 +217,11 @@ impl State {
     fn put(&mut self, key: &[u8], value: &[u8], at: Placed, mode: PutMode) {
         let Placed { expires, segment, encoding } = at;
         self.note_segment(segment);
-        let (slot, inserted) = self.index.find_or_insert(key, value, expires, self.epoch);
+        let hash = match mode {
+            PutMode::Replay { hash } => hash,
+            PutMode::Live { .. } => self.index.hash(key),
+        };
+        let (slot, inserted) = self.index.find_or_insert(hash, key, value, expires, self.epoch);
         let arm = matches!(mode, PutMode::Live { .. });
         if inserted {
             self.index.entry_mut(slot).set_encoding(encoding);
@@ -221,7 +230,6 @@ impl State {
                 self.timers.arm(slot, expires);
             }
             if let Some(ev) = &mut self.evict {
-                let hash = self.index.hash(key);
                 ev.on_insert(&mut self.index, slot, hash);
             }
         } else {
@@ -230,7 +238,7 @@ impl State {
                 (Was { epoch: e.epoch(), encoding: e.encoding() }, set_record_len(key.len(), e.value().len()));
             let was_live = match mode {
                 PutMode::Live { now } => e.is_live_at(now),
-                PutMode::Replay => true,
+                PutMode::Replay { .. } => true,
             };
             let old_blob = e.blob_len();
             if let Some(ev) = &mut self.evict {

@@ -11,10 +11,15 @@ impl State {
     /// the older value (so that cannot come back), and a later touch may have
     /// extended it while it was live. What is expired at the end of replay is
     /// dropped by `finish_replay`.
-    pub(crate) fn replay(&mut self, rec: &Record<'_>, segment: SegmentId, now: u64) {
+    ///
+    /// `hash` is a set's key's hash if the caller has it (see
+    /// [`State::hasher`]).
+    pub(crate) fn replay(&mut self, rec: &Record<'_>, segment: SegmentId, now: u64, hash: Option<u64>) {
         match *rec {
             Record::Set { key, value, expires, encoding } => {
-                self.put(key, value, Placed { expires: expires.0, segment, encoding }, PutMode::Replay);
+                let hash = hash.unwrap_or_else(|| self.index.hash(key));
+                debug_assert_eq!(hash, self.index.hash(key));
+                self.put(key, value, Placed { expires: expires.0, segment, encoding }, PutMode::Replay { hash });
                 // The caps hold as replay goes, so a log larger than
                 // max_memory never has to fit in memory whole; and the
                 // items overwritten are reclaimed as it goes, for the same
@@ -38,9 +43,16 @@ impl State {
         }
     }
 
-    /// Replay's look-ahead: a set of `key` comes a few records later.
-    pub(crate) fn prefetch(&self, key: &[u8]) {
-        self.index.prefetch(key);
+    /// Replay's look-ahead: a set of a key with this hash comes a few
+    /// records later.
+    pub(crate) fn prefetch(&self, hash: u64) {
+        self.index.prefetch(hash);
+    }
+
+    /// How the index hashes keys, for a thread that hashes replay's keys
+    /// beside the one applying them.
+    pub(crate) fn hasher(&self) -> &hashbrown::DefaultHashBuilder {
+        self.index.hasher()
     }
 
     /// After replay: drop what expired during it and arm the expiry timers

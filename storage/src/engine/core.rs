@@ -156,7 +156,7 @@ impl Core {
         // two trips through the scheduler to each request. One turn in
         // `PROBE_ALONE` still yields, to notice when company comes.
         let streak = self.alone.load(Ordering::Relaxed);
-        let gather = streak < ALONE_RUNS_AT_ONCE || streak % PROBE_ALONE == 0;
+        let gather = streak < ALONE_RUNS_AT_ONCE || streak.is_multiple_of(PROBE_ALONE);
         if gather {
             tokio::task::yield_now().await;
         }

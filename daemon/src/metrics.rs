@@ -4,10 +4,11 @@
 //! Two kinds of figures:
 //! - what the front ends count as requests pass (operations and their
 //!   latency by protocol and operation, connections by protocol, refusals by
-//!   class): prometheus-client counters, gauges and histograms, updated in
-//!   place. The (protocol, operation) series are created on first use and
-//!   kept in a table indexed by operation, so a request costs an array
-//!   index and two atomic updates, not a label lookup;
+//!   class): prometheus-client counters and gauges, and [`Latency`]
+//!   histograms, updated in place. The (protocol, operation) series are
+//!   created on first use and kept in a table indexed by operation, so a
+//!   run of one operation in a pipelined round costs an array index and
+//!   four atomic updates, not a label lookup;
 //! - what the engine counts (entries, bytes, hits, evictions, the log,
 //!   compactions, fsyncs, the read-only state): read with one `Stats`
 //!   command per scrape and encoded by [`EngineCollector`], so these are the
@@ -24,7 +25,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::listen::Protocol;
@@ -155,17 +155,78 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
         .into_iter()
 }
 
+/// A latency histogram that counts many observations of one value at
+/// once, without a lock: the operations of a pipelined round share the
+/// round's time, and prometheus-client's `Histogram` takes a write lock
+/// per observation (2.7% of cachetd's CPU under GET at 50 x 16, with
+/// `resp_op`'s search another 4.5%).
+#[derive(Clone, Debug)]
+struct Latency(Arc<LatencyCounts>);
+
+#[derive(Debug)]
+struct LatencyCounts {
+    /// Upper bounds, in seconds, of every bucket but the last (+Inf).
+    bounds: Vec<f64>,
+    /// Observations per bucket (not cumulative), one more than `bounds`.
+    counts: Vec<AtomicU64>,
+    /// The observations' sum, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Latency {
+    fn new() -> Latency {
+        let bounds: Vec<f64> = latency_buckets().collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Latency(Arc::new(LatencyCounts { bounds, counts, sum_nanos: AtomicU64::new(0) }))
+    }
+
+    /// Counts `n` observations of `took`.
+    fn observe_n(&self, took: Duration, n: u64) {
+        let c = &self.0;
+        let secs = took.as_secs_f64();
+        let bucket = c.bounds.iter().position(|&b| secs <= b).unwrap_or(c.bounds.len());
+        c.counts[bucket].fetch_add(n, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        c.sum_nanos.fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> std::fmt::Result {
+        let c = &self.0;
+        let buckets: Vec<(f64, u64)> = c
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(c.counts.iter().map(|n| n.load(Ordering::Relaxed)))
+            .collect();
+        // The count is the buckets' total, so the two always agree.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = c.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// One operation's series: its count and its latency.
 struct OpSeries {
     count: Counter,
-    latency: Histogram,
+    latency: Latency,
 }
 
 /// Everything counted, and the registry that encodes it.
 pub struct Metrics {
     registry: Registry,
     ops: Family<OpLabels, Counter>,
-    latency: Family<OpLabels, Histogram>,
+    latency: Family<OpLabels, Latency>,
     /// The series of each (protocol, operation), made on first use.
     series: [Vec<OnceLock<OpSeries>>; 2],
     connections: Family<ProtocolLabel, Gauge>,
@@ -186,9 +247,7 @@ impl Metrics {
     pub fn new(slow: Duration, replay: Duration) -> Metrics {
         let mut registry = Registry::with_prefix("cachet");
         let ops = Family::<OpLabels, Counter>::default();
-        let latency = Family::<OpLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
-        );
+        let latency = Family::<OpLabels, Latency>::new_with_constructor(Latency::new as fn() -> Latency);
         let connections = Family::<ProtocolLabel, Gauge>::default();
         let refusals = Family::<ClassLabel, Counter>::default();
         registry.register("operations", "Operations served, by protocol and operation", ops.clone());
@@ -242,19 +301,35 @@ impl Metrics {
     /// Counts a request of these operations that took `took` from arrival to
     /// reply, and logs it (rate-limited) if it was slow.
     pub fn served(&self, protocol: Protocol, ops: impl IntoIterator<Item = OpId>, took: Duration) {
-        let secs = took.as_secs_f64();
         let mut n = 0;
         let mut first = None;
+        // Runs of one operation (a pipeline of GETs) are counted at once.
+        let mut run: Option<(OpId, u64)> = None;
         for op in ops {
-            let s = self.series(protocol, op);
-            s.count.inc();
-            s.latency.observe(secs);
+            match &mut run {
+                Some((o, count)) if *o == op => *count += 1,
+                _ => {
+                    if let Some((o, count)) = run.replace((op, 1)) {
+                        self.count(protocol, o, count, took);
+                    }
+                }
+            }
             first.get_or_insert(op);
             n += 1;
+        }
+        if let Some((o, count)) = run {
+            self.count(protocol, o, count, took);
         }
         if let Some(op) = first {
             let _logged = self.slow.check(protocol, op, n, took);
         }
+    }
+
+    /// Counts `n` operations `op` that took `took`.
+    fn count(&self, protocol: Protocol, op: OpId, n: u64, took: Duration) {
+        let s = self.series(protocol, op);
+        s.count.inc_by(n);
+        s.latency.observe_n(took, n);
     }
 
     /// A connection opened; the returned guard counts it closed when dropped.
@@ -456,5 +531,29 @@ mod tests {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
         assert_eq!(m.operations_of(Protocol::Resp), 2);
+    }
+
+    /// A round's operations each count once, with the round's time, however
+    /// they come in runs; the histogram's buckets, count and sum agree.
+    #[test]
+    fn each_operation_of_a_round_counts_in_the_histogram() {
+        let m = Metrics::new(Duration::ZERO, Duration::ZERO);
+        let (get, set) = (resp_op("GET"), resp_op("SET"));
+        m.served(Protocol::Resp, [get, get, set, get], Duration::from_micros(80));
+        m.served(Protocol::Resp, [get], Duration::from_millis(3));
+        let text = m.encode(Stats::default(), Duration::ZERO, None);
+        for want in [
+            "cachet_operations_total{protocol=\"resp\",op=\"get\"} 4",
+            "cachet_operations_total{protocol=\"resp\",op=\"set\"} 1",
+            "cachet_request_duration_seconds_count{protocol=\"resp\",op=\"get\"} 4",
+            "cachet_request_duration_seconds_sum{protocol=\"resp\",op=\"get\"} 0.00324",
+            "cachet_request_duration_seconds_bucket{le=\"0.0001\",protocol=\"resp\",op=\"get\"} 3",
+            "cachet_request_duration_seconds_bucket{le=\"0.0025\",protocol=\"resp\",op=\"get\"} 3",
+            "cachet_request_duration_seconds_bucket{le=\"0.005\",protocol=\"resp\",op=\"get\"} 4",
+            "cachet_request_duration_seconds_bucket{le=\"+Inf\",protocol=\"resp\",op=\"get\"} 4",
+            "cachet_request_duration_seconds_count{protocol=\"resp\",op=\"set\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
     }
 }

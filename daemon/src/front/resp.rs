@@ -176,9 +176,17 @@ impl Session {
         let mut outs = Vec::with_capacity(cmds.len());
         let mut ops = Vec::with_capacity(cmds.len());
         let mut upper = [0u8; 32];
+        // The last command's name as sent and its metrics id: a pipeline
+        // mostly repeats one command, so most skip the search.
+        let mut last: Option<(&[u8], metrics::OpId)> = None;
         for args in &cmds {
             let name = command_name(&args[0], &mut upper);
-            ops.push(metrics::resp_op(&name));
+            let op = match last {
+                Some((sent, op)) if sent == &args[0][..] => op,
+                _ => metrics::resp_op(&name),
+            };
+            last = Some((&args[0][..], op));
+            ops.push(op);
             outs.push(self.dispatch(&name, &args[1..], &mut batch));
             if self.quit {
                 break;

@@ -8,7 +8,7 @@
 //!   histograms, updated in place. The (protocol, operation) series are
 //!   created on first use and kept in a table indexed by operation, so a
 //!   run of one operation in a pipelined round costs an array index and
-//!   four atomic updates, not a label lookup;
+//!   three atomic updates, not a label lookup;
 //! - what the engine counts (entries, bytes, hits, evictions, the log,
 //!   compactions, fsyncs, the read-only state): read with one `Stats`
 //!   command per scrape and encoded by [`EngineCollector`], so these are the
@@ -149,11 +149,10 @@ fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
-/// Request latency buckets, in seconds: 10 µs to 10 s.
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    [10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0, 10.0]
-        .into_iter()
-}
+/// Request latency buckets' upper bounds, in seconds: 10 µs to 10 s (the
+/// last bucket, past the final bound, is `+Inf`).
+const LATENCY_BOUNDS: [f64; 16] =
+    [10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0, 10.0];
 
 /// A latency histogram that counts many observations of one value at
 /// once, without a lock: the operations of a pipelined round share the
@@ -163,28 +162,25 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 #[derive(Clone, Debug)]
 struct Latency(Arc<LatencyCounts>);
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct LatencyCounts {
-    /// Upper bounds, in seconds, of every bucket but the last (+Inf).
-    bounds: Vec<f64>,
-    /// Observations per bucket (not cumulative), one more than `bounds`.
-    counts: Vec<AtomicU64>,
+    /// Observations per bucket of `LATENCY_BOUNDS` (not cumulative), and
+    /// past its last bound.
+    counts: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     /// The observations' sum, in nanoseconds.
     sum_nanos: AtomicU64,
 }
 
 impl Latency {
     fn new() -> Latency {
-        let bounds: Vec<f64> = latency_buckets().collect();
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-        Latency(Arc::new(LatencyCounts { bounds, counts, sum_nanos: AtomicU64::new(0) }))
+        Latency(Arc::default())
     }
 
     /// Counts `n` observations of `took`.
     fn observe_n(&self, took: Duration, n: u64) {
         let c = &self.0;
         let secs = took.as_secs_f64();
-        let bucket = c.bounds.iter().position(|&b| secs <= b).unwrap_or(c.bounds.len());
+        let bucket = LATENCY_BOUNDS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BOUNDS.len());
         c.counts[bucket].fetch_add(n, Ordering::Relaxed);
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         c.sum_nanos.fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
@@ -198,11 +194,9 @@ impl prometheus_client::metrics::TypedMetric for Latency {
 impl EncodeMetric for Latency {
     fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> std::fmt::Result {
         let c = &self.0;
-        let buckets: Vec<(f64, u64)> = c
-            .bounds
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::MAX))
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .into_iter()
+            .chain([f64::MAX])
             .zip(c.counts.iter().map(|n| n.load(Ordering::Relaxed)))
             .collect();
         // The count is the buckets' total, so the two always agree.
@@ -212,7 +206,7 @@ impl EncodeMetric for Latency {
     }
 
     fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
     }
 }
 

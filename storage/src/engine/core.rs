@@ -77,23 +77,28 @@ struct Gathering {
 
 /// The leader of a gathered turn: runs what was queued when it ends, even
 /// if the caller's future is dropped while it yields (the others' replies
-/// come from this turn).
-struct Lead<'a>(&'a Core);
+/// come from this turn); and the work between batches with it if
+/// `maintain`.
+struct Lead<'a> {
+    core: &'a Core,
+    maintain: bool,
+}
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
+        let core = self.core;
         let msgs = {
-            let mut g = self.0.gathering.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = core.gathering.lock().unwrap_or_else(|e| e.into_inner());
             g.led = false;
             std::mem::take(&mut g.msgs)
         };
-        let streak = if msgs.len() == 1 { self.0.alone.load(Ordering::Relaxed).saturating_add(1) } else { 0 };
-        self.0.alone.store(streak, Ordering::Relaxed);
+        let streak = if msgs.len() == 1 { core.alone.load(Ordering::Relaxed).saturating_add(1) } else { 0 };
+        core.alone.store(streak, Ordering::Relaxed);
         // An error (the engine closed) drops the messages, and with them
-        // their reply channels: every caller sees `Closed`. The work
-        // between batches waits for the leader's next step (see
-        // `turn_gathered`).
-        let _ = self.0.turn_inline_many(msgs, false);
+        // their reply channels: every caller sees `Closed`. Without
+        // `maintain`, the work between batches waits for the leader's next
+        // step (see `turn_gathered`).
+        let _ = core.turn_inline_many(msgs, self.maintain);
     }
 }
 
@@ -150,16 +155,19 @@ impl Core {
             }
             g.led = true;
         }
-        let lead = Lead(self);
         // Leaders that have found no company for a while (one connection,
-        // or a few that take turns) run at once: yielding would only add
-        // two trips through the scheduler to each request. One turn in
+        // or a few that take turns) run at once, with the work between
+        // batches in the same turn: yielding would only add two trips
+        // through the scheduler to each request. One turn in
         // `PROBE_ALONE` still yields, to notice when company comes.
         let streak = self.alone.load(Ordering::Relaxed);
         let gather = streak < ALONE_RUNS_AT_ONCE || streak.is_multiple_of(PROBE_ALONE);
-        if gather {
-            tokio::task::yield_now().await;
+        let lead = Lead { core: self, maintain: !gather };
+        if !gather {
+            drop(lead);
+            return;
         }
+        tokio::task::yield_now().await;
         drop(lead);
         // The turn's replies are sent: let their callers write them out
         // before the work between batches (expiry, reclaim, a compaction
@@ -167,9 +175,7 @@ impl Core {
         // the turn, SET's p99 at 50 x 16 was 3.2-4.6 ms (2.6-3.1 ms with a
         // turn per connection); after the replies, 2.6-3.0 ms. If this
         // future is dropped here, the next turn does the work.
-        if gather {
-            tokio::task::yield_now().await;
-        }
+        tokio::task::yield_now().await;
         let _ = self.between_batches();
     }
 

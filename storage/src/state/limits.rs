@@ -104,7 +104,7 @@ impl State {
             return;
         }
         // The pager faults in a page in about half the time replay fills
-        // one, so one page waiting is enough.
+        // one, so two pages waiting keep it ahead.
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let page = page as usize;
         let spawned = std::thread::Builder::new()

@@ -18,7 +18,6 @@ impl State {
         match *rec {
             Record::Set { key, value, expires, encoding } => {
                 let hash = hash.unwrap_or_else(|| self.index.hash(key));
-                debug_assert_eq!(hash, self.index.hash(key));
                 self.put(key, value, Placed { expires: expires.0, segment, encoding }, PutMode::Replay { hash });
                 // The caps hold as replay goes, so a log larger than
                 // max_memory never has to fit in memory whole; and the

@@ -242,3 +242,37 @@ fn failed_rewrites_leave_nothing_behind() {
     assert_eq!(get(&h, "after").as_deref(), Some(&b"a"[..]));
     assert_eq!(get(&h, "doomed"), None);
 }
+
+/// A failed batch that evicted entries it had itself written (a cap of two
+/// entries, four new keys) is taken back exactly: the undo log records the
+/// evictions too, so each entry goes back to the slot it had and the
+/// entries from before the batch are what remains.
+#[test]
+fn a_failed_batch_that_evicted_its_own_writes_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let mut config = Config { faults: Some(faults.clone()), ..Config::new(dir.path()) };
+    config.limits.max_entries = Some(2);
+    let engine = Engine::open(config.clone()).unwrap();
+    let h = engine.handle();
+    h.call_blocking(set("old1", b"1")).unwrap();
+    h.call_blocking(set("old2", b"2")).unwrap();
+    faults.fail_writes(1, false, false);
+    let replies =
+        h.call_many_blocking(vec![set("new1", b"a"), set("new2", b"b"), set("new3", b"c"), set("new4", b"d")]).unwrap();
+    assert!(replies.iter().all(|r| matches!(r, Err(Error::WriteFailed(_)))), "{replies:?}");
+    let now = |h: &cachet_storage::Handle| {
+        ["old1", "old2", "new1", "new2", "new3", "new4"].map(|k| get(h, k).map(|v| (k, v)))
+    };
+    let expect = [Some(("old1", b"1".to_vec())), Some(("old2", b"2".to_vec())), None, None, None, None];
+    assert_eq!(now(&h), expect, "the batch is taken back");
+    h.call_blocking(set("after", b"x")).unwrap();
+    drop(h);
+    engine.shutdown().unwrap();
+    let engine = Engine::open(config).unwrap();
+    let h = engine.handle();
+    assert_eq!(get(&h, "after").as_deref(), Some(&b"x"[..]));
+    for k in ["new1", "new2", "new3", "new4"] {
+        assert_eq!(get(&h, k), None, "{k} after restart");
+    }
+}

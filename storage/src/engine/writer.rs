@@ -285,6 +285,8 @@ impl Writer {
             }
         }
         if self.buf.is_empty() {
+            // Reads that found an expired entry removed it: nothing to undo.
+            self.state.commit_batch();
             return shutdown;
         }
         let cleared = force_sync;

@@ -81,8 +81,12 @@ pub struct State {
     /// S3-FIFO queues, when a cap is set and the policy evicts.
     evict: Option<S3Fifo>,
     /// While a batch is open: how to take back each change it made, should
-    /// its write fail.
+    /// its write fail. Removals by expiry and eviction inside the batch are
+    /// recorded too: undoing a change puts its entry back in the slot it
+    /// had, which holds only if every slot freed since comes back as well.
     undo: Option<Vec<Undo>>,
+    /// The undo log's buffer while no batch is open.
+    undo_spare: Vec<Undo>,
     /// Evicted entries by a segment at or after the one that holds their
     /// (now stale) set record: the newest segment when they were evicted.
     /// While any such segment is in the log, a delete of a key that is not
@@ -109,6 +113,7 @@ impl State {
             limits,
             stats: Stats::default(),
             undo: None,
+            undo_spare: Vec::new(),
             evicted_in: BTreeMap::new(),
             reply_room: limits.max_reply_bytes,
             reply_limit: limits.max_reply_bytes,
@@ -186,7 +191,7 @@ impl State {
     /// in the log (see `evicted_in`).
     fn evict(&mut self, slot: u32) {
         *self.evicted_in.entry(self.newest_segment).or_default() += 1;
-        self.remove(slot);
+        self.remove_logged(slot);
         self.stats.evicted += 1;
     }
 
@@ -203,7 +208,7 @@ impl State {
         if self.index.entry(slot).is_live_at(now) {
             Some(slot)
         } else {
-            self.remove(slot);
+            self.remove_logged(slot);
             self.stats.expired += 1;
             None
         }
@@ -287,7 +292,8 @@ impl State {
         self.live_log_bytes = self.live_log_bytes.saturating_sub(len as u64);
     }
 
-    /// Removes an entry without logging it (expiry, eviction, undo); returns
+    /// Removes an entry without recording its undo (replay, compaction, undo
+    /// itself); returns
     /// its item's place (released, readable until the next reclaim).
     fn remove(&mut self, slot: u32) -> Loc {
         if let Some(ev) = &mut self.evict {
@@ -310,7 +316,8 @@ impl State {
         old
     }
 
-    /// Removes an entry because of a logged delete: undone if the write fails.
+    /// Removes an entry (a delete, or expiry or eviction), recording how to
+    /// put it back if a batch is open: undone if the batch's write fails.
     fn remove_logged(&mut self, slot: u32) {
         let e = self.index.entry(slot);
         let was = Was { epoch: e.epoch(), encoding: e.encoding() };
@@ -334,8 +341,8 @@ impl State {
     /// written since the last one. Between batches only: inside one, the
     /// undo log refers to old items by their place, so nothing may move.
     pub fn reclaim(&mut self) {
-        if self.undo.as_ref().is_some_and(|u| !u.is_empty()) {
-            debug_assert!(false, "reclaim inside a batch");
+        if self.undo.is_some() {
+            debug_assert!(false, "reclaim while a batch may be undone");
             return;
         }
         self.index.reclaim_step();
@@ -357,7 +364,7 @@ impl State {
             let next = self.index.scan_deadlines(slots, now, &mut due);
             let take = due.len().min(budget - removed);
             for &slot in &due[..take] {
-                self.remove(slot);
+                self.remove_logged(slot);
             }
             self.stats.expired += take as u64;
             removed += take;

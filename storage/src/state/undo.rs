@@ -32,13 +32,17 @@ pub(super) struct Cleared {
 impl State {
     /// Starts recording how to undo the changes of a batch.
     pub(crate) fn begin_batch(&mut self) {
-        self.undo.get_or_insert_with(Vec::new).clear();
+        if self.undo.is_none() {
+            self.undo = Some(std::mem::take(&mut self.undo_spare));
+        }
     }
 
-    /// The batch is durable: forget how to undo it.
+    /// The batch is written: forget how to undo it, and stop recording
+    /// (expiry between batches needs no undo).
     pub(crate) fn commit_batch(&mut self) {
-        if let Some(u) = &mut self.undo {
+        if let Some(mut u) = self.undo.take() {
             u.clear();
+            self.undo_spare = u;
         }
     }
 
@@ -48,7 +52,8 @@ impl State {
         }
     }
 
-    /// The batch's write failed: take back its changes, newest first.
+    /// The batch's write failed: take back its changes, newest first, and
+    /// stop recording.
     pub(crate) fn rollback_batch(&mut self) {
         let Some(mut log) = self.undo.take() else { return };
         while let Some(u) = log.pop() {
@@ -93,7 +98,6 @@ impl State {
                 }
             }
         }
-        log.clear();
-        self.undo = Some(log);
+        self.undo_spare = log;
     }
 }

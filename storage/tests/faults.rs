@@ -276,3 +276,69 @@ fn a_failed_batch_that_evicted_its_own_writes_is_undone() {
         assert_eq!(get(&h, k), None, "{k} after restart");
     }
 }
+
+/// Every key the property below uses, with its value and remaining time.
+fn entries(h: &cachet_storage::Handle) -> Vec<(String, Option<(Vec<u8>, cachet_storage::Reply)>)> {
+    (0..6)
+        .map(|i| {
+            let key = format!("k{i}");
+            let value = get(h, &key);
+            let ttl = h.call_blocking(Command::Ttl { key: key.clone().into_bytes() }).unwrap();
+            (key, value.map(|v| (v, ttl)))
+        })
+        .collect()
+}
+
+fn batch_command() -> impl proptest::strategy::Strategy<Value = Command> {
+    use proptest::prelude::*;
+    let key = (0..6u8).prop_map(|i| format!("k{i}").into_bytes());
+    prop_oneof![
+        (key.clone(), 1..40usize).prop_map(|(key, n)| Command::Set { key, value: vec![b'v'; n], ttl: Ttl::Never }),
+        (key.clone(), 1..40usize).prop_map(|(key, n)| Command::Add { key, value: int(n as i64), ttl: Ttl::Never }),
+        key.clone().prop_map(|key| Command::Delete { key }),
+        key.clone().prop_map(|key| Command::Incr { key, delta: 2 }),
+        key.clone().prop_map(|key| Command::Touch { key, ttl: Ttl::Millis(3_600_000) }),
+        key.clone().prop_map(|key| Command::GetDel { key }),
+        key.prop_map(|key| Command::Get { key }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// Under a cap that evicts, any batch whose write fails leaves the cache
+    /// exactly as it was (values and deadlines), whatever it wrote, deleted
+    /// or evicted on the way; and the engine goes on serving.
+    #[test]
+    fn a_failed_batch_under_a_cap_changes_nothing(
+        batches in proptest::collection::vec(
+            (proptest::collection::vec(batch_command(), 0..12), proptest::bool::ANY), 1..12),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let mut config = Config { sync: SyncPolicy::Never, faults: Some(faults.clone()), ..Config::new(dir.path()) };
+        config.limits.max_entries = Some(3);
+        // A clock that stands still: deadlines compare exactly.
+        let clock = cachet_storage::ManualClock::new(cachet_storage::UnixMillis(1_700_000_000_000));
+        let engine = Engine::open_with(config, Arc::new(clock), |_| {}).unwrap();
+        let h = engine.handle();
+        for (cmds, fail) in batches {
+            // A set first, so the batch writes a record (and meets the fault).
+            let mut batch = vec![set("k0", b"first")];
+            batch.extend(cmds);
+            let before = entries(&h);
+            if fail {
+                faults.fail_writes(1, false, false);
+            }
+            let replies = h.call_many_blocking(batch).unwrap();
+            if fail {
+                proptest::prop_assert!(replies[0].is_err(), "{:?}", replies);
+                proptest::prop_assert_eq!(entries(&h), before);
+            } else {
+                proptest::prop_assert!(replies[0].is_ok(), "{:?}", replies);
+            }
+        }
+        drop(h);
+        engine.shutdown().unwrap();
+    }
+}

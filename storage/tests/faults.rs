@@ -277,8 +277,11 @@ fn a_failed_batch_that_evicted_its_own_writes_is_undone() {
     }
 }
 
+/// A key, and its value and remaining time if it is present.
+type Entry = (String, Option<(Vec<u8>, cachet_storage::Reply)>);
+
 /// Every key the property below uses, with its value and remaining time.
-fn entries(h: &cachet_storage::Handle) -> Vec<(String, Option<(Vec<u8>, cachet_storage::Reply)>)> {
+fn entries(h: &cachet_storage::Handle) -> Vec<Entry> {
     (0..6)
         .map(|i| {
             let key = format!("k{i}");

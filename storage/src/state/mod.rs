@@ -257,7 +257,10 @@ impl State {
                 }
             }
             let old = self.index.replace_value(slot, key, value, expires);
-            self.log_undo(if was_live { Undo::Restore { slot, loc: old, was } } else { Undo::Remove(slot) });
+            // An expired entry replaced in place comes back in place too:
+            // removing it instead would free a slot the batch's earlier
+            // undo steps may need to find as it was.
+            self.log_undo(Undo::Restore { slot, loc: old, was });
             self.unaccount(old_len);
             self.index.set_epoch(slot, self.epoch);
             if arm && was_live {

@@ -31,7 +31,7 @@
 //! thread planned to wake (a first unsynced write, a sooner expiry, a
 //! compaction to run) pokes it through the channel.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -59,6 +59,13 @@ pub(super) struct Core {
     wakes_at: AtomicU64,
     epoch: Instant,
     tx: Sender<Msg>,
+    /// A receiver of the engine thread's queue, to empty it once that
+    /// thread has stopped: a bounded channel keeps what is queued until
+    /// every sender is gone, and a caller would wait for its reply forever.
+    queue: Receiver<Msg>,
+    /// The engine thread has stopped (or is stopping): nothing more is
+    /// taken from the queue.
+    closed: AtomicBool,
     /// Callers' messages waiting for the turn a leader gathers.
     gathering: Mutex<Gathering>,
     /// Gathered turns in a row that ran their leader's messages alone.
@@ -103,17 +110,33 @@ impl Drop for Lead<'_> {
 }
 
 impl Core {
-    pub(super) fn new(writer: Writer, inline: bool, tx: Sender<Msg>) -> Core {
+    pub(super) fn new(writer: Writer, inline: bool, tx: Sender<Msg>, queue: Receiver<Msg>) -> Core {
         Core {
             writer: Mutex::new(Some(writer)),
             inline,
             wakes_at: AtomicU64::new(0),
             epoch: Instant::now(),
             tx,
+            queue,
+            closed: AtomicBool::new(false),
             gathering: Mutex::new(Gathering::default()),
             alone: AtomicU32::new(0),
             #[cfg(test)]
             inline_turns: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the engine thread has stopped taking requests.
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Drops every queued request, so its caller sees `Closed`: once the
+    /// engine thread stops, and by a caller that queued one and then found
+    /// it stopped (whichever of the two looks last sees the other's write).
+    pub(super) fn discard_queued(&self) {
+        while let Ok(m) = self.queue.try_recv() {
+            drop(m);
         }
     }
 
@@ -220,6 +243,9 @@ impl Core {
 
     /// Wakes the engine thread if it means to sleep past `at`.
     fn poke_before(&self, at: Instant) {
+        if self.is_closed() {
+            return;
+        }
         let at = self.micros(at);
         let planned = self.wakes_at.load(Ordering::Acquire);
         if at < planned && self.wakes_at.compare_exchange(planned, at, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
@@ -234,6 +260,16 @@ impl Core {
     /// The engine thread: requests from the channel (all of them under
     /// `always`; snapshots, shutdown and pokes otherwise) and timer work.
     pub(super) fn run(&self, rx: Receiver<Msg>) {
+        // However the thread stops (shutdown, a poisoned lock, a panic),
+        // what is still queued is answered `Closed`.
+        struct Stopping<'a>(&'a Core);
+        impl Drop for Stopping<'_> {
+            fn drop(&mut self) {
+                self.0.closed.store(true, Ordering::SeqCst);
+                self.0.discard_queued();
+            }
+        }
+        let _stopping = Stopping(self);
         let mut msgs = Vec::new();
         let mut pending = Vec::new();
         loop {
@@ -392,6 +428,51 @@ mod tests {
         block_on(call).unwrap();
         drop(h);
         engine.shutdown().unwrap();
+    }
+
+    /// Requests queued for the engine thread when it stops for good (here:
+    /// the writer's lock poisoned by a panic while the thread waited for
+    /// it) are answered `Closed`, not left waiting forever in the queue.
+    #[test]
+    fn requests_queued_when_the_engine_thread_stops_are_answered_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(Config::new(dir.path())).unwrap();
+        let h = engine.handle();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let core = h.core.clone();
+        let poisoner = std::thread::spawn(move || {
+            let _guard = core.writer.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            panic!("a bug while holding the writer (this test's own)");
+        });
+        locked_rx.recv().unwrap();
+        // The engine thread takes the first request, then waits for the lock.
+        let first = h.submit(Command::Get { key: b"k".to_vec() }).unwrap();
+        wait_for(|| h.tx.is_empty(), "the engine thread took the first request");
+        let queued: Vec<_> = (0..3).map(|_| h.submit(Command::Get { key: b"k".to_vec() }).unwrap()).collect();
+        go_tx.send(()).unwrap();
+        assert!(poisoner.join().is_err(), "the helper panicked, poisoning the lock");
+        for mut rx in std::iter::once(first).chain(queued) {
+            wait_for(
+                || !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+                "every request is answered",
+            );
+        }
+        // A request sent now fails at once.
+        assert!(matches!(h.submit(Command::Get { key: b"k".to_vec() }), Err(Error::Closed)));
+        drop(h);
+        assert!(engine.shutdown().is_err(), "shutdown returns, with an error");
+    }
+
+    /// Waits until `done()` holds, or panics after ten seconds.
+    fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Polls `f` to completion with a no-op waker (the engine's calls

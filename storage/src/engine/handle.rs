@@ -31,16 +31,26 @@ pub struct Handle {
 }
 
 impl Handle {
-    fn send(&self, msg: Msg) -> Result<()> {
+    pub(super) fn send(&self, msg: Msg) -> Result<()> {
+        if self.core.is_closed() {
+            return Err(Error::Closed);
+        }
         // The channel is bounded for backpressure. A full queue is rare (the
         // daemon bounds requests in flight), and blocking here is the
         // backpressure; the writer never waits on the caller, so it cannot
         // deadlock.
         match self.tx.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(msg)) => self.tx.send(msg).map_err(|_| Error::Closed),
-            Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) => self.tx.send(msg).map_err(|_| Error::Closed)?,
+            Err(TrySendError::Disconnected(_)) => return Err(Error::Closed),
         }
+        if self.core.is_closed() {
+            // The engine thread stopped meanwhile and may have emptied the
+            // queue before this request arrived: drop it (and any other),
+            // so its caller sees `Closed` rather than wait forever.
+            self.core.discard_queued();
+        }
+        Ok(())
     }
 
     /// Queues a command and returns its reply slot without waiting, so a

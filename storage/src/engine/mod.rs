@@ -156,7 +156,7 @@ impl Engine {
         // concurrent writers share one fsync; otherwise callers apply their
         // own (see `core`).
         let inline = config.sync != SyncPolicy::Always && config.apply_on_callers;
-        let core = Arc::new(core::Core::new(writer, inline, tx.clone()));
+        let core = Arc::new(core::Core::new(writer, inline, tx.clone(), rx.clone()));
         let engine_core = core.clone();
         let thread = std::thread::Builder::new()
             .name("cachet-engine".into())
@@ -181,7 +181,7 @@ impl Engine {
     fn stop(&mut self) -> Result<()> {
         let Some(thread) = self.thread.take() else { return Ok(()) };
         let (tx, rx) = oneshot::channel();
-        let result = match self.handle.tx.send(Msg::Shutdown(tx)) {
+        let result = match self.handle.send(Msg::Shutdown(tx)) {
             Ok(()) => rx.blocking_recv().unwrap_or(Err(Error::Closed)),
             Err(_) => Err(Error::Closed),
         };

@@ -392,7 +392,7 @@ async fn serve(
     }
     tracing::info!("ready: listening on {} ({} ms after start)", addrs.join(", "), started.elapsed().as_millis());
     systemd::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("ready")]);
-    let heartbeat = tokio::spawn(systemd::heartbeat(engine.handle(), shared.connections_counter()));
+    let mut heartbeat = tokio::spawn(systemd::heartbeat(engine.handle(), shared.connections_counter()));
     let backups = shared.clone();
     let backup_reaper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -408,10 +408,11 @@ async fn serve(
         }
     });
 
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let engine_stopped = tokio::select! {
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+        _ = &mut heartbeat => true,
+    };
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     heartbeat.abort();
     backup_reaper.abort();
@@ -435,6 +436,9 @@ async fn serve(
     }
     for p in sockets {
         let _ = std::fs::remove_file(p);
+    }
+    if engine_stopped {
+        return Err(Error::Runtime("the storage engine stopped after an internal error".into()));
     }
     Ok(())
 }

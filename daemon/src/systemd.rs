@@ -74,7 +74,10 @@ pub fn notify(states: &[NotifyState]) {
 /// While the daemon runs: `STATUS=` with the cache's size every few seconds
 /// and, when systemd asks for a watchdog, `WATCHDOG=1` at half its period.
 /// Both go through the engine, so a stuck engine stops the pings and
-/// systemd restarts the service.
+/// systemd restarts the service. Returns if the engine has stopped for good
+/// (an internal error; every request now fails): the daemon then exits with
+/// an error, whether or not a watchdog is watching, so a service manager
+/// restarts it and replay brings back every acknowledged write.
 pub async fn heartbeat(engine: Handle, connections: Arc<std::sync::atomic::AtomicU64>) {
     let watchdog = sd_notify::watchdog_enabled();
     let period = watchdog.map_or(Duration::from_secs(10), |d| (d / 2).min(Duration::from_secs(10)));
@@ -94,6 +97,12 @@ pub async fn heartbeat(engine: Handle, connections: Arc<std::sync::atomic::Atomi
             } else {
                 notify(&[NotifyState::Status(&status)]);
             }
+        } else if let Ok(Err(cachet_storage::Error::Closed)) = reply {
+            tracing::error!(
+                "the storage engine has stopped after an internal error (see the log above); \
+                 exiting so that cachetd is restarted, and its log replayed"
+            );
+            return;
         } else {
             tracing::error!("the engine did not answer within {period:?}; withholding the watchdog ping");
         }
@@ -124,5 +133,25 @@ where
         write!(writer, "<{priority}>")?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once the engine has stopped for good, the heartbeat returns (and the
+    /// daemon exits) instead of withholding pings forever.
+    #[test]
+    fn the_heartbeat_ends_when_the_engine_has_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = cachet_storage::Engine::open(cachet_storage::Config::new(dir.path())).unwrap();
+        let handle = engine.handle();
+        engine.shutdown().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ended =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), heartbeat(handle, connections)).await });
+        assert!(ended.is_ok(), "the heartbeat went on after the engine stopped");
     }
 }

@@ -324,27 +324,53 @@ fn batch_command() -> impl proptest::strategy::Strategy<Value = Command> {
         }),
         key.clone().prop_map(|key| Command::Delete { key }),
         key.clone().prop_map(|key| Command::Incr { key, delta: 2 }),
-        (key.clone(), ttl).prop_map(|(key, ttl)| Command::Touch { key, ttl }),
+        (key.clone(), ttl.clone()).prop_map(|(key, ttl)| Command::Touch { key, ttl }),
         key.clone().prop_map(|key| Command::GetDel { key }),
-        key.prop_map(|key| Command::Get { key }),
+        key.clone().prop_map(|key| Command::Get { key }),
+        (key.clone(), key.clone(), ttl.clone())
+            .prop_map(|(a, b, ttl)| Command::SetMany { items: vec![(a, b"m".to_vec()), (b, int(7))], ttl }),
+        (key.clone(), key.clone(), ttl.clone())
+            .prop_map(|(a, b, ttl)| Command::SetManyIfAbsent { items: vec![(a, b"i".to_vec()), (b, int(3))], ttl }),
+        (key.clone(), ttl.clone()).prop_map(|(key, ttl)| Command::GetOrAdd { key, value: b"g".to_vec(), ttl }),
+        (key.clone(), key.clone()).prop_map(|(a, b)| Command::DeleteMany { keys: vec![a, b] }),
+        (key.clone(), key.clone()).prop_map(|(from, to)| Command::Rename { from, to }),
+        (key.clone(), ttl).prop_map(|(key, ttl)| Command::Expire {
+            key,
+            ttl,
+            when: cachet_storage::ExpireWhen::Always
+        }),
+        key.clone().prop_map(|key| Command::Persist { key }),
+        key.prop_map(|key| Command::IncrText { key, delta: -1 }),
+        Just(Command::ClearPrefix { prefix: b"k1".to_vec() }),
+        Just(Command::Clear),
     ]
 }
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
 
-    /// Under a cap that evicts, any batch whose write fails leaves the cache
-    /// exactly as it was (values and deadlines), whatever it wrote, deleted,
-    /// evicted or found expired on the way; and the engine goes on serving.
+    /// Under a cap that evicts (by entries or by bytes), any batch whose
+    /// write (or, under `always`, fsync) fails leaves the cache exactly as
+    /// it was (values and deadlines), whatever it wrote, renamed, cleared,
+    /// deleted, evicted or found expired on the way; and the engine goes
+    /// on serving.
     #[test]
     fn a_failed_batch_under_a_cap_changes_nothing(
         batches in proptest::collection::vec(
             (proptest::collection::vec(batch_command(), 0..12), proptest::bool::ANY, 0..20u64), 1..12),
+        by_bytes in proptest::bool::ANY,
+        fsync in proptest::bool::ANY,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let faults = Arc::new(Faults::default());
-        let mut config = Config { sync: SyncPolicy::Never, faults: Some(faults.clone()), ..Config::new(dir.path()) };
-        config.limits.max_entries = Some(3);
+        // The fault: a failed write, or under `always` a failed fsync.
+        let sync = if fsync { SyncPolicy::Always } else { SyncPolicy::Never };
+        let mut config = Config { sync, faults: Some(faults.clone()), ..Config::new(dir.path()) };
+        if by_bytes {
+            config.limits.max_memory = Some(1_500);
+        } else {
+            config.limits.max_entries = Some(3);
+        }
         // A clock that stands still: deadlines compare exactly.
         let clock = cachet_storage::ManualClock::new(cachet_storage::UnixMillis(1_700_000_000_000));
         let engine = Engine::open_with(config, Arc::new(clock.clone()), |_| {}).unwrap();
@@ -357,7 +383,9 @@ proptest::proptest! {
             // that are still in memory.
             let before = later(entries(&h), advance);
             clock.advance(advance);
-            if fail {
+            if fail && fsync {
+                faults.fail_syncs(1);
+            } else if fail {
                 faults.fail_writes(1, false, false);
             }
             let replies = h.call_many_blocking(batch).unwrap();

@@ -135,9 +135,7 @@ impl Core {
     /// engine thread stops, and by a caller that queued one and then found
     /// it stopped (whichever of the two looks last sees the other's write).
     pub(super) fn discard_queued(&self) {
-        while let Ok(m) = self.queue.try_recv() {
-            drop(m);
-        }
+        self.queue.try_iter().for_each(drop);
     }
 
     /// The writer, or `Closed` once it shut down or a panic (a bug) left

@@ -291,7 +291,7 @@ impl State {
             live_log_bytes: std::mem::take(&mut self.live_log_bytes),
             evict: std::mem::replace(&mut self.evict, fresh_evict),
         };
-        if self.undo.is_some() {
+        if self.recording {
             self.log_undo(Undo::Clear(Box::new(before)));
         }
     }

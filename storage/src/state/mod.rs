@@ -84,9 +84,9 @@ pub struct State {
     /// its write fail. Removals by expiry and eviction inside the batch are
     /// recorded too: undoing a change puts its entry back in the slot it
     /// had, which holds only if every slot freed since comes back as well.
-    undo: Option<Vec<Undo>>,
-    /// The undo log's buffer while no batch is open.
-    undo_spare: Vec<Undo>,
+    undo: Vec<Undo>,
+    /// Whether a batch is open (changes are recorded in `undo`).
+    recording: bool,
     /// Evicted entries by a segment at or after the one that holds their
     /// (now stale) set record: the newest segment when they were evicted.
     /// While any such segment is in the log, a delete of a key that is not
@@ -112,8 +112,8 @@ impl State {
                 .then(S3Fifo::default),
             limits,
             stats: Stats::default(),
-            undo: None,
-            undo_spare: Vec::new(),
+            undo: Vec::new(),
+            recording: false,
             evicted_in: BTreeMap::new(),
             reply_room: limits.max_reply_bytes,
             reply_limit: limits.max_reply_bytes,
@@ -344,7 +344,7 @@ impl State {
     /// written since the last one. Between batches only: inside one, the
     /// undo log refers to old items by their place, so nothing may move.
     pub fn reclaim(&mut self) {
-        if self.undo.is_some() {
+        if self.recording {
             debug_assert!(false, "reclaim while a batch may be undone");
             return;
         }

@@ -32,30 +32,27 @@ pub(super) struct Cleared {
 impl State {
     /// Starts recording how to undo the changes of a batch.
     pub(crate) fn begin_batch(&mut self) {
-        if self.undo.is_none() {
-            self.undo = Some(std::mem::take(&mut self.undo_spare));
-        }
+        self.recording = true;
     }
 
     /// The batch is written: forget how to undo it, and stop recording
     /// (expiry between batches needs no undo).
     pub(crate) fn commit_batch(&mut self) {
-        if let Some(mut u) = self.undo.take() {
-            u.clear();
-            self.undo_spare = u;
-        }
+        self.undo.clear();
+        self.recording = false;
     }
 
     pub(super) fn log_undo(&mut self, u: Undo) {
-        if let Some(log) = &mut self.undo {
-            log.push(u);
+        if self.recording {
+            self.undo.push(u);
         }
     }
 
     /// The batch's write failed: take back its changes, newest first, and
     /// stop recording.
     pub(crate) fn rollback_batch(&mut self) {
-        let Some(mut log) = self.undo.take() else { return };
+        self.recording = false;
+        let mut log = std::mem::take(&mut self.undo);
         while let Some(u) = log.pop() {
             match u {
                 Undo::Remove(slot) => {
@@ -98,6 +95,6 @@ impl State {
                 }
             }
         }
-        self.undo_spare = log;
+        self.undo = log;
     }
 }

@@ -430,9 +430,12 @@ impl<IO> Guard<IO> {
         // Small frames (most requests) are not counted, so clients keep
         // being served while large uploads hold the budget: the worst case
         // is the budget plus one small frame per connection.
+        // A refused frame takes nothing, not even for a moment (taking and
+        // giving back made a frame that fits look refused to a connection
+        // checking in between).
         let n = len.saturating_sub(UNAUTHENTICATED_MAX_FRAME) as i64;
-        if n > 0 && self.request_bytes.fetch_sub(n, Ordering::AcqRel) < n {
-            self.request_bytes.fetch_add(n, Ordering::AcqRel);
+        let take = |left: i64| (left >= n).then_some(left - n);
+        if n > 0 && self.request_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, take).is_err() {
             return refuse(format!(
                 "a frame of {len} bytes would take request buffers across connections over \
                  --max-buffered-request-bytes; the client may retry"

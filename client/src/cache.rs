@@ -756,7 +756,7 @@ impl Cache {
     /// One multi-key (or server-wide) request, reconnecting once when safe.
     pub(crate) async fn call<R, F, Fut>(&self, node: &Node, retry: Retry, f: F) -> Result<R, Error>
     where
-        F: Fn(crate::protocol::CacheServiceClient, tarpc::context::Context) -> Fut,
+        F: Fn(crate::connection::Client, tarpc::context::Context) -> Fut,
         Fut: Future<Output = Result<Result<R, crate::protocol::WireError>, tarpc::client::RpcError>>,
     {
         node.call(&self.inner.token, self.inner.request_timeout, retry, f).await

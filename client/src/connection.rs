@@ -1,24 +1,32 @@
 //! One connection per server, shared by all clones of a `Cache`: opened on
 //! first use, dropped when it breaks, and reopened by the next call.
 //!
-//! Single-key operations go through a coalescer: a small queue drained by
-//! one task. Whatever is waiting when a batch can leave (at most
-//! `BATCHES_IN_FLIGHT` are out at once) goes in the next `batch` request, so
-//! a lone request is never delayed, and many concurrent ones share tarpc's
-//! per-request cost.
+//! Each connection has one task that owns its socket: it writes requests
+//! and reads responses (tarpc's wire format, without tarpc's client
+//! dispatch: one task, not three, between a caller and the socket).
+//! Single-key operations are coalesced there: whatever is waiting when a
+//! batch can leave (at most `BATCHES_IN_FLIGHT` are out at once) goes in
+//! the next `batch` request, so a lone request is never delayed, and many
+//! concurrent ones share the per-request cost. Other requests go through
+//! the same task, through tarpc's generated client over [`Wire`].
 
+use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use bytes::BytesMut;
 use tarpc::client::RpcError;
 use tarpc::context;
-use tarpc::tokio_util::codec::LengthDelimitedCodec;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::Error;
-use crate::protocol::{CLIENT_MAX_FRAME, CacheServiceClient, Op, OpReply, ServerInfo, WireError};
+use crate::protocol::{
+    CLIENT_MAX_FRAME, CacheServiceClient, CacheServiceRequest, CacheServiceResponse, Op, OpReply, ServerInfo,
+    WireError, decode_frame, next_frame, write_frame,
+};
 
 const BATCHES_IN_FLIGHT: usize = 2;
 const MAX_BATCH: usize = 512;
@@ -33,10 +41,53 @@ enum Failed {
 
 type Slot = oneshot::Sender<Result<Result<OpReply, WireError>, Failed>>;
 
+/// tarpc's generated client, over this connection's task.
+pub(crate) type Client = CacheServiceClient<Wire>;
+
 pub(crate) struct Conn {
-    pub(crate) client: CacheServiceClient,
+    pub(crate) client: Client,
     pub(crate) info: ServerInfo,
-    queue: mpsc::UnboundedSender<(Op, Slot)>,
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+/// What a connection's task is asked to send.
+enum Job {
+    /// A single-key operation, to go out in the next `batch`.
+    Op(Op, Slot),
+    /// A request of its own.
+    Call(context::Context, CacheServiceRequest, Answer),
+}
+
+type Answer = oneshot::Sender<Result<CacheServiceResponse, RpcError>>;
+
+/// A request sent and not answered yet.
+enum Waiting {
+    Batch(Vec<Slot>),
+    Call(Answer),
+}
+
+/// The stub tarpc's generated client calls through: each call is a job for
+/// the connection's task.
+#[derive(Clone)]
+pub(crate) struct Wire {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl tarpc::client::stub::Stub for Wire {
+    type Req = CacheServiceRequest;
+    type Resp = CacheServiceResponse;
+
+    async fn call(&self, ctx: context::Context, request: Self::Req) -> Result<Self::Resp, RpcError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue.send(Job::Call(ctx, request, tx)).map_err(|_| RpcError::Shutdown)?;
+        rx.await.unwrap_or_else(|_| Err(broken("the connection closed")))
+    }
+}
+
+/// The error for a request that was sent and lost with its connection.
+fn broken(why: &str) -> RpcError {
+    let e: Arc<dyn std::error::Error + Send + Sync> = Arc::new(std::io::Error::other(why.to_string()));
+    RpcError::Channel(tarpc::ChannelError::Read(e))
 }
 
 /// How to reach a server over TLS: the connector (CA, client
@@ -81,69 +132,253 @@ pub(crate) enum Retry {
     OnlyIfUnsent,
 }
 
-/// Drains the queue into `batch` requests until every sender is gone. The
-/// batches in flight are driven here too (no task per batch: one hop less
-/// for a lone request).
-async fn coalesce(client: CacheServiceClient, mut rx: mpsc::UnboundedReceiver<(Op, Slot)>, timeout: Duration) {
-    let mut in_flight = FuturesUnordered::new();
+/// What woke a connection's task.
+enum Event {
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+    Job(Option<Job>),
+    Timer,
+}
+
+/// A connection's task: writes the jobs from `rx` to `io` and delivers the
+/// responses, until every sender is gone and every request is answered, or
+/// the connection breaks (then everything waiting fails, and jobs not yet
+/// sent fail as unsent, so a retry is safe).
+async fn drive<IO>(mut io: IO, mut rx: mpsc::UnboundedReceiver<Job>, timeout: Duration, template: context::Context)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut task =
+        Task { waiting: BTreeMap::new(), next_id: 0, batches: 0, out: Vec::with_capacity(16 << 10), timeout, template };
+    let mut input = BytesMut::with_capacity(16 << 10);
+    let mut written = 0;
     let mut open = true;
-    loop {
-        let can_send = open && in_flight.len() < BATCHES_IN_FLIGHT;
-        tokio::select! {
-            first = rx.recv(), if can_send => {
-                let Some(first) = first else {
-                    open = false;
-                    continue;
-                };
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-                let (ops, slots): (Vec<Op>, Vec<Slot>) = batch.into_iter().unzip();
-                let call = client.batch(ctx(timeout), ops);
-                in_flight.push(async move { (tokio::time::timeout(timeout, call).await, slots) });
+    // Fires at the earliest deadline of what is waiting (re-armed as it
+    // fires, not as requests come and go).
+    let mut timer = Box::pin(tokio::time::sleep(timeout));
+    let mut armed = false;
+    let why = loop {
+        if !open && task.waiting.is_empty() && written == task.out.len() {
+            return;
+        }
+        if input.capacity() - input.len() < 4096 {
+            input.reserve(16 << 10);
+        }
+        let can_take = open && task.batches < BATCHES_IN_FLIGHT;
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut input) {
+                return Poll::Ready(Event::Read(r));
             }
-            Some((outcome, slots)) = in_flight.next(), if !in_flight.is_empty() => deliver(outcome, slots),
-            else => return,
+            if written < task.out.len()
+                && let Poll::Ready(r) = Pin::new(&mut io).poll_write(cx, &task.out[written..])
+            {
+                return Poll::Ready(Event::Wrote(r));
+            }
+            if can_take && let Poll::Ready(job) = rx.poll_recv(cx) {
+                return Poll::Ready(Event::Job(job));
+            }
+            if armed && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Read(Ok(0)) => break "the server closed the connection".to_string(),
+            Event::Read(Err(e)) => break format!("reading from the server: {e}"),
+            Event::Read(Ok(_)) => {
+                if let Err(e) = task.take_responses(&mut input) {
+                    break e.to_string();
+                }
+            }
+            Event::Wrote(Ok(0)) => break "the connection closed while writing".to_string(),
+            Event::Wrote(Err(e)) => break format!("writing to the server: {e}"),
+            Event::Wrote(Ok(n)) => {
+                written += n;
+                if written == task.out.len() {
+                    task.out.clear();
+                    written = 0;
+                }
+            }
+            Event::Job(None) => open = false,
+            Event::Job(Some(first)) => {
+                task.send(first, &mut rx);
+                if !armed && !task.waiting.is_empty() {
+                    timer.as_mut().reset(Instant::now().checked_add(timeout).unwrap_or_else(Instant::now).into());
+                    armed = true;
+                }
+            }
+            Event::Timer => {
+                armed = false;
+                if let Some(next) = task.expire(Instant::now()) {
+                    timer.as_mut().reset(next.into());
+                    armed = true;
+                }
+            }
+        }
+    };
+    for (_, (_, waiting)) in std::mem::take(&mut task.waiting) {
+        match waiting {
+            Waiting::Batch(slots) => {
+                for slot in slots {
+                    let _ = slot.send(Err(Failed::Broken(why.clone())));
+                }
+            }
+            Waiting::Call(answer) => {
+                let _ = answer.send(Err(broken(&why)));
+            }
+        }
+    }
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        match job {
+            Job::Op(_, slot) => {
+                let _ = slot.send(Err(Failed::Unsent(why.clone())));
+            }
+            Job::Call(_, _, answer) => {
+                let _ = answer.send(Err(RpcError::Shutdown));
+            }
         }
     }
 }
 
-type BatchOutcome =
-    Result<Result<Result<Vec<Result<OpReply, WireError>>, WireError>, RpcError>, tokio::time::error::Elapsed>;
+/// A connection task's bookkeeping.
+struct Task {
+    /// By request id: its deadline, and who waits for it.
+    waiting: BTreeMap<u64, (Instant, Waiting)>,
+    next_id: u64,
+    /// `batch` requests waiting.
+    batches: usize,
+    /// Frames not written yet.
+    out: Vec<u8>,
+    timeout: Duration,
+    /// The context every request carries, but for its deadline.
+    template: context::Context,
+}
 
-fn deliver(outcome: BatchOutcome, slots: Vec<Slot>) {
-    match outcome {
-        Ok(Ok(Ok(replies))) if replies.len() == slots.len() => {
-            for (slot, reply) in slots.into_iter().zip(replies) {
-                let _ = slot.send(Ok(reply));
+impl Task {
+    /// Writes `first` and whatever else is queued to `out`: single-key
+    /// operations as one `batch` of at most `MAX_BATCH`.
+    fn send(&mut self, first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) {
+        let (mut ops, mut slots) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Op(op, slot) => {
+                    ops.push(op);
+                    slots.push(slot);
+                }
+                Job::Call(ctx, request, answer) => self.frame(ctx.deadline, request, Waiting::Call(answer)),
+            }
+            if ops.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        Ok(Ok(Ok(_))) => {
-            for slot in slots {
-                let _ = slot.send(Ok(Err(WireError::Server("batch reply has the wrong length".into()))));
+        if !ops.is_empty() {
+            let deadline = Instant::now().checked_add(self.timeout).unwrap_or_else(Instant::now);
+            self.frame(deadline, CacheServiceRequest::Batch { ops }, Waiting::Batch(slots));
+        }
+    }
+
+    /// Writes one request to `out`, or fails it as unsent when it cannot
+    /// be encoded or is over the frame limit.
+    fn frame(&mut self, deadline: Instant, message: CacheServiceRequest, waiting: Waiting) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut context = self.template;
+        context.deadline = deadline;
+        let at = self.out.len();
+        let request = tarpc::ClientMessage::Request(tarpc::Request { context, id, message });
+        let refused = match write_frame(&mut self.out, &request) {
+            Ok(()) if self.out.len() - at - 4 <= CLIENT_MAX_FRAME => None,
+            Ok(()) => {
+                let len = self.out.len() - at - 4;
+                self.out.truncate(at);
+                Some(format!("a request of {len} bytes is over the frame limit of {CLIENT_MAX_FRAME}; split it"))
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        match (refused, waiting) {
+            (None, waiting) => {
+                if let Waiting::Batch(_) = waiting {
+                    self.batches += 1;
+                }
+                self.waiting.insert(id, (deadline, waiting));
+            }
+            (Some(why), Waiting::Batch(slots)) => {
+                for slot in slots {
+                    let _ = slot.send(Err(Failed::Unsent(why.clone())));
+                }
+            }
+            (Some(why), Waiting::Call(answer)) => {
+                let _ = answer.send(Err(RpcError::Send(why.into())));
             }
         }
-        Ok(Ok(Err(e))) => {
-            for slot in slots {
-                let _ = slot.send(Ok(Err(e.clone())));
+    }
+
+    /// Delivers every whole response in `input`.
+    fn take_responses(&mut self, input: &mut BytesMut) -> std::io::Result<()> {
+        while let Some(frame) = next_frame(input, CLIENT_MAX_FRAME)? {
+            let response: tarpc::Response<CacheServiceResponse> = decode_frame(&frame)?;
+            // A response to a request that timed out is dropped.
+            if let Some((_, waiting)) = self.waiting.remove(&response.request_id) {
+                self.deliver(waiting, response.message);
             }
         }
-        Ok(Err(e)) => {
-            let unsent = matches!(e, RpcError::Shutdown | RpcError::Send(_));
-            for slot in slots {
-                let _ =
-                    slot.send(Err(if unsent { Failed::Unsent(e.to_string()) } else { Failed::Broken(e.to_string()) }));
+        Ok(())
+    }
+
+    fn deliver(&mut self, waiting: Waiting, message: Result<CacheServiceResponse, tarpc::ServerError>) {
+        match waiting {
+            Waiting::Call(answer) => {
+                let _ = answer.send(message.map_err(RpcError::Server));
+            }
+            Waiting::Batch(slots) => {
+                self.batches -= 1;
+                match message {
+                    Ok(CacheServiceResponse::Batch(Ok(replies))) if replies.len() == slots.len() => {
+                        for (slot, reply) in slots.into_iter().zip(replies) {
+                            let _ = slot.send(Ok(reply));
+                        }
+                    }
+                    Ok(CacheServiceResponse::Batch(Err(e))) => {
+                        for slot in slots {
+                            let _ = slot.send(Ok(Err(e.clone())));
+                        }
+                    }
+                    Ok(_) => {
+                        for slot in slots {
+                            let _ = slot.send(Ok(Err(WireError::Server("batch reply has the wrong shape".into()))));
+                        }
+                    }
+                    Err(e) => {
+                        for slot in slots {
+                            let _ = slot.send(Err(Failed::Broken(RpcError::Server(e.clone()).to_string())));
+                        }
+                    }
+                }
             }
         }
-        Err(_) => {
-            for slot in slots {
-                let _ = slot.send(Err(Failed::Timeout));
+    }
+
+    /// Fails what is past its deadline; returns the next deadline.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        let due: Vec<u64> = self.waiting.iter().filter(|(_, (at, _))| *at <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            match self.waiting.remove(&id).map(|(_, w)| w) {
+                Some(Waiting::Batch(slots)) => {
+                    self.batches -= 1;
+                    for slot in slots {
+                        let _ = slot.send(Err(Failed::Timeout));
+                    }
+                }
+                Some(Waiting::Call(answer)) => {
+                    let _ = answer.send(Err(RpcError::DeadlineExceeded));
+                }
+                None => {}
             }
         }
+        self.waiting.values().map(|(at, _)| *at).min()
     }
 }
 
@@ -208,16 +443,12 @@ impl Node {
     }
 
     async fn connect(&self, token: &Option<String>, timeout: Duration) -> Result<Conn, Error> {
-        let codec = || {
-            let mut b = LengthDelimitedCodec::builder();
-            b.max_frame_length(CLIENT_MAX_FRAME);
-            b
-        };
         let open = async {
-            let client = if let Some(path) = self.addr.strip_prefix("unix:") {
+            let (queue, rx) = mpsc::unbounded_channel();
+            let template = context::current();
+            if let Some(path) = self.addr.strip_prefix("unix:") {
                 let io = tokio::net::UnixStream::connect(path).await.map_err(|e| self.conn_error(e))?;
-                let transport = tarpc::serde_transport::new(codec().new_framed(io), crate::protocol::Codec::default());
-                CacheServiceClient::new(client_config(), transport).spawn()
+                tokio::spawn(drive(io, rx, timeout, template));
             } else {
                 let io = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| self.conn_error(e))?;
                 let _ = io.set_nodelay(true);
@@ -230,33 +461,22 @@ impl Node {
                                  certificate is signed by the CA given to Tls::with_ca_file and names this host"
                             ))
                         })?;
-                        let framed = codec().new_framed(io);
-                        CacheServiceClient::new(
-                            client_config(),
-                            tarpc::serde_transport::new(framed, crate::protocol::Codec::default()),
-                        )
-                        .spawn()
+                        tokio::spawn(drive(io, rx, timeout, template));
                     }
                     #[cfg(not(feature = "tls"))]
                     Some(never) => match *never {},
                     None => {
-                        let framed = codec().new_framed(io);
-                        CacheServiceClient::new(
-                            client_config(),
-                            tarpc::serde_transport::new(framed, crate::protocol::Codec::default()),
-                        )
-                        .spawn()
+                        tokio::spawn(drive(io, rx, timeout, template));
                     }
                 }
             };
+            let client = Client::from(Wire { queue: queue.clone() });
             let info = match client.hello(ctx(timeout), token.clone()).await {
                 Ok(Ok(info)) => info,
                 Ok(Err(WireError::Unauthorized)) => return Err(Error::Unauthorized),
                 Ok(Err(e)) => return Err(e.into()),
                 Err(e) => return Err(self.conn_error(format!("handshake failed: {e}"))),
             };
-            let (queue, rx) = mpsc::unbounded_channel();
-            tokio::spawn(coalesce(client.clone(), rx, timeout));
             Ok(Conn { client, info, queue })
         };
         tokio::time::timeout(timeout, open).await.map_err(|_| self.conn_error("timed out connecting"))?
@@ -272,7 +492,7 @@ impl Node {
         f: F,
     ) -> Result<R, Error>
     where
-        F: Fn(CacheServiceClient, context::Context) -> Fut,
+        F: Fn(Client, context::Context) -> Fut,
         Fut: Future<Output = Result<Result<R, WireError>, RpcError>>,
     {
         let mut attempt = 0;
@@ -318,7 +538,7 @@ impl Node {
             };
             let (tx, rx) = oneshot::channel();
             // Whether the request surely never left, and why it failed.
-            let (unsent, reason) = if conn.queue.send((op.clone(), tx)).is_err() {
+            let (unsent, reason) = if conn.queue.send(Job::Op(op.clone(), tx)).is_err() {
                 (true, "the connection's queue is closed".to_string())
             } else {
                 match rx.await {
@@ -344,13 +564,6 @@ impl Node {
 /// a server together do not come back in lockstep.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.5..1.5))
-}
-
-fn client_config() -> tarpc::client::Config {
-    let mut c = tarpc::client::Config::default();
-    c.max_in_flight_requests = 1 << 16;
-    c.pending_request_buffer = 1024;
-    c
 }
 
 fn ctx(timeout: Duration) -> context::Context {

@@ -226,19 +226,6 @@ pub enum OpReply {
     Ttl(Option<Ttl>),
 }
 
-/// The MessagePack codec both sides use on the wire (rmp-serde, as
-/// tokio-serde's), except that decoding can never take the process down: a
-/// frame whose decoding panics (tarpc 0.38 panics on a request deadline so
-/// far away that `Instant + Duration` overflows; found by the frame_decode
-/// fuzzer) is an `InvalidData` error, which closes that one connection.
-pub struct Codec<Item, SinkItem>(std::marker::PhantomData<fn() -> (Item, SinkItem)>);
-
-impl<Item, SinkItem> Default for Codec<Item, SinkItem> {
-    fn default() -> Self {
-        Codec(std::marker::PhantomData)
-    }
-}
-
 /// Reads the deadline of a tarpc request frame, if it has one, looking at
 /// nothing after it (tarpc panics on an out-of-range deadline before it
 /// reads further, so whatever follows must not stop us from seeing it).
@@ -352,23 +339,40 @@ pub fn decode_frame<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> std::io::Resu
     }
 }
 
-impl<Item, SinkItem> tokio_serde::Deserializer<Item> for Codec<Item, SinkItem>
-where
-    for<'a> Item: Deserialize<'a>,
-{
-    type Error = std::io::Error;
-
-    fn deserialize(self: std::pin::Pin<&mut Self>, src: &bytes::BytesMut) -> std::io::Result<Item> {
-        decode_frame(src)
+/// Takes the next whole frame (a 4-byte big-endian length, then that many
+/// bytes of MessagePack) off the front of `buf`, if one is there; a frame
+/// over `max_frame` is an `InvalidData` error.
+pub fn next_frame(buf: &mut bytes::BytesMut, max_frame: usize) -> std::io::Result<Option<bytes::BytesMut>> {
+    use bytes::Buf;
+    let Some(prefix) = buf.first_chunk::<4>() else { return Ok(None) };
+    let len = u32::from_be_bytes(*prefix) as usize;
+    if len > max_frame {
+        let msg = format!("a frame of {len} bytes is over the limit of {max_frame}");
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
     }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len)))
 }
 
-impl<Item, SinkItem: Serialize> tokio_serde::Serializer<SinkItem> for Codec<Item, SinkItem> {
-    type Error = std::io::Error;
-
-    fn serialize(self: std::pin::Pin<&mut Self>, item: &SinkItem) -> std::io::Result<bytes::Bytes> {
-        rmp_serde::to_vec(item).map(Into::into).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+/// Appends `msg` to `out` as one frame (what [`next_frame`] takes apart).
+pub fn write_frame(out: &mut Vec<u8>, msg: &impl Serialize) -> std::io::Result<()> {
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = rmp_serde::encode::write(out, msg) {
+        out.truncate(at);
+        return Err(invalid(format!("encoding a frame: {e}")));
     }
+    let Ok(len) = u32::try_from(out.len() - at - 4) else {
+        out.truncate(at);
+        return Err(invalid("a frame over 4 GiB".into()));
+    };
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
 }
 
 #[cfg(test)]

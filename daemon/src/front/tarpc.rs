@@ -2,19 +2,35 @@
 //! auth token and the request's size, turns the request into storage
 //! `Command`s (the conversions are `convert`, the one place where wire types
 //! meet the engine's), sends them to the engine and maps the replies back.
+//!
+//! The connection loop is the RESP front end's: read what the client sent,
+//! take every complete frame (up to `--max-in-flight` requests), run them
+//! together, and write all of their responses in one write. It speaks
+//! tarpc's wire format (`ClientMessage` in, `Response` out, MessagePack in
+//! 4-byte length-prefixed frames) without tarpc's server channel, whose
+//! per-request response queue, deadline wheel and wakers cost more CPU than
+//! the rest of a request (see benches/RESULTS.md, "seventh session"). As
+//! tarpc's server does, a request already past its deadline gets no
+//! response (its client has given up), and a cancellation needs no action:
+//! every request finishes within the round that read it.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use cachet::protocol::{
-    BACKUP_CHUNK, BackupPlan, Bytes, CacheService, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo, Ttl, WireError,
-    WireStats,
+    BACKUP_CHUNK, BackupPlan, Bytes, CacheService, CacheServiceRequest, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo,
+    Ttl, WireError, WireStats, decode_frame, next_frame, write_frame,
 };
 use cachet_storage::{Command, Error as StoreError, Reply, ReplyBudget};
 use tarpc::context::Context;
+use tarpc::server::Serve;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::listen::Protocol;
+use crate::listen::{Limits, Protocol};
 use crate::metrics::{OpId, TARPC_OPS};
 use crate::shared::{BACKUP_IDLE, Shared};
 
@@ -47,7 +63,116 @@ impl Drop for Served<'_> {
 }
 
 mod convert;
+mod guard;
 use convert::{command, op_reply, unexpected};
+use guard::Guard;
+
+/// Serves one tarpc connection until it closes or breaks the protocol.
+pub async fn serve<IO>(io: IO, shared: Arc<Shared>, limits: &Limits)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let budget = Arc::new(ReplyBudget::new(limits.reply_bytes_per_connection, limits.reply_bytes.clone()));
+    let session = Session::new(shared.clone(), budget.clone());
+    let io = Guard::new(io, limits, session.authed(), budget);
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = run(io, &session, limits).await {
+        tracing::debug!("tarpc connection closed: {e}");
+    }
+    shared.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run<IO>(mut io: Guard<IO>, session: &Session, limits: &Limits) -> std::io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut input = BytesMut::with_capacity(16 << 10);
+    let mut out = Output { bytes: Vec::with_capacity(16 << 10), written: 0 };
+    loop {
+        let mut requests = Vec::new();
+        while requests.len() < limits.max_in_flight.max(1) {
+            let Some(frame) = next_frame(&mut input, limits.max_frame)? else { break };
+            match decode_frame::<tarpc::ClientMessage<CacheServiceRequest>>(&frame)? {
+                tarpc::ClientMessage::Request(r) if r.context.deadline > Instant::now() => requests.push(r),
+                // Past its deadline, or a cancellation: nothing to do.
+                _ => {}
+            }
+        }
+        if !requests.is_empty() {
+            let responses = futures::future::join_all(requests.into_iter().map(|r| async move {
+                let message = session.clone().serve().serve(r.context, r.message).await;
+                tarpc::Response { request_id: r.id, message }
+            }))
+            .await;
+            for response in &responses {
+                write_frame(&mut out.bytes, response)?;
+            }
+            // What the socket takes now goes now; the rest goes while the
+            // next requests are read.
+            if let Some(r) = futures::FutureExt::now_or_never(std::future::poll_fn(|cx| out.poll_send(&mut io, cx))) {
+                r?;
+            }
+            continue;
+        }
+        // Nothing whole to run: read on while writing what is pending, but
+        // stop reading while more is unwritten than the connection's reply
+        // budget (a client that sends without reading is held there).
+        let read = out.pending() < limits.reply_bytes_per_connection;
+        if input.capacity() - input.len() < 4096 {
+            input.reserve(16 << 10);
+        }
+        let got = std::future::poll_fn(|cx| {
+            if out.pending() > 0
+                && let Poll::Ready(r) = out.poll_send(&mut io, cx)
+            {
+                r?;
+            }
+            if read {
+                return tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut input).map_ok(Some);
+            }
+            // Written out: read again.
+            if out.pending() == 0 { Poll::Ready(Ok(None)) } else { Poll::Pending }
+        })
+        .await?;
+        if got == Some(0) {
+            // The client is done sending: answer what it sent, then close.
+            std::future::poll_fn(|cx| out.poll_send(&mut io, cx)).await?;
+            return Ok(());
+        }
+    }
+}
+
+/// Frames encoded and not yet all written.
+struct Output {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+impl Output {
+    fn pending(&self) -> usize {
+        self.bytes.len() - self.written
+    }
+
+    /// Writes until everything is out (ready) or the socket is full
+    /// (pending).
+    fn poll_send<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.written < self.bytes.len() {
+            match Pin::new(&mut *io).poll_write(cx, &self.bytes[self.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.bytes.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
 
 #[derive(Clone)]
 pub struct Session {

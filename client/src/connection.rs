@@ -21,6 +21,8 @@ use tarpc::client::RpcError;
 use tarpc::context;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, mpsc, oneshot};
+/// tokio's clock (the tests pause it), for the connection task's deadlines.
+use tokio::time::Instant as Deadline;
 
 use crate::error::Error;
 use crate::protocol::{
@@ -204,14 +206,14 @@ where
             Event::Job(Some(first)) => {
                 task.send(first, &mut rx);
                 if !armed && !task.waiting.is_empty() {
-                    timer.as_mut().reset(Instant::now().checked_add(timeout).unwrap_or_else(Instant::now).into());
+                    timer.as_mut().reset(Deadline::now() + timeout);
                     armed = true;
                 }
             }
             Event::Timer => {
                 armed = false;
-                if let Some(next) = task.expire(Instant::now()) {
-                    timer.as_mut().reset(next.into());
+                if let Some(next) = task.expire(Deadline::now()) {
+                    timer.as_mut().reset(next);
                     armed = true;
                 }
             }
@@ -245,7 +247,7 @@ where
 /// A connection task's bookkeeping.
 struct Task {
     /// By request id: its deadline, and who waits for it.
-    waiting: BTreeMap<u64, (Instant, Waiting)>,
+    waiting: BTreeMap<u64, (Deadline, Waiting)>,
     next_id: u64,
     /// `batch` requests waiting.
     batches: usize,
@@ -268,25 +270,27 @@ impl Task {
                     ops.push(op);
                     slots.push(slot);
                 }
-                Job::Call(ctx, request, answer) => self.frame(ctx.deadline, request, Waiting::Call(answer)),
+                Job::Call(ctx, request, answer) => {
+                    self.frame(Deadline::from_std(ctx.deadline), request, Waiting::Call(answer))
+                }
             }
             if ops.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
         if !ops.is_empty() {
-            let deadline = Instant::now().checked_add(self.timeout).unwrap_or_else(Instant::now);
+            let deadline = Deadline::now() + self.timeout;
             self.frame(deadline, CacheServiceRequest::Batch { ops }, Waiting::Batch(slots));
         }
     }
 
     /// Writes one request to `out`, or fails it as unsent when it cannot
     /// be encoded or is over the frame limit.
-    fn frame(&mut self, deadline: Instant, message: CacheServiceRequest, waiting: Waiting) {
+    fn frame(&mut self, deadline: Deadline, message: CacheServiceRequest, waiting: Waiting) {
         let id = self.next_id;
         self.next_id += 1;
         let mut context = self.template;
-        context.deadline = deadline;
+        context.deadline = deadline.into_std();
         let at = self.out.len();
         let request = tarpc::ClientMessage::Request(tarpc::Request { context, id, message });
         let refused = match write_frame(&mut self.out, &request) {
@@ -362,7 +366,7 @@ impl Task {
     }
 
     /// Fails what is past its deadline; returns the next deadline.
-    fn expire(&mut self, now: Instant) -> Option<Instant> {
+    fn expire(&mut self, now: Deadline) -> Option<Deadline> {
         let due: Vec<u64> = self.waiting.iter().filter(|(_, (at, _))| *at <= now).map(|(id, _)| *id).collect();
         for id in due {
             match self.waiting.remove(&id).map(|(_, w)| w) {
@@ -570,4 +574,124 @@ fn ctx(timeout: Duration) -> context::Context {
     let mut c = context::current();
     c.deadline = Instant::now() + timeout;
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// The server's end of a connection, played by the test.
+    struct Peer {
+        io: DuplexStream,
+        input: BytesMut,
+    }
+
+    impl Peer {
+        async fn request(&mut self) -> tarpc::Request<CacheServiceRequest> {
+            loop {
+                if let Some(frame) = next_frame(&mut self.input, CLIENT_MAX_FRAME).unwrap() {
+                    match decode_frame(&frame).unwrap() {
+                        tarpc::ClientMessage::Request(r) => return r,
+                        other => panic!("{other:?}"),
+                    }
+                }
+                assert!(self.io.read_buf(&mut self.input).await.unwrap() > 0, "the client closed");
+            }
+        }
+
+        async fn answer(&mut self, id: u64, value: &'static [u8]) {
+            let replies = Ok(vec![Ok(OpReply::Value(Some(Bytes::from_static(value))))]);
+            let response = tarpc::Response { request_id: id, message: Ok(CacheServiceResponse::Batch(replies)) };
+            let mut out = Vec::new();
+            write_frame(&mut out, &response).unwrap();
+            self.io.write_all(&out).await.unwrap();
+        }
+    }
+
+    fn start(timeout: Duration) -> (mpsc::UnboundedSender<Job>, Peer) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(drive(ours, rx, timeout, context::current()));
+        (tx, Peer { io: theirs, input: BytesMut::new() })
+    }
+
+    type Reply = oneshot::Receiver<Result<Result<OpReply, WireError>, Failed>>;
+
+    fn get(tx: &mpsc::UnboundedSender<Job>, key: &'static [u8]) -> Reply {
+        let (slot, reply) = oneshot::channel();
+        tx.send(Job::Op(Op::Get(Bytes::from_static(key)), slot)).unwrap_or_else(|_| panic!("queue closed"));
+        reply
+    }
+
+    fn value(reply: Result<Result<OpReply, WireError>, Failed>) -> Bytes {
+        match reply {
+            Ok(Ok(OpReply::Value(Some(v)))) => v,
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => panic!("failed"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_without_an_answer_times_out_and_the_connection_goes_on() {
+        let (tx, mut peer) = start(Duration::from_secs(5));
+        let lost = get(&tx, b"a");
+        let first = peer.request().await;
+        // The paused clock runs to the deadline once nothing else can move.
+        assert!(matches!(lost.await.unwrap(), Err(Failed::Timeout)));
+        let next = get(&tx, b"b");
+        let second = peer.request().await;
+        // The late answer to the first is dropped; the second is delivered.
+        peer.answer(first.id, b"late").await;
+        peer.answer(second.id, b"vb").await;
+        assert_eq!(value(next.await.unwrap()), Bytes::from_static(b"vb"));
+    }
+
+    #[tokio::test]
+    async fn answers_out_of_order_reach_their_callers() {
+        let (tx, mut peer) = start(Duration::from_secs(60));
+        let a = get(&tx, b"a");
+        let ra = peer.request().await;
+        let b = get(&tx, b"b");
+        let rb = peer.request().await;
+        assert_ne!(ra.id, rb.id);
+        peer.answer(rb.id, b"vb").await;
+        peer.answer(ra.id, b"va").await;
+        assert_eq!(value(a.await.unwrap()), Bytes::from_static(b"va"));
+        assert_eq!(value(b.await.unwrap()), Bytes::from_static(b"vb"));
+    }
+
+    /// Ops queued while two batches are out go together in the next one.
+    #[tokio::test]
+    async fn ops_queued_behind_two_batches_leave_as_one() {
+        let (tx, mut peer) = start(Duration::from_secs(60));
+        let (_a, _b) = (get(&tx, b"a"), get(&tx, b"a"));
+        let r1 = peer.request().await;
+        let _c = get(&tx, b"b");
+        let r2 = peer.request().await;
+        let queued: Vec<Reply> = (0..10).map(|_| get(&tx, b"c")).collect();
+        peer.answer(r2.id, b"x").await;
+        let r3 = peer.request().await;
+        match r3.message {
+            CacheServiceRequest::Batch { ops } => assert_eq!(ops.len(), queued.len()),
+            other => panic!("{other:?}"),
+        }
+        drop(r1);
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_fails_what_was_sent_and_what_was_not() {
+        let (tx, mut peer) = start(Duration::from_secs(60));
+        let sent = get(&tx, b"a");
+        peer.request().await;
+        drop(peer);
+        assert!(matches!(sent.await.unwrap(), Err(Failed::Broken(_))));
+        // After the break a job is refused at the queue, or failed as
+        // unsent by the task on its way out: a retry is safe either way.
+        let (slot, reply) = oneshot::channel();
+        if tx.send(Job::Op(Op::Get(Bytes::from_static(b"b")), slot)).is_ok() {
+            assert!(matches!(reply.await.unwrap(), Err(Failed::Unsent(_))));
+        }
+    }
 }

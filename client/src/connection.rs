@@ -32,6 +32,9 @@ use crate::protocol::{
 
 const BATCHES_IN_FLIGHT: usize = 2;
 const MAX_BATCH: usize = 512;
+/// Request bytes the connection's task holds unwritten before it stops
+/// taking more.
+const MAX_UNWRITTEN: usize = 16 << 20;
 
 /// Why a batched call got no reply from the server.
 enum Failed {
@@ -166,7 +169,9 @@ where
         if input.capacity() - input.len() < 4096 {
             input.reserve(16 << 10);
         }
-        let can_take = open && task.batches < BATCHES_IN_FLIGHT;
+        // Jobs wait in the queue while two batches are out, or while a
+        // server that is not reading leaves much unwritten.
+        let can_take = open && task.batches < BATCHES_IN_FLIGHT && task.out.len() - written < MAX_UNWRITTEN;
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut input) {
                 return Poll::Ready(Event::Read(r));

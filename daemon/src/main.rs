@@ -291,11 +291,16 @@ fn run(s: Settings, reload: Reload) -> Result<()> {
     let r = engine.replay_report();
     tracing::info!(segments = r.segments, records = r.records, bytes = r.bytes, ms = r.elapsed_ms, "replay done");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(s.io_threads)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Runtime(format!("starting the async runtime: {e}")))?;
+    // One network thread: the scheduler without work stealing, whose
+    // wake-ups and task switches cost less.
+    let mut builder = if s.io_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(s.io_threads);
+        b
+    };
+    let rt = builder.enable_all().build().map_err(|e| Error::Runtime(format!("starting the async runtime: {e}")))?;
     let replay = Duration::from_millis(r.elapsed_ms);
     let outcome = rt.block_on(serve(s.clone(), reload, &engine, started, bound, tls, replay));
     drop(rt);

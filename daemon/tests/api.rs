@@ -349,3 +349,40 @@ async fn clear_prefix_removes_only_this_clients_keys_and_survives_restart() {
     assert_eq!(a.get::<i32>("k7").await.unwrap(), None, "the clear is on record");
     assert_eq!(b.stats().await.unwrap().entries, 50);
 }
+
+/// With one network thread (`--io-threads 1`, the default under
+/// `taskset -c 0` and on one-CPU machines) cachetd runs tokio's
+/// single-threaded scheduler: many connections, both protocols, `always`
+/// (whose writes hop to the engine thread and back) and a clean stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_network_thread_serves_many_connections_and_stops_cleanly() {
+    let mut d = Daemon::start_resp(&["--io-threads", "1", "--sync", "always"]);
+    let tarpc_addr = d.addrs[1].clone();
+    let c = Cache::connect(&tarpc_addr).await.unwrap();
+    c.set("ctr", &0).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = tarpc_addr.clone();
+            tokio::spawn(async move {
+                let c = Cache::connect(&addr).await.unwrap();
+                for n in 0..100 {
+                    c.set(format!("k{i}"), &n).await.unwrap();
+                    c.incr("ctr").await.unwrap();
+                }
+                c.get::<i64>(format!("k{i}")).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Some(99));
+    }
+    assert_eq!(c.get::<i64>("ctr").await.unwrap(), Some(800));
+    let mut s = std::net::TcpStream::connect(d.resp_addr()).unwrap();
+    std::io::Write::write_all(&mut s, b"*2\r\n$3\r\nGET\r\n$5\r\n:1:k3\r\n").unwrap();
+    let mut reply = [0u8; 16];
+    let n = std::io::Read::read(&mut s, &mut reply).unwrap();
+    assert_eq!(&reply[..n], b"$1\r\n\x63\r\n", "rmp-serde encodes 99 as one byte, 0x63");
+    drop(s);
+    drop(c);
+    assert!(d.stop(), "cachetd did not exit 0 on SIGTERM");
+}

@@ -26,8 +26,8 @@ use tokio::time::Instant as Deadline;
 
 use crate::error::Error;
 use crate::protocol::{
-    CLIENT_MAX_FRAME, CacheServiceClient, CacheServiceRequest, CacheServiceResponse, Op, OpReply, ServerInfo,
-    WireError, decode_frame, next_frame, write_frame,
+    CLIENT_MAX_FRAME, CacheServiceClient, CacheServiceRequest, CacheServiceResponse, Op, OpReply, Outbox, ServerInfo,
+    WireError, decode_frame, next_frame,
 };
 
 const BATCHES_IN_FLIGHT: usize = 2;
@@ -140,7 +140,8 @@ pub(crate) enum Retry {
 /// What woke a connection's task.
 enum Event {
     Read(std::io::Result<usize>),
-    Wrote(std::io::Result<usize>),
+    /// Everything pending was written, or writing failed.
+    Sent(std::io::Result<()>),
     Job(Option<Job>),
     Timer,
 }
@@ -153,17 +154,15 @@ async fn drive<IO>(mut io: IO, mut rx: mpsc::UnboundedReceiver<Job>, timeout: Du
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut task =
-        Task { waiting: BTreeMap::new(), next_id: 0, batches: 0, out: Vec::with_capacity(16 << 10), timeout, template };
+    let mut task = Task { waiting: BTreeMap::new(), next_id: 0, batches: 0, out: Outbox::default(), timeout, template };
     let mut input = BytesMut::with_capacity(16 << 10);
-    let mut written = 0;
     let mut open = true;
     // Fires at the earliest deadline of what is waiting (re-armed as it
     // fires, not as requests come and go).
     let mut timer = Box::pin(tokio::time::sleep(timeout));
     let mut armed = false;
     let why = loop {
-        if !open && task.waiting.is_empty() && written == task.out.len() {
+        if !open && task.waiting.is_empty() && task.out.pending() == 0 {
             return;
         }
         if input.capacity() - input.len() < 4096 {
@@ -171,15 +170,15 @@ where
         }
         // Jobs wait in the queue while two batches are out, or while a
         // server that is not reading leaves much unwritten.
-        let can_take = open && task.batches < BATCHES_IN_FLIGHT && task.out.len() - written < MAX_UNWRITTEN;
+        let can_take = open && task.batches < BATCHES_IN_FLIGHT && task.out.pending() < MAX_UNWRITTEN;
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut input) {
                 return Poll::Ready(Event::Read(r));
             }
-            if written < task.out.len()
-                && let Poll::Ready(r) = Pin::new(&mut io).poll_write(cx, &task.out[written..])
+            if task.out.pending() > 0
+                && let Poll::Ready(r) = task.out.poll_send(&mut io, cx)
             {
-                return Poll::Ready(Event::Wrote(r));
+                return Poll::Ready(Event::Sent(r));
             }
             if can_take && let Poll::Ready(job) = rx.poll_recv(cx) {
                 return Poll::Ready(Event::Job(job));
@@ -198,15 +197,8 @@ where
                     break e.to_string();
                 }
             }
-            Event::Wrote(Ok(0)) => break "the connection closed while writing".to_string(),
-            Event::Wrote(Err(e)) => break format!("writing to the server: {e}"),
-            Event::Wrote(Ok(n)) => {
-                written += n;
-                if written == task.out.len() {
-                    task.out.clear();
-                    written = 0;
-                }
-            }
+            Event::Sent(Err(e)) => break format!("writing to the server: {e}"),
+            Event::Sent(Ok(())) => {}
             Event::Job(None) => open = false,
             Event::Job(Some(first)) => {
                 task.send(first, &mut rx);
@@ -256,8 +248,8 @@ struct Task {
     next_id: u64,
     /// `batch` requests waiting.
     batches: usize,
-    /// Frames not written yet.
-    out: Vec<u8>,
+    /// Requests not written yet.
+    out: Outbox,
     timeout: Duration,
     /// The context every request carries, but for its deadline.
     template: context::Context,
@@ -296,17 +288,8 @@ impl Task {
         self.next_id += 1;
         let mut context = self.template;
         context.deadline = deadline.into_std();
-        let at = self.out.len();
         let request = tarpc::ClientMessage::Request(tarpc::Request { context, id, message });
-        let refused = match write_frame(&mut self.out, &request) {
-            Ok(()) if self.out.len() - at - 4 <= CLIENT_MAX_FRAME => None,
-            Ok(()) => {
-                let len = self.out.len() - at - 4;
-                self.out.truncate(at);
-                Some(format!("a request of {len} bytes is over the frame limit of {CLIENT_MAX_FRAME}; split it"))
-            }
-            Err(e) => Some(e.to_string()),
-        };
+        let refused = self.out.frame(&request, CLIENT_MAX_FRAME).err().map(|e| e.to_string());
         match (refused, waiting) {
             (None, waiting) => {
                 if let Waiting::Batch(_) = waiting {
@@ -610,7 +593,7 @@ mod tests {
             let replies = Ok(vec![Ok(OpReply::Value(Some(Bytes::from_static(value))))]);
             let response = tarpc::Response { request_id: id, message: Ok(CacheServiceResponse::Batch(replies)) };
             let mut out = Vec::new();
-            write_frame(&mut out, &response).unwrap();
+            crate::protocol::write_frame(&mut out, &response).unwrap();
             self.io.write_all(&out).await.unwrap();
         }
     }

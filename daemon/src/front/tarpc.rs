@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use cachet::protocol::{
-    BACKUP_CHUNK, BackupPlan, Bytes, CacheService, CacheServiceRequest, MAX_KEYS_PER_REQUEST, Op, OpReply, ServerInfo,
-    Ttl, WireError, WireStats, decode_frame, next_frame, write_frame,
+    BACKUP_CHUNK, BackupPlan, Bytes, CacheService, CacheServiceRequest, MAX_KEYS_PER_REQUEST, Op, OpReply, Outbox,
+    ServerInfo, Ttl, WireError, WireStats, decode_frame, next_frame,
 };
 use cachet_storage::{Command, Error as StoreError, Reply, ReplyBudget};
 use tarpc::context::Context;
@@ -87,7 +87,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut input = BytesMut::with_capacity(16 << 10);
-    let mut out = Output { bytes: Vec::with_capacity(16 << 10), written: 0 };
+    let mut out = Outbox::default();
     loop {
         let mut requests = Vec::new();
         while requests.len() < limits.max_in_flight.max(1) {
@@ -105,7 +105,7 @@ where
             }))
             .await;
             for response in &responses {
-                write_frame(&mut out.bytes, response)?;
+                out.frame(response, usize::MAX)?;
             }
             // What the socket takes now goes now; the rest goes while the
             // next requests are read.
@@ -139,38 +139,6 @@ where
             std::future::poll_fn(|cx| out.poll_send(&mut io, cx)).await?;
             return Ok(());
         }
-    }
-}
-
-/// Frames encoded and not yet all written.
-struct Output {
-    bytes: Vec<u8>,
-    written: usize,
-}
-
-impl Output {
-    fn pending(&self) -> usize {
-        self.bytes.len() - self.written
-    }
-
-    /// Writes until everything is out (ready) or the socket is full
-    /// (pending).
-    fn poll_send<IO: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut IO,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        while self.written < self.bytes.len() {
-            match Pin::new(&mut *io).poll_write(cx, &self.bytes[self.written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        self.bytes.clear();
-        self.written = 0;
-        Poll::Ready(Ok(()))
     }
 }
 

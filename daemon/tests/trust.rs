@@ -5,24 +5,16 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use cachet::Cache;
 use cachet::protocol::{CacheServiceRequest, CacheServiceResponse, MAX_KEYS_PER_REQUEST, Op, OpReply};
 use serde_bytes::ByteBuf;
-use support::{Daemon, closed_within, frame};
+use support::{Daemon, closed_within, frame, read_reply};
 
 /// Reads one reply frame.
-fn read_reply(s: &mut TcpStream) -> tarpc::Response<CacheServiceResponse> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).unwrap();
-    rmp_serde::from_slice(&body).unwrap()
-}
-
 /// Case 4: before authenticating, a connection may not announce a large
 /// frame (it used to be able to make the daemon hold 33 MiB each).
 #[test]

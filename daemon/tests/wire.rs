@@ -9,15 +9,7 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use cachet::protocol::{Bytes, CacheServiceRequest, CacheServiceResponse, Op, OpReply, Ttl};
-use support::{Daemon, frame};
-
-fn read_reply(s: &mut TcpStream) -> tarpc::Response<CacheServiceResponse> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).unwrap();
-    rmp_serde::from_slice(&body).unwrap()
-}
+use support::{Daemon, frame, message_frame, read_reply};
 
 fn connect(d: &Daemon) -> TcpStream {
     let s = TcpStream::connect(&d.addr).unwrap();
@@ -68,9 +60,7 @@ fn a_request_past_its_deadline_gets_no_response() {
         id: 1,
         message: batch(vec![Op::Set(key(b"late"), key(b"v"), Ttl::Never)]),
     });
-    let body = rmp_serde::to_vec(&msg).unwrap();
-    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
-    bytes.extend(body);
+    let mut bytes = message_frame(&msg);
     bytes.extend(frame(2, batch(vec![Op::Get(key(b"late"))])));
     s.write_all(&bytes).unwrap();
     let r = read_reply(&mut s);
@@ -84,9 +74,7 @@ fn a_cancellation_is_harmless() {
     let mut s = connect(&d);
     let cancel: tarpc::ClientMessage<CacheServiceRequest> =
         tarpc::ClientMessage::Cancel { trace_context: Default::default(), request_id: 7 };
-    let body = rmp_serde::to_vec(&cancel).unwrap();
-    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
-    bytes.extend(body);
+    let mut bytes = message_frame(&cancel);
     bytes.extend(frame(8, batch(vec![Op::Get(key(b"k"))])));
     s.write_all(&bytes).unwrap();
     let r = read_reply(&mut s);

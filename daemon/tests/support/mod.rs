@@ -243,9 +243,26 @@ pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
 
 /// One tarpc request frame, as the client would send it.
 pub fn frame(id: u64, req: cachet::protocol::CacheServiceRequest) -> Vec<u8> {
-    let msg = tarpc::ClientMessage::Request(tarpc::Request { context: tarpc::context::current(), id, message: req });
-    let body = rmp_serde::to_vec(&msg).unwrap();
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend(body);
+    message_frame(&tarpc::ClientMessage::Request(tarpc::Request {
+        context: tarpc::context::current(),
+        id,
+        message: req,
+    }))
+}
+
+/// Any tarpc client message as one frame.
+pub fn message_frame(msg: &tarpc::ClientMessage<cachet::protocol::CacheServiceRequest>) -> Vec<u8> {
+    let mut out = Vec::new();
+    cachet::protocol::write_frame(&mut out, msg).unwrap();
     out
+}
+
+/// Reads one response frame (blocking).
+pub fn read_reply(s: &mut std::net::TcpStream) -> tarpc::Response<cachet::protocol::CacheServiceResponse> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    rmp_serde::from_slice(&body).unwrap()
 }

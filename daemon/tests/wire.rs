@@ -111,3 +111,32 @@ fn a_client_that_stops_sending_gets_every_answer() {
     s.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{} bytes after the last answer", rest.len());
 }
+
+/// A client that pipelines writes and never reads: their replies are small
+/// (`Done`, which the reply budget does not count), and the daemon stops
+/// reading once a little is unwritten instead of queueing replies for as
+/// long as the client sends (it used to take in over 64 MiB of requests).
+#[test]
+fn a_client_that_never_reads_small_replies_is_held_back() {
+    let d = Daemon::start(&[]);
+    let mut s = connect(&d);
+    let request = frame(1, batch(vec![Op::Set(key(b"k"), key(b"v"), Ttl::Never)]));
+    let chunk: Vec<u8> = request.iter().copied().cycle().take(request.len() * 1000).collect();
+    s.set_nonblocking(true).unwrap();
+    let limit = 64usize << 20;
+    let (mut sent, mut last_progress) = (0usize, Instant::now());
+    // Until the daemon has stopped taking requests for a while (on a busy
+    // machine a slow daemon may look stopped early: the test is then
+    // weaker, never wrong), or took far more than it should hold.
+    while sent < limit && last_progress.elapsed() < Duration::from_secs(2) {
+        match s.write(&chunk[sent % request.len()..]) {
+            Ok(n) => {
+                sent += n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(sent < 32 << 20, "the daemon took {} MiB of requests from a client that reads nothing", sent >> 20);
+}

@@ -67,6 +67,10 @@ mod guard;
 use convert::{command, op_reply, unexpected};
 use guard::Guard;
 
+/// Unwritten response bytes, beyond the values the reply budget counts,
+/// at which a connection stops reading requests until they are written.
+const READ_PAUSE: usize = 256 << 10;
+
 /// Serves one tarpc connection until it closes or breaks the protocol.
 pub async fn serve<IO>(io: IO, shared: Arc<Shared>, limits: &Limits)
 where
@@ -114,10 +118,14 @@ where
             }
             continue;
         }
-        // Nothing whole to run: read on while writing what is pending, but
-        // stop reading while more is unwritten than the connection's reply
-        // budget (a client that sends without reading is held there).
-        let read = out.pending() < limits.reply_bytes_per_connection;
+        // Nothing whole to run: read on while writing what is pending. The
+        // values the engine returned are bounded by the reply budget (the
+        // engine refuses what is over it); beyond those, reading pauses
+        // while more than `READ_PAUSE` is unwritten, so a client that
+        // pipelines requests with small replies (`Done`) and never reads
+        // is held there. A client that reads keeps its replies in the
+        // kernel's socket buffers, far below this.
+        let read = out.pending() < READ_PAUSE + session.budget.outstanding();
         if input.capacity() - input.len() < 4096 {
             input.reserve(16 << 10);
         }

@@ -259,7 +259,9 @@ impl Task {
     /// Writes `first` and whatever else is queued to `out`: single-key
     /// operations as one `batch` of at most `MAX_BATCH`.
     fn send(&mut self, first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) {
-        let (mut ops, mut slots) = (Vec::new(), Vec::new());
+        // Sized for what is queued, so a batch does not grow step by step.
+        let room = (rx.len() + 1).min(MAX_BATCH);
+        let (mut ops, mut slots) = (Vec::with_capacity(room), Vec::with_capacity(room));
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {

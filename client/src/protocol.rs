@@ -243,9 +243,9 @@ impl Outbox {
         self.bytes.len() - self.written
     }
 
-    /// Appends `msg` as one frame and returns its length (without the
-    /// prefix); a frame over `max_frame` is taken back and refused.
-    pub fn frame(&mut self, msg: &impl Serialize, max_frame: usize) -> std::io::Result<usize> {
+    /// Appends `msg` as one frame; a frame over `max_frame` (without its
+    /// prefix) is taken back and refused.
+    pub fn frame(&mut self, msg: &impl Serialize, max_frame: usize) -> std::io::Result<()> {
         if self.written > 0 && self.written >= self.pending() {
             self.bytes.drain(..self.written);
             self.written = 0;
@@ -258,7 +258,7 @@ impl Outbox {
             let msg = format!("a frame of {len} bytes is over the limit of {max_frame}; split the request");
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
         }
-        Ok(len)
+        Ok(())
     }
 
     /// Writes until everything is out (ready) or the socket is full

@@ -283,112 +283,78 @@ impl Outbox {
     }
 }
 
-/// Reads the deadline of a tarpc request frame, if it has one, looking at
-/// nothing after it (tarpc panics on an out-of-range deadline before it
-/// reads further, so whatever follows must not stop us from seeing it).
-fn request_deadline(bytes: &[u8]) -> Option<std::time::Duration> {
-    use serde::de::{DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
-    use std::cell::Cell;
-    use std::fmt;
-
-    #[derive(Deserialize)]
-    #[serde(field_identifier)]
-    enum Variant {
-        Request,
-        Cancel,
-    }
-
-    struct Message<'a>(&'a Cell<Option<std::time::Duration>>);
-    struct Request<'a>(&'a Cell<Option<std::time::Duration>>);
-    struct Context<'a>(&'a Cell<Option<std::time::Duration>>);
-
-    impl<'de> DeserializeSeed<'de> for Message<'_> {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_enum("ClientMessage", &["Request", "Cancel"], self)
-        }
-    }
-    impl<'de> Visitor<'de> for Message<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a tarpc client message")
-        }
-        fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
-            match data.variant::<Variant>()? {
-                (Variant::Request, v) => v.newtype_variant_seed(Request(self.0)),
-                (Variant::Cancel, _) => Ok(()),
-            }
-        }
-    }
-    impl<'de> DeserializeSeed<'de> for Request<'_> {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_struct("Request", &["context", "id", "message"], self)
-        }
-    }
-    impl<'de> Visitor<'de> for Request<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a tarpc request")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            seq.next_element_seed(Context(self.0))?;
-            Ok(())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(key) = map.next_key::<String>()? {
-                if key == "context" {
-                    return map.next_value_seed(Context(self.0));
-                }
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-            Ok(())
-        }
-    }
-    impl<'de> DeserializeSeed<'de> for Context<'_> {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_struct("Context", &["deadline", "trace_context"], self)
-        }
-    }
-    impl<'de> Visitor<'de> for Context<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a tarpc context")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            self.0.set(seq.next_element::<std::time::Duration>()?);
-            Ok(())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(key) = map.next_key::<String>()? {
-                if key == "deadline" {
-                    self.0.set(Some(map.next_value::<std::time::Duration>()?));
-                    return Ok(());
-                }
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-            Ok(())
-        }
-    }
-
-    let found = Cell::new(None);
-    // Errors after the deadline was read (trailing garbage) do not matter here.
-    let _ = Message(&found).deserialize(&mut rmp_serde::Deserializer::from_read_ref(bytes));
-    found.get()
+/// A tarpc `ClientMessage` as the daemon reads it: tarpc's wire form, field
+/// for field, except that the deadline stays what it is on the wire, the
+/// time the client left for the request. tarpc's own type adds that to the
+/// clock while decoding, which reads the clock once per request and panics
+/// when the sum overflows; [`Incoming::into_request`] adds it to one reading
+/// taken per round of requests, and refuses a sum out of range.
+#[derive(Debug, Deserialize)]
+pub enum Incoming<T> {
+    /// A call.
+    Request(IncomingRequest<T>),
+    /// The client gave up on a call.
+    Cancel {
+        /// The cancelled call's trace.
+        #[serde(default)]
+        trace_context: tarpc::trace::Context,
+        /// The cancelled call.
+        request_id: u64,
+    },
 }
 
-/// Decodes one frame as the daemon and the client do. A request whose
-/// deadline lies beyond what `Instant` can hold is refused before tarpc sees
-/// it (tarpc would panic adding it to now); any other panic while decoding
-/// is caught and refused too.
+/// tarpc's `Request`, with the context as [`IncomingContext`].
+#[derive(Debug, Deserialize)]
+pub struct IncomingRequest<T> {
+    /// The deadline and trace.
+    pub context: IncomingContext,
+    /// Numbers the call on its connection; its response carries it back.
+    pub id: u64,
+    /// The call.
+    pub message: T,
+}
+
+/// tarpc's `Context` as it travels: the time left, and the trace.
+#[derive(Debug, Deserialize)]
+pub struct IncomingContext {
+    /// Time left until the client gives up (tarpc's default when absent).
+    #[serde(default = "ten_seconds")]
+    pub deadline: std::time::Duration,
+    /// The call's trace.
+    pub trace_context: tarpc::trace::Context,
+}
+
+fn ten_seconds() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+impl<T> Incoming<T> {
+    /// The call in tarpc's form, its deadline counted from `now` and the
+    /// rest of its context from `base`; `None` for a cancellation. A
+    /// deadline beyond what `Instant` can hold is a malformed frame.
+    pub fn into_request(
+        self,
+        now: std::time::Instant,
+        base: tarpc::context::Context,
+    ) -> std::io::Result<Option<tarpc::Request<T>>> {
+        let Incoming::Request(r) = self else { return Ok(None) };
+        let left = r.context.deadline;
+        let Some(deadline) = now.checked_add(left) else {
+            let msg = format!("malformed frame: request deadline {left:?} from now is out of range");
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
+        };
+        let mut context = base;
+        context.deadline = deadline;
+        context.trace_context = r.context.trace_context;
+        Ok(Some(tarpc::Request { context, id: r.id, message: r.message }))
+    }
+}
+
+/// Decodes one frame as the daemon and the client do: the daemon's requests
+/// as [`Incoming`], the client's responses as tarpc's `Response`. A panic
+/// while decoding is caught and refused like any malformed frame.
 pub fn decode_frame<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> std::io::Result<T> {
     let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
-    if let Some(d) = request_deadline(bytes)
-        && std::time::Instant::now().checked_add(d).is_none()
-    {
-        return Err(invalid(format!("malformed frame: request deadline {d:?} from now is out of range")));
-    }
     match std::panic::catch_unwind(|| rmp_serde::from_slice::<T>(bytes)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(invalid(format!("malformed frame: {e}"))),
@@ -475,36 +441,85 @@ mod tests {
         assert_eq!(out.pending(), before);
     }
 
+    /// What tarpc's own client encodes, as arrays (rmp-serde's default) or
+    /// as maps with field names, decodes as `Incoming` with every field.
     #[test]
-    fn real_requests_still_decode() {
-        let msg = tarpc::ClientMessage::Request(tarpc::Request {
-            context: tarpc::context::current(),
+    fn incoming_reads_what_tarpc_writes() {
+        let now = std::time::Instant::now();
+        let mut context = tarpc::context::current();
+        context.deadline = now + std::time::Duration::from_secs(3);
+        let request = tarpc::ClientMessage::Request(tarpc::Request {
+            context,
             id: 7,
             message: CacheServiceRequest::Batch { ops: vec![Op::Get(Bytes::from(b"k".to_vec()))] },
         });
-        let bytes = rmp_serde::to_vec(&msg).unwrap();
-        match decode_frame::<tarpc::ClientMessage<CacheServiceRequest>>(&bytes).unwrap() {
-            tarpc::ClientMessage::Request(r) => assert_eq!(r.id, 7),
-            _ => panic!("not a request"),
+        let cancel =
+            tarpc::ClientMessage::<CacheServiceRequest>::Cancel { trace_context: context.trace_context, request_id: 9 };
+        for (request, cancel) in [
+            (rmp_serde::to_vec(&request).unwrap(), rmp_serde::to_vec(&cancel).unwrap()),
+            (rmp_serde::to_vec_named(&request).unwrap(), rmp_serde::to_vec_named(&cancel).unwrap()),
+        ] {
+            let base = tarpc::context::current();
+            let r = decode_frame::<Incoming<CacheServiceRequest>>(&request).unwrap();
+            let r = r.into_request(now, base).unwrap().expect("a request");
+            assert_eq!(r.id, 7);
+            assert_eq!(r.context.trace_context, context.trace_context);
+            let left = r.context.deadline - now;
+            assert!(left <= std::time::Duration::from_secs(3) && left > std::time::Duration::from_secs(2), "{left:?}");
+            match r.message {
+                CacheServiceRequest::Batch { ops } => assert_eq!(ops, [Op::Get(Bytes::from(b"k".to_vec()))]),
+                other => panic!("decoded as {other:?}"),
+            }
+            match decode_frame::<Incoming<CacheServiceRequest>>(&cancel).unwrap() {
+                Incoming::Cancel { request_id: 9, trace_context } => assert_eq!(trace_context, context.trace_context),
+                other => panic!("decoded as {other:?}"),
+            }
         }
     }
 
     #[test]
     fn a_frame_that_makes_tarpc_panic_is_an_error() {
         // Found by the frame_decode fuzzer: a request deadline of ~2^64 s,
-        // once with a well-formed rest and once with garbage after it.
-        for frame in [
-            &include_bytes!("../../daemon/tests/data/frame-deadline-overflow.bin")[..],
-            &include_bytes!("../../daemon/tests/data/frame-deadline-overflow-2.bin")[..],
-        ] {
-            let plain = std::panic::catch_unwind(|| {
-                rmp_serde::from_slice::<tarpc::ClientMessage<CacheServiceRequest>>(&frame[4..])
-            });
+        // then bytes tarpc never reaches (it panics adding the deadline).
+        let found = [
+            &include_bytes!("../../daemon/tests/data/frame-deadline-overflow.bin")[4..],
+            &include_bytes!("../../daemon/tests/data/frame-deadline-overflow-2.bin")[4..],
+        ];
+        for frame in found {
+            let plain =
+                std::panic::catch_unwind(|| rmp_serde::from_slice::<tarpc::ClientMessage<CacheServiceRequest>>(frame));
             assert!(plain.is_err(), "plain decoding no longer panics on this frame");
-            let r = decode_frame::<tarpc::ClientMessage<CacheServiceRequest>>(&frame[4..]);
-            let e = r.unwrap_err();
-            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
-            assert!(e.to_string().contains("deadline"), "{e}");
         }
+        // Neither is well-formed past its deadline: both are refused.
+        for frame in found {
+            let e = decode_frame::<Incoming<CacheServiceRequest>>(frame).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        }
+        // A well-formed request whose deadline `Instant` cannot hold.
+        #[derive(Serialize)]
+        enum Message {
+            Request(Request),
+        }
+        #[derive(Serialize)]
+        struct Request {
+            context: Context,
+            id: u64,
+            message: CacheServiceRequest,
+        }
+        #[derive(Serialize)]
+        struct Context {
+            deadline: std::time::Duration,
+            trace_context: tarpc::trace::Context,
+        }
+        let far = Message::Request(Request {
+            context: Context { deadline: std::time::Duration::MAX, trace_context: Default::default() },
+            id: 1,
+            message: CacheServiceRequest::Clear {},
+        });
+        let frame = rmp_serde::to_vec(&far).unwrap();
+        let decoded = decode_frame::<Incoming<CacheServiceRequest>>(&frame).unwrap();
+        let e = decoded.into_request(std::time::Instant::now(), tarpc::context::current()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("deadline"), "{e}");
     }
 }

@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use cachet::protocol::{
-    BACKUP_CHUNK, BackupPlan, Bytes, CacheService, CacheServiceRequest, MAX_KEYS_PER_REQUEST, Op, OpReply, Outbox,
-    ServerInfo, Ttl, WireError, WireStats, decode_frame, next_frame,
+    BACKUP_CHUNK, BackupPlan, Bytes, CacheService, CacheServiceRequest, Incoming, MAX_KEYS_PER_REQUEST, Op, OpReply,
+    Outbox, ServerInfo, Ttl, WireError, WireStats, decode_frame, next_frame,
 };
 use cachet_storage::{Command, Error as StoreError, Reply, ReplyBudget};
 use tarpc::context::Context;
@@ -39,29 +39,6 @@ fn op_named(name: &str) -> OpId {
     OpId(TARPC_OPS.iter().position(|n| *n == name).expect("a listed operation"))
 }
 
-/// The operations of one request.
-enum Ops<'a> {
-    One(OpId),
-    Many(&'a [OpId]),
-}
-
-/// Counts a request's operations when its handler is done.
-struct Served<'a> {
-    session: &'a Session,
-    ops: Ops<'a>,
-    since: Instant,
-}
-
-impl Drop for Served<'_> {
-    fn drop(&mut self) {
-        let (metrics, took) = (&self.session.shared.metrics, self.since.elapsed());
-        match self.ops {
-            Ops::One(op) => metrics.served(Protocol::Tarpc, [op], took),
-            Ops::Many(ops) => metrics.served(Protocol::Tarpc, ops.iter().copied(), took),
-        }
-    }
-}
-
 mod convert;
 mod guard;
 use convert::{command, op_reply, unexpected};
@@ -70,6 +47,27 @@ use guard::Guard;
 /// Unwritten response bytes, beyond the values the reply budget counts,
 /// at which a connection stops reading requests until they are written.
 const READ_PAUSE: usize = 256 << 10;
+
+/// Adds a request's operations, as the metrics count them, to `ops`: one
+/// per key operation of a batch (none for a batch over the limit, which is
+/// refused), one for each other call but the backup's.
+fn ops_of(request: &CacheServiceRequest, ops: &mut Vec<OpId>) {
+    match request {
+        CacheServiceRequest::Batch { ops: batch } if batch.len() <= MAX_KEYS_PER_REQUEST => {
+            ops.extend(batch.iter().map(convert::op_id));
+        }
+        CacheServiceRequest::Batch { .. } => {}
+        CacheServiceRequest::Hello { .. } => ops.push(op_named("hello")),
+        CacheServiceRequest::GetMany { .. } => ops.push(op_named("get_many")),
+        CacheServiceRequest::SetMany { .. } => ops.push(op_named("set_many")),
+        CacheServiceRequest::DeleteMany { .. } => ops.push(op_named("delete_many")),
+        CacheServiceRequest::Clear {} => ops.push(op_named("clear")),
+        CacheServiceRequest::Stats {} => ops.push(op_named("stats")),
+        CacheServiceRequest::BackupBegin {}
+        | CacheServiceRequest::BackupRead { .. }
+        | CacheServiceRequest::BackupEnd { .. } => {}
+    }
+}
 
 /// Serves one tarpc connection until it closes or breaks the protocol.
 pub async fn serve<IO>(io: IO, shared: Arc<Shared>, limits: &Limits)
@@ -92,22 +90,33 @@ where
 {
     let mut input = BytesMut::with_capacity(16 << 10);
     let mut out = Outbox::default();
+    // The context handlers get: this, with each request's deadline and trace.
+    let base = tarpc::context::current();
+    let mut ops = Vec::new();
     loop {
+        // One clock reading per round: deadlines count from it, and the
+        // round's operations are timed from it (as over RESP).
+        let now = Instant::now();
         let mut requests = Vec::new();
         while requests.len() < limits.max_in_flight.max(1) {
             let Some(frame) = next_frame(&mut input, limits.max_frame)? else { break };
-            match decode_frame::<tarpc::ClientMessage<CacheServiceRequest>>(&frame)? {
-                tarpc::ClientMessage::Request(r) if r.context.deadline > Instant::now() => requests.push(r),
+            match decode_frame::<Incoming<CacheServiceRequest>>(&frame)?.into_request(now, base)? {
+                Some(r) if r.context.deadline > now => requests.push(r),
                 // Past its deadline, or a cancellation: nothing to do.
                 _ => {}
             }
         }
         if !requests.is_empty() {
+            ops.clear();
+            for r in &requests {
+                ops_of(&r.message, &mut ops);
+            }
             let responses = futures::future::join_all(requests.into_iter().map(|r| async move {
                 let message = session.clone().serve().serve(r.context, r.message).await;
                 tarpc::Response { request_id: r.id, message }
             }))
             .await;
+            session.shared.metrics.served(Protocol::Tarpc, ops.iter().copied(), now.elapsed());
             for response in &responses {
                 out.frame(response, usize::MAX)?;
             }
@@ -212,12 +221,6 @@ impl Session {
         Ok(replies.into_iter().map(|r| r.map_err(|e| self.wire_error(e))).collect())
     }
 
-    /// Counts these operations as served, with the time until the guard
-    /// drops (when the handler returns its reply).
-    fn served<'a>(&'a self, ops: Ops<'a>) -> Served<'a> {
-        Served { session: self, ops, since: Instant::now() }
-    }
-
     /// The wire's form of an engine error; refusals are logged (rate-limited).
     fn wire_error(&self, e: StoreError) -> WireError {
         let (wire, refusal) = convert::wire_error(e);
@@ -230,7 +233,6 @@ impl Session {
 
 impl CacheService for Session {
     async fn hello(self, _: Context, token: Option<String>) -> Result<ServerInfo, WireError> {
-        let _served = self.served(Ops::One(OpId(0)));
         if let Some(want) = self.shared.token() {
             // Constant time: the comparison must not tell how much matched.
             let offered = token.as_deref().unwrap_or("").as_bytes();
@@ -248,32 +250,26 @@ impl CacheService for Session {
     }
 
     async fn get_many(self, _: Context, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>, WireError> {
-        let _served = self.served(Ops::One(op_named("get_many")));
         self.check_count("get_many", keys.len())?;
         convert::values(self.run(convert::get_many(keys)).await?)
     }
 
     async fn set_many(self, _: Context, items: Vec<(Bytes, Bytes)>, ttl: Ttl) -> Result<Vec<u32>, WireError> {
-        let _served = self.served(Ops::One(op_named("set_many")));
         self.check_count("set_many", items.len())?;
         convert::failed(self.run(convert::set_many(items, ttl)).await?)
     }
 
     async fn delete_many(self, _: Context, keys: Vec<Bytes>) -> Result<(), WireError> {
-        let _served = self.served(Ops::One(op_named("delete_many")));
         self.check_count("delete_many", keys.len())?;
         convert::done(self.run(convert::delete_many(keys)).await?)
     }
 
     async fn clear(self, _: Context) -> Result<(), WireError> {
-        let _served = self.served(Ops::One(op_named("clear")));
         convert::done(self.run(Command::Clear).await?)
     }
 
     async fn batch(self, _: Context, ops: Vec<Op>) -> Result<Vec<Result<OpReply, WireError>>, WireError> {
         self.check_count("batch", ops.len())?;
-        let ids: Vec<OpId> = ops.iter().map(convert::op_id).collect();
-        let _served = self.served(Ops::Many(&ids));
         let replies = self.run_many(ops.into_iter().map(command).collect()).await?;
         Ok(replies.into_iter().map(|r| r.and_then(op_reply)).collect())
     }
@@ -316,7 +312,6 @@ impl CacheService for Session {
     }
 
     async fn stats(self, _: Context) -> Result<WireStats, WireError> {
-        let _served = self.served(Ops::One(op_named("stats")));
         match self.run(Command::Stats).await? {
             Reply::Stats(s) => Ok(convert::stats(
                 *s,

@@ -17,6 +17,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const KEYS: u64 = 100_000;
+/// The clock, in unix ms, for what runs on a `State` directly.
+const NOW: u64 = 1_700_000_000_000;
 /// Requests each submitting thread keeps in flight.
 const WINDOW: usize = 256;
 
@@ -67,6 +69,32 @@ fn channel_ops(c: &mut Criterion) {
             h.call_blocking(Command::Set { key: key16(i % KEYS), value: value100(i), ttl: Ttl::Never }).unwrap()
         })
     });
+    g.finish();
+}
+
+/// One lookup at a time, as a connection that waits for each reply gets
+/// them (50 x 1): nothing to overlap a lookup's cache misses with. Keys in
+/// a pseudo-random order over tables of 100K and 1M entries.
+fn lone_ops(c: &mut Criterion) {
+    let mut g = c.benchmark_group("lone");
+    g.throughput(Throughput::Elements(1));
+    for keys in [100_000u64, 1_000_000] {
+        // No reply budget: it is the writer's, renewed per batch.
+        let mut state = State::new(Limits { max_reply_bytes: usize::MAX, ..Limits::default() }, NOW);
+        let mut sink = NullSink;
+        for k in 0..keys {
+            let set = Command::Set { key: key16(k), value: value100(k), ttl: Ttl::Never };
+            testing::apply(&mut state, &set, NOW, &mut sink).unwrap();
+        }
+        let gets: Vec<Command> = (0..keys).map(|k| Command::Get { key: key16(k * 7919 % keys) }).collect();
+        let mut i = 0;
+        g.bench_function(format!("get_{}k", keys / 1000), |b| {
+            b.iter(|| {
+                i = (i + 1) % gets.len();
+                testing::apply(&mut state, &gets[i], NOW, &mut sink).expect("a get")
+            })
+        });
+    }
     g.finish();
 }
 
@@ -220,5 +248,5 @@ fn msgpack(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, channel_ops, replay, codec, wheel, expiry, msgpack);
+criterion_group!(benches, channel_ops, lone_ops, replay, codec, wheel, expiry, msgpack);
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! Engine micro-benchmarks: set/get through the channel (1 and 4 submitting
-//! threads, many requests in flight so the writer batches), replay of a
+//! threads, many requests in flight so the writer batches), one lookup or
+//! overwrite at a time (`lone`, nothing to overlap misses with), replay of a
 //! 1M-record log, the record codec, the timer wheel, expiry of 1M entries as
 //! the writer does it, and MessagePack values.
 
@@ -92,6 +93,19 @@ fn lone_ops(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % gets.len();
                 testing::apply(&mut state, &gets[i], NOW, &mut sink).expect("a get")
+            })
+        });
+        // An overwrite, then the arena's reclaim slice, as the writer runs
+        // it between batches (here every batch is one SET): the steady
+        // state of a SET load, where reclaim moves live items to free pages.
+        let sets: Vec<Command> = (0..keys)
+            .map(|k| Command::Set { key: key16(k * 7919 % keys), value: value100(k), ttl: Ttl::Never })
+            .collect();
+        g.bench_function(format!("set_{}k", keys / 1000), |b| {
+            b.iter(|| {
+                i = (i + 1) % sets.len();
+                testing::apply(&mut state, &sets[i], NOW, &mut sink).expect("a set");
+                state.reclaim();
             })
         });
     }

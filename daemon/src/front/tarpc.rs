@@ -92,12 +92,16 @@ where
     let mut out = Outbox::default();
     // The context handlers get: this, with each request's deadline and trace.
     let base = tarpc::context::current();
-    let mut ops = Vec::new();
+    // Reused from round to round.
+    let (mut requests, mut responses, mut ops) = (Vec::new(), Vec::new(), Vec::new());
+    let serve = |r: tarpc::Request<CacheServiceRequest>| async move {
+        let message = session.clone().serve().serve(r.context, r.message).await;
+        tarpc::Response { request_id: r.id, message }
+    };
     loop {
         // One clock reading per round: deadlines count from it, and the
         // round's operations are timed from it (as over RESP).
         let now = Instant::now();
-        let mut requests = Vec::new();
         while requests.len() < limits.max_in_flight.max(1) {
             let Some(frame) = next_frame(&mut input, limits.max_frame)? else { break };
             match decode_frame::<Incoming<CacheServiceRequest>>(&frame)?.into_request(now, base)? {
@@ -111,14 +115,17 @@ where
             for r in &requests {
                 ops_of(&r.message, &mut ops);
             }
-            let responses = futures::future::join_all(requests.into_iter().map(|r| async move {
-                let message = session.clone().serve().serve(r.context, r.message).await;
-                tarpc::Response { request_id: r.id, message }
-            }))
-            .await;
+            // A lone request (a client that waits for each answer) is served
+            // as it is: `join_all` would allocate its futures and results.
+            if let [_] = requests[..] {
+                let r = requests.pop().expect("one request");
+                responses.push(serve(r).await);
+            } else {
+                responses.extend(futures::future::join_all(requests.drain(..).map(serve)).await);
+            }
             session.shared.metrics.served(Protocol::Tarpc, ops.iter().copied(), now.elapsed());
-            for response in &responses {
-                out.frame(response, usize::MAX)?;
+            for response in responses.drain(..) {
+                out.frame(&response, usize::MAX)?;
             }
             // What the socket takes now goes now; the rest goes while the
             // next requests are read.

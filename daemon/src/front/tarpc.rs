@@ -117,7 +117,7 @@ where
             }
             // A lone request (a client that waits for each answer) is served
             // as it is: `join_all` would allocate its futures and results.
-            if let [_] = requests[..] {
+            if requests.len() == 1 {
                 let r = requests.pop().expect("one request");
                 responses.push(serve(r).await);
             } else {
